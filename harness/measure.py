@@ -1,0 +1,88 @@
+"""Measurements as the field takes them: peak memory during training, non-padding tokens/s, size on disk.
+
+- CUDA: `torch.cuda.max_memory_allocated` and `max_memory_reserved` after `reset_peak_memory_stats` at the
+  start of training (the allocator's figures, not nvidia-smi's).
+- CPU: the process's peak resident set size (VmHWM) during training, reset at the start of training through
+  /proc/self/clear_refs; it includes the model, optimizer states, activations and the Python process itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from transformers import TrainerCallback
+
+
+def _read_vm_hwm() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_vm_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # "5" resets the peak RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def current_memory() -> dict[str, int]:
+    """A snapshot: allocated/reserved on CUDA, resident set size on CPU."""
+    if torch.cuda.is_available():
+        return {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved()}
+    return {"rss": psutil.Process().memory_info().rss}
+
+
+class PeakMemory(TrainerCallback):
+    """Peak memory between on_train_begin and on_train_end; `result()` gives the result.json fields."""
+
+    def __init__(self) -> None:
+        self.peak: dict[str, Any] = {}
+        self._sampler: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._sampled_peak = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        elif not _reset_vm_hwm():  # no /proc: sample RSS instead
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.wait(0.05):
+            self._sampled_peak = max(self._sampled_peak, proc.memory_info().rss)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.peak = {
+                "peak_mem_bytes": torch.cuda.max_memory_allocated(),
+                "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+                "mem_kind": "cuda_allocated",
+            }
+        elif self._sampler is not None:
+            self._stop.set()
+            self._sampler.join()
+            self.peak = {"peak_mem_bytes": self._sampled_peak, "peak_reserved_bytes": None, "mem_kind": "cpu_rss_sampled"}
+        else:
+            self.peak = {"peak_mem_bytes": _read_vm_hwm(), "peak_reserved_bytes": None, "mem_kind": "cpu_rss"}
+
+    def result(self) -> dict[str, Any]:
+        return dict(self.peak)
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes on disk of every file under `path` (what a run saved: adapter or full weights, configs)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

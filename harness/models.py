@@ -1,0 +1,96 @@
+"""Model loading: bundled pretrained models (from the converted cache), tiny random models, hub presets.
+
+Every path ends in a transformers `from_pretrained` / `from_config`, so GPU users get the same code with
+`dtype=bfloat16` and, for QLoRA, a bitsandbytes `quantization_config`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from harness.assets import CONF_MODEL_DIR, bundled_model_dir
+from harness.errors import AssetError
+
+WEIGHT_DTYPES = {"bf16": torch.bfloat16, "bf16-mixed": torch.float32, "fp32": torch.float32, "fp16-mixed": torch.float32}
+
+
+def model_path(model_cfg: DictConfig, cache: Path) -> str:
+    """What `from_pretrained` gets: a local folder for bundled models, the hub id for hub presets."""
+    if model_cfg.source == "bundled":
+        return str(bundled_model_dir(model_cfg, cache))
+    if model_cfg.source == "hub":
+        return model_cfg.hub_id
+    raise AssetError(f"model '{model_cfg.name}' has source={model_cfg.source!r}; tiny models have no path")
+
+
+def _from_hub(loader, model_cfg: DictConfig, *args, **kwargs):
+    """Call a `from_pretrained` for a hub preset, turning "cannot reach the hub" into one clear line."""
+    try:
+        return loader(*args, **kwargs)
+    except (OSError, ValueError) as err:
+        if model_cfg.source != "hub":
+            raise
+        raise AssetError(
+            f"model '{model_cfg.name}' ({model_cfg.hub_id}) is not reachable: the hub is offline and no local "
+            f"HF cache holds it; use a bundled model (model=smollm2-135m or model=minilm-l6) or set HF_HOME to "
+            f"a cache that has it ({type(err).__name__})"
+        ) from None
+
+
+def load_tokenizer(model_cfg: DictConfig, cache: Path) -> PreTrainedTokenizerBase:
+    if model_cfg.source == "tiny":
+        from omegaconf import OmegaConf
+
+        return load_tokenizer(OmegaConf.load(CONF_MODEL_DIR / f"{model_cfg.tokenizer_from}.yaml"), cache)
+    path = model_path(model_cfg, cache)
+    tokenizer = _from_hub(AutoTokenizer.from_pretrained, model_cfg, path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    model_cfg: DictConfig,
+    cache: Path,
+    *,
+    precision: str,
+    tokenizer: PreTrainedTokenizerBase,
+    labels: list[str] | None = None,
+    quantization_config: Any = None,
+) -> PreTrainedModel:
+    """The model in the dtype the precision asks for; encoders get a fresh classification head over `labels`."""
+    dtype = WEIGHT_DTYPES[precision]
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if model_cfg.kind == "encoder":
+        if not labels:
+            raise AssetError(f"model '{model_cfg.name}' is an encoder and needs a task with labels")
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+        auto = AutoModelForSequenceClassification
+    else:
+        auto = AutoModelForCausalLM
+    if model_cfg.source == "tiny":
+        config = AutoConfig.for_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **model_cfg.architecture)
+        for key in ("num_labels", "id2label", "label2id"):
+            if key in kwargs:
+                setattr(config, key, kwargs.pop(key))
+        with torch.random.fork_rng():  # a tiny model is the same random model in every run
+            torch.manual_seed(0)
+            return auto.from_config(config, **kwargs)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    model = _from_hub(auto.from_pretrained, model_cfg, model_path(model_cfg, cache), **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model

@@ -1,0 +1,123 @@
+"""The body of one run, in the order it happens; `harness.run` wraps it with config checks and fault handling."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from harness import measure
+from harness.assets import cache_dir
+from harness.methods import apply_method, count_parameters, plan_method
+from harness.models import load_model, load_tokenizer
+from harness.results import RESULT_FILE, Status, git_commit, now, versions, write_json_atomic
+from harness.tasks import get_task
+from harness.tracking import Tracker
+from harness.training import DivergenceGuard, build_trainer, throughput, training_arguments
+from harness.config import config_hash
+
+log = logging.getLogger("harness")
+# Deprecation chatter from transformers internals.
+warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator.*")
+N_SAMPLES = 5  # input / reference / output triples kept in the record
+
+
+def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> dict[str, Any]:
+    cache = cache_dir(cfg.paths.cache)
+    torch.manual_seed(cfg.seed)
+    kind = cfg.model.kind
+
+    # 1. data, model and method plan: everything that can reject the config happens before any record.
+    task = get_task(cfg.task, cache)
+    data = task.splits()
+    tokenizer = load_tokenizer(cfg.model, cache)
+    t0 = time.perf_counter()
+    model = load_model(cfg.model, cache, precision=cfg.train.precision, tokenizer=tokenizer, labels=task.labels)
+    load_s = time.perf_counter() - t0
+    plan = plan_method(model, eff, kind)
+
+    result: dict[str, Any] = {
+        "run_id": rid, "status": Status.RUNNING.value, "reason": None,
+        "model": cfg.model.name, "method": cfg.method.name, "task": cfg.task.name,
+        "r": eff["r"], "alpha": eff["alpha"], "targets": eff["targets"]["name"] if eff["targets"] else None,
+        "seed": cfg.seed, "lr": eff["train"]["lr"], "precision": cfg.train.precision, "max_steps": cfg.train.max_steps,
+        "config_hash": config_hash(eff), "group": cfg.group, "data_fingerprint": task.fingerprint(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu", "started_at": now(),
+        "versions": versions(), "git_commit": git_commit(), "model_load_s": round(load_s, 3),
+        "mem_after_load": measure.current_memory(),
+    }
+    write_json_atomic(run_dir / RESULT_FILE, result)
+
+    # 2. the untuned model's score on the same held-out split
+    eval_split = data["test"]
+    base_outputs = task.predict(model, tokenizer, eval_split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
+    base_metrics = task.score(base_outputs, list(eval_split))
+    result |= {"base_score": base_metrics[task.primary_metric], "base_metrics": base_metrics}
+
+    # 3. the method, then training
+    model = apply_method(model, plan)
+    total, trainable = count_parameters(model)
+    result |= {"params_total": total, "params_trainable": trainable, "trainable_pct": 100.0 * trainable / total,
+               "target_modules": plan.target_modules, "mem_after_method": measure.current_memory()}
+    tags = [f"method:{cfg.method.name}", f"task:{cfg.task.name}", f"model:{cfg.model.name}",
+            f"r:{eff['r']}", f"targets:{result['targets']}"]
+    tracker = Tracker(cfg.tracking, run_dir, rid, eff, tags, cfg.group, cfg.name)
+    train_ds = task.train_dataset(data["train"], tokenizer, kind, cfg.train.max_seq_len)
+    peak, guard = measure.PeakMemory(), DivergenceGuard()
+    args = training_arguments(cfg.train, eff["train"]["lr"], cfg.seed, run_dir / "checkpoints", tracker.report_to)
+    trainer = build_trainer(model, tokenizer, train_ds, args, kind, [peak, guard])
+    train_output = trainer.train()
+    result |= throughput(train_output, trainer.state) | peak.result()
+    result["loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    if guard.diverged_at is not None:
+        result |= {"status": Status.DIVERGED.value, "reason": f"non-finite loss at step {guard.diverged_at}", "finished_at": now()}
+        write_json_atomic(run_dir / RESULT_FILE, result)
+        tracker.finish(result)
+        return result
+
+    # 4. score the tuned model, save what was trained
+    outputs = task.predict(model, tokenizer, eval_split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
+    metrics = task.score(outputs, list(eval_split))
+    rows = list(eval_split)[:N_SAMPLES]
+    samples = [{"input": task.describe(r), "reference": task.target(r), "output": o} for r, o in zip(rows, outputs)]
+    saved = run_dir / ("model" if plan.peft_config is None else "adapter")
+    model.save_pretrained(saved)
+    result |= {"score": metrics[task.primary_metric], "primary_metric": task.primary_metric, "metrics": metrics,
+               "samples": samples, "adapter_bytes": measure.dir_bytes(saved), "saved_to": saved.name,
+               "status": Status.OK.value, "finished_at": now()}
+    write_json_atomic(run_dir / RESULT_FILE, result)
+    tracker.log_table("samples", ["input", "reference", "output"], [[s["input"], s["reference"], s["output"]] for s in samples])
+    tracker.finish(result)
+    print_summary(result, run_dir)
+    return result
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def print_summary(result: dict[str, Any], run_dir: Path) -> None:
+    rank = f" r={result['r']} alpha={result['alpha']}" if result["r"] is not None else ""
+    targets = f" targets={result['targets']}" if result["targets"] else ""
+    lines = [
+        f"run        {result['run_id']}  ({run_dir})",
+        f"method     {result['method']}{rank}{targets}  on {result['model']} / {result['task']}",
+        f"trainable  {result['params_trainable']:,} of {result['params_total']:,} params ({result['trainable_pct']:.3f}%)",
+        f"memory     peak {_bytes(result['peak_mem_bytes'])} ({result['mem_kind']})",
+        f"speed      {result['train_tokens_per_s']:.0f} tokens/s (non-padding), {result['train_runtime_s']:.1f} s training",
+        f"saved      {_bytes(result['adapter_bytes'])} ({result['saved_to']}/)",
+        f"score      {result['primary_metric']} {result['score']:.3f}  vs base {result['base_score']:.3f}",
+    ]
+    print("\n".join(lines), flush=True)

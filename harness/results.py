@@ -1,0 +1,93 @@
+"""The run record: `result.json` (written atomically), its status enum, and provenance stamps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from enum import Enum
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness.assets import REPO_ROOT
+
+RESULT_FILE = "result.json"
+REQUIRED_KEYS = (
+    "run_id", "status", "model", "method", "task", "r", "alpha", "targets", "seed", "params_total",
+    "params_trainable", "trainable_pct", "peak_mem_bytes", "mem_kind", "train_tokens_per_s",
+    "train_samples_per_s", "train_runtime_s", "adapter_bytes", "score", "metrics", "base_score",
+    "started_at", "finished_at", "versions", "git_commit",
+)
+
+
+class Status(str, Enum):
+    """How a run ended. Anything but OK is re-run by a resumed sweep."""
+
+    RUNNING = "running"          # started; a record still saying this after the process is gone was killed hard
+    OK = "ok"
+    FAILED = "failed"            # an error in the run (reason recorded)
+    INVALID = "invalid"          # the config cannot work (reason recorded); nothing was trained
+    OOM = "oom"
+    DIVERGED = "diverged"        # NaN / inf loss
+    INTERRUPTED = "interrupted"  # SIGINT / SIGTERM
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(run_dir) / RESULT_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    names = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "evaluate", "hydra-core", "wandb")
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    found["harness"] = metadata.version("peft-harness") if _installed("peft-harness") else None
+    return found
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def git_commit() -> str | None:
+    """The harness checkout's commit, with '-dirty' when tracked files have uncommitted changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None

@@ -1,0 +1,96 @@
+"""One fine-tuning run: load, measure the base, train with `Trainer`, score, save, record, track.
+
+    python -m harness.run                                    # LoRA r=16 (q,v) on classify, SmolLM2-135M
+    python -m harness.run method=full task=classify model=minilm-l6 seed=1
+    python -m harness.run --cfg job                          # print the composed config
+
+Each run writes `paths.runs/<run_id>/`: `result.json` (see harness/results.py), the saved adapter or model,
+Hydra's resolved config (`.hydra/`), the log, and W&B's files. `main` returns the score (Hydra sweepers use it).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from harness import preflight
+from harness.config import config_hash, run_id, validate
+from harness.errors import HarnessError
+from harness.results import RESULT_FILE, Status, now, read_result, write_json_atomic
+
+log = logging.getLogger("harness")
+
+
+def main_body(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Validate, then run; the record is written before training starts and rewritten when it ends."""
+    from harness.pipeline import execute  # heavy imports (torch, transformers) only once the config is good
+
+    eff = validate(cfg)
+    rid = run_id(cfg)
+    previous = read_result(run_dir)
+    if previous and previous.get("status") == Status.OK and previous.get("config_hash") == config_hash(eff) and not cfg.rerun:
+        log.info("already done: %s (status ok); rerun=true runs it again", run_dir)
+        return previous
+    if previous and previous.get("config_hash") not in (None, config_hash(eff)):
+        raise HarnessError(f"{run_dir} holds the result of another config; choose another paths.runs")
+    return execute(cfg, eff, rid, run_dir)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    signal.signal(signal.SIGTERM, _terminate)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        result = main_body(cfg, run_dir)
+    except HarnessError as err:
+        return _fail(run_dir, Status.INVALID, str(err), multirun, exit_code=2)
+    except KeyboardInterrupt as err:
+        return _fail(run_dir, Status.INTERRUPTED, f"interrupted ({err or 'SIGINT'})", multirun, exit_code=130)
+    except Exception as err:  # noqa: BLE001 - recorded, then reported in one line
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        status = Status.OOM if _is_oom(err) else Status.FAILED
+        return _fail(run_dir, status, f"{type(err).__name__}: {err}".splitlines()[0][:300], multirun, exit_code=1)
+    if result["status"] != Status.OK:
+        return _fail(run_dir, Status(result["status"]), result.get("reason", ""), multirun, exit_code=1, record=False)
+    return result["score"]
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError))
+
+
+def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code: int, record: bool = True) -> None:
+    """Record how the run ended (keeping what the record already holds) and say it in one line."""
+    if record:
+        result = read_result(run_dir) or {}
+        write_json_atomic(run_dir / RESULT_FILE, {**result, "status": status.value, "reason": reason, "finished_at": now()})
+    print(f"error: {reason}" if status == Status.INVALID else f"run {status.value}: {reason} ({run_dir})", file=sys.stderr)
+    if not multirun:
+        sys.exit(exit_code)
+    return None
+
+
+def cli() -> None:
+    """Check the command line before Hydra starts, so a typo costs one line and no run folder."""
+    preflight.check_or_exit(sys.argv[1:])
+    main()
+
+
+if __name__ == "__main__":
+    cli()

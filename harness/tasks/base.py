@@ -1,0 +1,164 @@
+"""What every task shares: deterministic cached splits, tokenisation for causal LMs and encoders, and scoring.
+
+A task subclass says where its rows come from (`build_pools`), how a causal LM is asked (`messages`) and what
+it should answer (`target`), and how answers are scored (`score`, through an `evaluate` module). Splits are
+written once to `<cache>/data/<task>/<prep hash>/{train,validation,test}.jsonl`; the same inputs always give
+byte-identical files, and their SHA-256 is the run's data fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import datasets
+import evaluate
+import torch
+from omegaconf import DictConfig
+
+SPLITS = ("train", "validation", "test")
+METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
+
+
+def load_metric(name: str) -> evaluate.EvaluationModule:
+    """An `evaluate` module shipped inside the package (the hub copy cannot be fetched offline)."""
+    return evaluate.load(str(METRICS_DIR / name))
+
+
+class Task:
+    name: ClassVar[str]
+    primary_metric: ClassVar[str]
+    labels: ClassVar[list[str] | None] = None  # encoders classify over these
+    prep_keys: ClassVar[tuple[str, ...]] = ("data_seed",)  # config keys that change the prepared pools
+    version: ClassVar[int] = 1
+
+    def __init__(self, cfg: DictConfig, cache: Path):
+        self.cfg = cfg
+        self.cache = cache
+
+    # ---- data ----
+    def build_pools(self) -> dict[str, list[dict[str, Any]]]:
+        """Every row of each split, deterministically ordered; `n_train` / `n_eval` take prefixes."""
+        raise NotImplementedError
+
+    def prep_dir(self) -> Path:
+        params = {k: self.cfg.get(k) for k in self.prep_keys} | {"version": self.version}
+        digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+        return self.cache / "data" / self.name / digest
+
+    def prepare(self) -> Path:
+        folder = self.prep_dir()
+        if all((folder / f"{s}.jsonl").exists() for s in SPLITS):
+            return folder
+        pools = self.build_pools()
+        folder.mkdir(parents=True, exist_ok=True)
+        for split in SPLITS:
+            tmp = folder / f"{split}.jsonl.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for row in pools[split]:
+                    fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            os.replace(tmp, folder / f"{split}.jsonl")
+        return folder
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for split in SPLITS:
+            digest.update((self.prepare() / f"{split}.jsonl").read_bytes())
+        return digest.hexdigest()[:16]
+
+    def splits(self) -> datasets.DatasetDict:
+        folder = self.prepare()
+        files = {s: str(folder / f"{s}.jsonl") for s in SPLITS}
+        data = datasets.load_dataset("json", data_files=files, cache_dir=str(self.cache / "hf-datasets"))
+        sizes = {"train": self.cfg.n_train, "validation": self.cfg.n_eval, "test": self.cfg.n_eval}
+        return datasets.DatasetDict({s: data[s].select(range(min(sizes[s], len(data[s])))) for s in SPLITS})
+
+    # ---- prompting ----
+    def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
+        raise NotImplementedError
+
+    def target(self, row: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def describe(self, row: dict[str, Any]) -> str:
+        """The input as a person reads it (for sample predictions)."""
+        return self.messages(row)[-1]["content"]
+
+    def encoder_text(self, row: dict[str, Any]) -> str:
+        raise NotImplementedError(f"task '{self.name}' has no encoder form")
+
+    def label_id(self, row: dict[str, Any]) -> int:
+        assert self.labels is not None
+        return self.labels.index(self.target(row))
+
+    # ---- scoring ----
+    def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Metrics dict that includes `self.primary_metric`."""
+        raise NotImplementedError
+
+    # ---- tokenisation ----
+    def prompt_ids(self, tokenizer, row: dict[str, Any]) -> list[int]:
+        msgs = self.messages(row)
+        if tokenizer.chat_template:
+            ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        text = "\n\n".join(m["content"] for m in msgs) + "\n\nAnswer: "
+        return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def causal_features(self, tokenizer, max_len: int):
+        """Map function: prompt + target + end-of-turn; loss only on the target (prompt labels are -100)."""
+        end = tokenizer.eos_token or ""
+
+        def featurise(row: dict[str, Any]) -> dict[str, list[int]]:
+            prompt = self.prompt_ids(tokenizer, row)
+            answer = tokenizer(self.target(row) + end, add_special_tokens=False)["input_ids"][:max_len]
+            prompt = prompt[-(max_len - len(answer)):] if len(answer) < max_len else []
+            ids = prompt + answer
+            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + answer}
+
+        return featurise
+
+    def encoder_features(self, tokenizer, max_len: int):
+        def featurise(row: dict[str, Any]) -> dict[str, Any]:
+            enc = tokenizer(self.encoder_text(row), truncation=True, max_length=max_len)
+            return {**enc, "labels": self.label_id(row)}
+
+        return featurise
+
+    def train_dataset(self, split: datasets.Dataset, tokenizer, kind: str, max_len: int) -> datasets.Dataset:
+        featurise = self.causal_features(tokenizer, max_len) if kind == "causal_lm" else self.encoder_features(tokenizer, max_len)
+        return split.map(featurise, remove_columns=split.column_names, desc=f"tokenising {self.name}")
+
+    # ---- answering ----
+    @torch.no_grad()
+    def predict(self, model, tokenizer, split: datasets.Dataset, kind: str, batch_size: int, max_len: int) -> list[str]:
+        """Greedy, batched answers for a causal LM; arg-max labels for an encoder."""
+        model.eval()
+        rows = list(split)
+        outputs: list[str] = []
+        device = next(model.parameters()).device
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start:start + batch_size]
+            if kind == "causal_lm":
+                outputs += self._generate(model, tokenizer, batch, device, max_len)
+            else:
+                enc = tokenizer([self.encoder_text(r) for r in batch], truncation=True, max_length=max_len,
+                                padding=True, return_tensors="pt").to(device)
+                ids = model(**enc).logits.argmax(-1).tolist()
+                outputs += [self.labels[i] for i in ids]
+        return outputs
+
+    def _generate(self, model, tokenizer, batch, device, max_len: int) -> list[str]:
+        prompts = [self.prompt_ids(tokenizer, r)[-max_len:] for r in batch]
+        width = max(len(p) for p in prompts)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        generated = model.generate(
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=self.cfg.max_new_tokens,
+            do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+        )
+        return [tokenizer.decode(g[width:], skip_special_tokens=True).strip() for g in generated]

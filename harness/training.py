@@ -1,0 +1,91 @@
+"""Training through transformers' `Trainer`: arguments from the run config, collators, divergence guard."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import (
+    DataCollatorForSeq2Seq,
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+
+class DivergenceGuard(TrainerCallback):
+    """Stops training at the first non-finite logged loss and remembers it (the run's status: diverged)."""
+
+    def __init__(self) -> None:
+        self.diverged_at: int | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.diverged_at = state.global_step
+            control.should_training_stop = True
+
+
+def training_arguments(train: Any, lr: float, seed: int, output_dir: Path, report_to: list[str]) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        learning_rate=lr,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # transformers 5: a float below 1 is a ratio of max_steps
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=train.optim,
+        bf16=train.precision == "bf16-mixed",
+        fp16=train.precision == "fp16-mixed",
+        gradient_checkpointing=train.gradient_checkpointing,
+        logging_steps=train.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must reach DivergenceGuard, not be averaged away
+        include_num_input_tokens_seen="non_padding",
+        save_strategy="no",
+        eval_strategy="no",  # evaluation runs after training, so tokens/s excludes it
+        report_to=report_to,
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+
+
+def build_trainer(
+    model: PreTrainedModel,
+    tokenizer,
+    train_dataset: datasets.Dataset,
+    args: TrainingArguments,
+    model_kind: str,
+    callbacks: list[TrainerCallback],
+) -> Trainer:
+    if model_kind == "causal_lm":
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    else:
+        collator = DataCollatorWithPadding(tokenizer)
+    return Trainer(
+        model=model, args=args, train_dataset=train_dataset, data_collator=collator,
+        processing_class=tokenizer, callbacks=callbacks,
+    )
+
+
+def throughput(train_output: Any, state: Any) -> dict[str, float]:
+    """Non-padding tokens/s and samples/s over the training loop alone (no evaluation ran inside it)."""
+    runtime = float(train_output.metrics["train_runtime"])
+    return {
+        "train_runtime_s": runtime,
+        "train_tokens": int(state.num_input_tokens_seen),
+        "train_tokens_per_s": state.num_input_tokens_seen / runtime if runtime > 0 else None,
+        "train_samples_per_s": float(train_output.metrics["train_samples_per_second"]),
+        "train_loss": float(train_output.metrics.get("train_loss", float("nan"))),
+    }

@@ -1,0 +1,52 @@
+"""Shared fixtures: compose configs like the CLI does, and run the harness in-process on tiny models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+# Small enough for seconds per run, large enough to change weights.
+TINY = ["train.max_steps=2", "train.batch_size=4", "task.n_train=16", "task.n_eval=8", "tracking=none",
+        "train.logging_steps=1"]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from harness.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def run_inprocess(overrides: list[str], runs: Path) -> tuple[dict, Path]:
+    """One run through the same pipeline the CLI uses (minus Hydra's process set-up)."""
+    from harness.config import run_id, validate
+    from harness.pipeline import execute
+
+    cfg = compose(overrides + [f"paths.runs={runs}"])
+    eff = validate(cfg)
+    rid = run_id(cfg)
+    run_dir = runs / rid
+    return execute(cfg, eff, rid, run_dir), run_dir
+
+
+def run_cli(args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.run", *args], cwd=cwd or REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
