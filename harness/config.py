@@ -20,7 +20,7 @@ from harness.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Keys that say where or how a run is reported, not what it is.
-NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun")
+NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun", "seeds")
 PRECISIONS = ("bf16", "bf16-mixed", "fp32", "fp16-mixed")
 TRACKING_MODES = ("auto", "online", "offline", "disabled")
 
@@ -55,6 +55,17 @@ def run_id(cfg: DictConfig) -> str:
         parts.append(eff["targets"]["name"])
     parts += [f"s{eff['seed']}", config_hash(eff)]
     return "_".join(str(p) for p in parts)
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The fields that say which run a record belongs to (also written for runs that never trained)."""
+    eff = effective_config(cfg)
+    return {
+        "run_id": run_id(cfg), "model": eff["model"]["name"], "method": eff["method"]["name"],
+        "task": eff["task"]["name"], "r": eff["r"], "alpha": eff["alpha"],
+        "targets": eff["targets"]["name"] if eff["targets"] else None, "seed": eff["seed"],
+        "config_hash": config_hash(eff), "group": cfg.get("group"),
+    }
 
 
 def _run_id_resolver(*, _root_: DictConfig) -> str:

@@ -19,7 +19,7 @@ from harness.results import RESULT_FILE, Status, git_commit, now, versions, writ
 from harness.tasks import get_task
 from harness.tracking import Tracker
 from harness.training import DivergenceGuard, build_trainer, throughput, training_arguments
-from harness.config import config_hash
+from harness.config import identity
 
 log = logging.getLogger("harness")
 # Deprecation chatter from transformers internals.
@@ -42,12 +42,10 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     load_s = time.perf_counter() - t0
     plan = plan_method(model, eff, kind)
 
-    result: dict[str, Any] = {
-        "run_id": rid, "status": Status.RUNNING.value, "reason": None,
-        "model": cfg.model.name, "method": cfg.method.name, "task": cfg.task.name,
-        "r": eff["r"], "alpha": eff["alpha"], "targets": eff["targets"]["name"] if eff["targets"] else None,
-        "seed": cfg.seed, "lr": eff["train"]["lr"], "precision": cfg.train.precision, "max_steps": cfg.train.max_steps,
-        "config_hash": config_hash(eff), "group": cfg.group, "data_fingerprint": task.fingerprint(),
+    result: dict[str, Any] = identity(cfg) | {
+        "status": Status.RUNNING.value, "reason": None,
+        "lr": eff["train"]["lr"], "precision": cfg.train.precision, "max_steps": cfg.train.max_steps,
+        "data_fingerprint": task.fingerprint(),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "started_at": now(),
         "versions": versions(), "git_commit": git_commit(), "model_load_s": round(load_s, 3),
         "mem_after_load": measure.current_memory(),

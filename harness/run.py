@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness import preflight
-from harness.config import config_hash, run_id, validate
+from harness.config import config_hash, identity, run_id, validate
 from harness.errors import HarnessError
 from harness.results import RESULT_FILE, Status, now, read_result, write_json_atomic
 
@@ -57,13 +57,13 @@ def main(cfg: DictConfig) -> float | None:
     try:
         result = main_body(cfg, run_dir)
     except HarnessError as err:
-        return _fail(run_dir, Status.INVALID, str(err), multirun, exit_code=2)
+        return _fail(run_dir, Status.INVALID, str(err), multirun, exit_code=2, cfg=cfg)
     except KeyboardInterrupt as err:
-        return _fail(run_dir, Status.INTERRUPTED, f"interrupted ({err or 'SIGINT'})", multirun, exit_code=130)
+        return _fail(run_dir, Status.INTERRUPTED, f"interrupted ({err or 'SIGINT'})", multirun, exit_code=130, cfg=cfg)
     except Exception as err:  # noqa: BLE001 - recorded, then reported in one line
         (run_dir / "error.txt").write_text(traceback.format_exc())
         status = Status.OOM if _is_oom(err) else Status.FAILED
-        return _fail(run_dir, status, f"{type(err).__name__}: {err}".splitlines()[0][:300], multirun, exit_code=1)
+        return _fail(run_dir, status, f"{type(err).__name__}: {err}".splitlines()[0][:300], multirun, exit_code=1, cfg=cfg)
     if result["status"] != Status.OK:
         return _fail(run_dir, Status(result["status"]), result.get("reason", ""), multirun, exit_code=1, record=False)
     return result["score"]
@@ -75,10 +75,16 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, (torch.OutOfMemoryError, MemoryError))
 
 
-def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code: int, record: bool = True) -> None:
+def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code: int, record: bool = True,
+          cfg: DictConfig | None = None) -> None:
     """Record how the run ended (keeping what the record already holds) and say it in one line."""
     if record:
         result = read_result(run_dir) or {}
+        if not result and cfg is not None:
+            try:
+                result = identity(cfg)
+            except Exception:  # noqa: BLE001 - a config too broken to identify still gets its status
+                result = {"run_id": run_dir.name}
         write_json_atomic(run_dir / RESULT_FILE, {**result, "status": status.value, "reason": reason, "finished_at": now()})
     print(f"error: {reason}" if status == Status.INVALID else f"run {status.value}: {reason} ({run_dir})", file=sys.stderr)
     if not multirun:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def training_arguments(train: Any, lr: float, seed: int, output_dir: Path, repor
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=False,
+        disable_tqdm=not sys.stderr.isatty(),  # in logs: one line per logging_steps instead of a bar
     )
 
 

@@ -1,0 +1,106 @@
+"""Sweeps: every sweep file composes; equivalent runs run once; a failing run does not stop the grid; a killed
+sweep resumes where it stopped; the submitit local launcher runs a grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO, TINY, run_cli
+from harness.config import CONF_DIR, effective_config
+
+SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
+TINY_SWEEP = ["model=tiny-llama", *TINY]
+
+
+def folders(runs: Path) -> dict[str, dict]:
+    return {p.name: json.loads((p / "result.json").read_text()) for p in runs.iterdir() if (p / "result.json").exists()}
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweep_file_composes_with_its_grid(name: str) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        base = compose(config_name="config", overrides=[])
+    sweep_cfg = __import__("omegaconf").OmegaConf.load(REPO / "sweeps" / f"{name}.yaml")
+    params = sweep_cfg.hydra.sweeper.params
+    assert {"method", "seed"} <= set(params), f"sweeps/{name}.yaml must sweep method and seed"
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    with initialize_config_dir(config_dir=str(REPO / "sweeps"), version_base="1.3"):
+        # every value of every axis composes (a typo in a method or targets name fails here)
+        for o in parsed:
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            for v in values:
+                cfg = compose(config_name=name, overrides=[f"{o.key_or_group}={v}"])
+                assert cfg.group == name
+                effective_config(cfg)
+    assert base.group is None
+
+
+def test_equivalent_runs_run_once_and_the_summary_counts_them(tmp_path: Path) -> None:
+    proc = run_cli(["-m", *TINY_SWEEP, "method=full,lora", "r=4,8", f"paths.runs={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = folders(tmp_path)
+    assert len(runs) == 3  # full x {4, 8} is one run
+    assert sorted(r["method"] for r in runs.values()) == ["full", "lora", "lora"]
+    assert "4 grid points -> 3 distinct runs (1 equivalent merged)" in proc.stderr + proc.stdout
+    assert "3 runs, 3 ok" in proc.stdout
+    summary = (tmp_path / "sweep-sweep.csv").read_text().splitlines()
+    assert len(summary) == 4
+
+
+def test_a_failing_run_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    # r=100000 exceeds every layer of the tiny model: recorded as invalid, the other ranks still run
+    proc = run_cli(["-m", *TINY_SWEEP, "r=4,100000,8", f"paths.runs={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = folders(tmp_path)
+    statuses = sorted((r["r"], r["status"]) for r in runs.values())
+    assert len(runs) == 3
+    bad = [r for r in runs.values() if r["status"] == "invalid"]
+    assert len(bad) == 1 and "r=100000 exceeds" in bad[0]["reason"], statuses
+    assert sum(r["status"] == "ok" for r in runs.values()) == 2
+    assert "2 ok, 1 invalid" in proc.stdout
+
+
+def test_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "harness.run", "-m", *TINY_SWEEP, "seed=0,1,2", "train.max_steps=40",
+            f"paths.runs={tmp_path}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    try:  # kill the whole sweep while its second run trains
+        while time.time() < deadline:
+            runs = folders(tmp_path) if tmp_path.exists() else {}
+            if sum(r["status"] == "ok" for r in runs.values()) == 1 and any(r["status"] == "running" for r in runs.values()):
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    before = folders(tmp_path)
+    finished = [name for name, r in before.items() if r["status"] == "ok"]
+    assert len(finished) == 1, before
+    mtime = (tmp_path / finished[0] / "result.json").stat().st_mtime_ns
+    resumed = run_cli(["-m", *TINY_SWEEP, "seed=0,1,2", "train.max_steps=40", f"paths.runs={tmp_path}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "1 already ok, 2 to run" in resumed.stderr + resumed.stdout
+    after = folders(tmp_path)
+    assert len(after) == 3 and all(r["status"] == "ok" for r in after.values())
+    assert (tmp_path / finished[0] / "result.json").stat().st_mtime_ns == mtime  # not re-run
+
+
+def test_submitit_local_launcher_runs_a_two_run_sweep(tmp_path: Path) -> None:
+    proc = run_cli(["-m", "hydra/launcher=submitit_local", *TINY_SWEEP, "seed=0,1", f"paths.runs={tmp_path}"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = folders(tmp_path)
+    assert len(runs) == 2 and all(r["status"] == "ok" for r in runs.values())
+    assert (tmp_path / ".submitit").is_dir()
