@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from harness.errors import AssetError
 
@@ -64,6 +66,33 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)  # atomic: a half-converted folder never looks ready
+
+
+def check_hub_model(name: str, hub_id: str, timeout_s: float = 3.0) -> None:
+    """Fail in one line, within seconds, when a hub preset is neither cached locally nor reachable.
+
+    Without this, transformers retries an unreachable hub for about a minute before failing.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(hub_id, "config.json")
+    if isinstance(cached, str):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    reachable = False
+    if not offline:
+        try:
+            socket.create_connection((host.hostname, host.port or 443), timeout=timeout_s).close()
+            reachable = True
+        except OSError:
+            pass
+    if not reachable:
+        raise AssetError(
+            f"model '{name}' ({hub_id}) is not reachable: the hub is {'disabled (HF_HUB_OFFLINE)' if offline else 'unreachable'} "
+            f"and no local HF cache holds it; use a bundled model (model=smollm2-135m or model=minilm-l6) or set "
+            f"HF_HOME to a cache that has it"
+        )
 
 
 def prepare_all() -> None:

@@ -16,7 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.errors import ConfigError
+from harness.assets import check_hub_model
+from harness.errors import AssetError, ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Keys that say where or how a run is reported, not what it is.
@@ -110,6 +111,11 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.tracking.mode not in TRACKING_MODES:
         raise ConfigError(f"tracking.mode must be one of {', '.join(TRACKING_MODES)}, got {cfg.tracking.mode!r}")
     check_writable(Path(cfg.paths.runs), "paths.runs")
+    if cfg.model.source == "hub":
+        try:
+            check_hub_model(cfg.model.name, cfg.model.hub_id)
+        except AssetError as err:
+            raise ConfigError(str(err)) from None
     return effective_config(cfg)
 
 

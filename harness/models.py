@@ -6,6 +6,7 @@ Every path ends in a transformers `from_pretrained` / `from_config`, so GPU user
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,29 @@ def load_model(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def model_fingerprint(model_cfg: DictConfig, cache: Path, model: PreTrainedModel) -> str:
+    """SHA-256 (16 hex) of the weights the run started from: weight files for stored models (cached beside the
+    cache, keyed by size and mtime), the tensors themselves for tiny random models."""
+    digest = hashlib.sha256()
+    if model_cfg.source == "tiny":
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+    if model_cfg.source == "hub":
+        return f"hub:{model_cfg.hub_id}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+    folder = Path(model_path(model_cfg, cache))
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        stat = weights.stat()
+        sidecar = cache / "fingerprints" / f"{model_cfg.name}-{weights.name}-{stat.st_size}-{int(stat.st_mtime)}.sha256"
+        if not sidecar.exists():
+            sidecar.parent.mkdir(parents=True, exist_ok=True)
+            file_digest = hashlib.sha256()
+            with open(weights, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    file_digest.update(chunk)
+            sidecar.write_text(file_digest.hexdigest())
+        digest.update(sidecar.read_text().encode())
+    return digest.hexdigest()[:16]

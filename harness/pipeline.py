@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -14,11 +17,11 @@ from omegaconf import DictConfig
 from harness import measure
 from harness.assets import cache_dir
 from harness.methods import apply_method, count_parameters, plan_method
-from harness.models import load_model, load_tokenizer
+from harness.models import load_model, load_tokenizer, model_fingerprint
 from harness.results import RESULT_FILE, Status, git_commit, now, versions, write_json_atomic
 from harness.tasks import get_task
 from harness.tracking import Tracker
-from harness.training import DivergenceGuard, build_trainer, throughput, training_arguments
+from harness.training import DivergenceGuard, build_trainer, last_checkpoint, throughput, training_arguments
 from harness.config import identity
 
 log = logging.getLogger("harness")
@@ -46,7 +49,9 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         "status": Status.RUNNING.value, "reason": None,
         "lr": eff["train"]["lr"], "precision": cfg.train.precision, "max_steps": cfg.train.max_steps,
         "data_fingerprint": task.fingerprint(),
+        "model_fingerprint": model_fingerprint(cfg.model, cache, model),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "started_at": now(),
+        "pid": os.getpid(), "host": socket.gethostname(), "config": eff,
         "versions": versions(), "git_commit": git_commit(), "model_load_s": round(load_s, 3),
         "mem_after_load": measure.current_memory(),
     }
@@ -63,14 +68,19 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     total, trainable = count_parameters(model)
     result |= {"params_total": total, "params_trainable": trainable, "trainable_pct": 100.0 * trainable / total,
                "target_modules": plan.target_modules, "mem_after_method": measure.current_memory()}
+    write_json_atomic(run_dir / RESULT_FILE, result)  # a crash from here on keeps the base score and counts
     tags = [f"method:{cfg.method.name}", f"task:{cfg.task.name}", f"model:{cfg.model.name}",
             f"r:{eff['r']}", f"targets:{result['targets']}"]
     tracker = Tracker(cfg.tracking, run_dir, rid, eff, tags, cfg.group, cfg.name)
     train_ds = task.train_dataset(data["train"], tokenizer, kind, cfg.train.max_seq_len)
     peak, guard = measure.PeakMemory(), DivergenceGuard()
-    args = training_arguments(cfg.train, eff["train"]["lr"], cfg.seed, run_dir / "checkpoints", tracker.report_to)
-    trainer = build_trainer(model, tokenizer, train_ds, args, kind, [peak, guard])
-    train_output = trainer.train()
+    args = training_arguments(cfg.train, eff["train"]["lr"], cfg.seed, run_dir / "checkpoints")
+    trainer = build_trainer(model, tokenizer, train_ds, args, kind, [peak, guard, *tracker.callbacks])
+    resume_from = last_checkpoint(run_dir / "checkpoints")
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    result["resumed_from"] = resume_from and Path(resume_from).name
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
     result |= throughput(train_output, trainer.state) | peak.result()
     result["loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     if guard.diverged_at is not None:
@@ -85,7 +95,8 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     rows = list(eval_split)[:N_SAMPLES]
     samples = [{"input": task.describe(r), "reference": task.target(r), "output": o} for r, o in zip(rows, outputs)]
     saved = run_dir / ("model" if plan.peft_config is None else "adapter")
-    model.save_pretrained(saved)
+    save_atomically(model, saved)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished run
     result |= {"score": metrics[task.primary_metric], "primary_metric": task.primary_metric, "metrics": metrics,
                "samples": samples, "adapter_bytes": measure.dir_bytes(saved), "saved_to": saved.name,
                "status": Status.OK.value, "finished_at": now()}
@@ -94,6 +105,19 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     tracker.finish(result)
     print_summary(result, run_dir)
     return result
+
+
+def save_atomically(model, target: Path) -> None:
+    """Save into a temporary folder, then rename: a crash or a full disk never leaves a valid-looking adapter."""
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
 
 
 def _bytes(n: int | None) -> str:

@@ -10,6 +10,7 @@ Hydra's resolved config (`.hydra/`), the log, and W&B's files. `main` returns th
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -23,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness import preflight
-from harness.config import config_hash, identity, run_id, validate
+from harness.config import CONF_DIR, config_hash, identity, run_id, validate
 from harness.errors import HarnessError
 from harness.results import RESULT_FILE, Status, now, read_result, write_json_atomic
 
@@ -49,7 +50,7 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     signal.signal(signal.SIGTERM, _terminate)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -63,7 +64,10 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:  # noqa: BLE001 - recorded, then reported in one line
         (run_dir / "error.txt").write_text(traceback.format_exc())
         status = Status.OOM if _is_oom(err) else Status.FAILED
-        return _fail(run_dir, status, f"{type(err).__name__}: {err}".splitlines()[0][:300], multirun, exit_code=1, cfg=cfg)
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            reason = f"disk full: {reason}"
+        return _fail(run_dir, status, reason, multirun, exit_code=1, cfg=cfg)
     if result["status"] != Status.OK:
         return _fail(run_dir, Status(result["status"]), result.get("reason", ""), multirun, exit_code=1, record=False)
     return result["score"]
@@ -72,7 +76,10 @@ def main(cfg: DictConfig) -> float | None:
 def _is_oom(err: BaseException) -> bool:
     import torch
 
-    return isinstance(err, (torch.OutOfMemoryError, MemoryError))
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    # the CPU allocator reports a memory cap (ulimit, cgroup) as a RuntimeError
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in str(err) or "out of memory" in str(err).lower())
 
 
 def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code: int, record: bool = True,

@@ -55,8 +55,9 @@ class Tracker:
             self.run = None
 
     @property
-    def report_to(self) -> list[str]:
-        return ["wandb"] if self.run is not None else []
+    def callbacks(self) -> list:
+        """Trainer's own W&B callback (training curves), guarded so a W&B failure never stops training."""
+        return [SafeWandbCallback()] if self.run is not None else []
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         if self.run is None:
@@ -82,3 +83,33 @@ class Tracker:
     @property
     def run_path(self) -> str | None:
         return None if self.run is None else self.run.dir
+
+
+def _guarded(name: str):
+    def method(self, *args, **kwargs):
+        if self.broken:
+            return None
+        try:
+            return getattr(WandbCallback, name)(self, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            self.broken = True
+            log.warning("W&B logging failed (%s); training continues, result.json stays complete", err)
+            return None
+
+    return method
+
+
+try:
+    from transformers.integrations import WandbCallback
+except ImportError:  # pragma: no cover - wandb is a dependency
+    WandbCallback = object
+
+
+class SafeWandbCallback(WandbCallback):
+    """transformers' WandbCallback that disables itself on its first error instead of raising into Trainer."""
+
+    broken = False
+
+
+for _name in ("setup", "on_train_begin", "on_train_end", "on_log", "on_save", "on_evaluate", "on_predict"):
+    setattr(SafeWandbCallback, _name, _guarded(_name))

@@ -17,6 +17,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 
 class DivergenceGuard(TrainerCallback):
@@ -32,7 +33,7 @@ class DivergenceGuard(TrainerCallback):
             control.should_training_stop = True
 
 
-def training_arguments(train: Any, lr: float, seed: int, output_dir: Path, report_to: list[str]) -> TrainingArguments:
+def training_arguments(train: Any, lr: float, seed: int, output_dir: Path) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=train.max_steps,
@@ -50,9 +51,11 @@ def training_arguments(train: Any, lr: float, seed: int, output_dir: Path, repor
         logging_steps=train.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss must reach DivergenceGuard, not be averaged away
         include_num_input_tokens_seen="non_padding",
-        save_strategy="no",
+        save_strategy="steps" if train.save_steps else "no",
+        save_steps=train.save_steps or 500,
+        save_total_limit=1,
         eval_strategy="no",  # evaluation runs after training, so tokens/s excludes it
-        report_to=report_to,
+        report_to=[],  # W&B is attached as a guarded callback (harness.tracking.SafeWandbCallback)
         seed=seed,
         data_seed=seed,
         remove_unused_columns=False,
@@ -78,6 +81,13 @@ def build_trainer(
         model=model, args=args, train_dataset=train_dataset, data_collator=collator,
         processing_class=tokenizer, callbacks=callbacks,
     )
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest `checkpoint-N` folder Trainer left (a re-run of an unfinished run resumes from it)."""
+    if not folder.is_dir():
+        return None
+    return get_last_checkpoint(str(folder))
 
 
 def throughput(train_output: Any, state: Any) -> dict[str, float]:
