@@ -10,16 +10,18 @@ launcher (basic, joblib, submitit local / SLURM) runs its jobs unchanged.
 from __future__ import annotations
 
 import logging
+import socket
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+import psutil
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from harness.config import config_hash, effective_config, run_id
-from harness.results import Status, read_result
+from harness.results import RESULT_FILE, Status, now, read_result, write_json_atomic
 
 log = logging.getLogger(__name__)
 SUMMARY_COLUMNS = ["run_id", "status", "score", "base_score", "peak_mem_bytes", "train_tokens_per_s", "reason"]
@@ -54,6 +56,7 @@ class HarnessSweeper(BasicSweeper):
                 distinct[rid]["duplicates"] += 1
                 continue
             run_dir = Path(cfg.paths.runs) / rid
+            mark_if_killed(run_dir)
             previous = read_result(run_dir)
             done = bool(previous) and previous.get("status") == Status.OK and \
                 previous.get("config_hash") == config_hash(effective_config(cfg)) and not cfg.rerun
@@ -71,17 +74,35 @@ class HarnessSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         returns = []
         batch_size = self.max_batch_size or max(len(todo), 1)
-        for start in range(0, len(todo), batch_size):
-            batch: Sequence[Sequence[str]] = todo[start:start + batch_size]
-            self.validate_batch_is_legal(batch)
-            log.info("sweep: launching runs %d-%d of %d", start + 1, start + len(batch), len(todo))
-            returns.append(self.launcher.launch(batch, initial_job_idx=start))
+        try:
+            for start in range(0, len(todo), batch_size):
+                batch: Sequence[Sequence[str]] = todo[start:start + batch_size]
+                self.validate_batch_is_legal(batch)
+                log.info("sweep: launching runs %d-%d of %d", start + 1, start + len(batch), len(todo))
+                returns.append(self.launcher.launch(batch, initial_job_idx=start))
+        finally:  # also when a worker was killed and the launcher gave up: every record tells the truth
+            for row in runs:
+                mark_if_killed(row["run_dir"])
+            self.report(runs, sweep_dir)
+        return returns
+
+    def report(self, runs: list[dict[str, Any]], sweep_dir: Path) -> None:
         table = summary_table([r["run_dir"] for r in runs])
         name = self.config.get("group") or "sweep"
         table.to_csv(sweep_dir / f"sweep-{name}.csv", index=False)
         print(f"\nsweep '{name}': {len(table)} runs, " + ", ".join(f"{n} {s}" for s, n in table["status"].value_counts().items()))
         print(table.drop(columns=["reason"]).to_string(index=False), flush=True)
-        return returns
+
+
+def mark_if_killed(run_dir: Path) -> None:
+    """A record still saying `running` whose process is gone (SIGKILL, a dead worker) becomes `interrupted`."""
+    result = read_result(run_dir)
+    if not result or result.get("status") != Status.RUNNING or result.get("host") != socket.gethostname():
+        return
+    if result.get("pid") and not psutil.pid_exists(result["pid"]):
+        write_json_atomic(Path(run_dir) / RESULT_FILE, result | {
+            "status": Status.INTERRUPTED.value, "finished_at": now(),
+            "reason": f"killed: its process (pid {result['pid']}) ended without finishing"})
 
 
 def summary_table(run_dirs: list[Path]) -> pd.DataFrame:

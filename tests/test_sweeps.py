@@ -104,3 +104,47 @@ def test_submitit_local_launcher_runs_a_two_run_sweep(tmp_path: Path) -> None:
     runs = folders(tmp_path)
     assert len(runs) == 2 and all(r["status"] == "ok" for r in runs.values())
     assert (tmp_path / ".submitit").is_dir()
+
+
+@pytest.mark.slow
+def test_load_fifty_runs_with_failures_and_a_killed_worker(tmp_path: Path) -> None:
+    """52 tiny runs on 2 joblib workers, 13 invalid on purpose, one worker SIGKILLed midway; then a re-run."""
+    grid = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY_SWEEP, "r=4,8,16,100000",
+            "seed=range(0,13)", f"paths.runs={tmp_path}"]
+    args = [sys.executable, "-m", "harness.run", *grid]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    victim = None
+    while time.time() < deadline and victim is None:
+        runs = folders(tmp_path) if tmp_path.exists() else {}
+        if sum(r["status"] == "ok" for r in runs.values()) >= 10:
+            running = [r for r in runs.values() if r["status"] == "running" and r.get("pid") != proc.pid]
+            if running:
+                victim = running[0]["pid"]
+                os.kill(victim, signal.SIGKILL)
+        time.sleep(0.1)
+    out, _ = proc.communicate(timeout=900)
+    assert victim is not None, out[-3000:]
+    first = folders(tmp_path)
+    # every folder holds exactly one complete record whose status is true; none says "running"
+    assert all(r["status"] in ("ok", "invalid", "interrupted") for r in first.values()), {r["status"] for r in first.values()}
+    killed = [r for r in first.values() if r["status"] == "interrupted"]
+    assert any(r["pid"] == victim for r in killed)
+    summary = (tmp_path / "sweep-sweep.csv").read_text().splitlines()[1:]
+    assert len(summary) == 52
+    counted = {s: sum(line.split(",")[1] == s for line in summary) for s in ("ok", "invalid", "interrupted", "missing")}
+    assert counted["ok"] == sum(r["status"] == "ok" for r in first.values())
+    assert counted["interrupted"] == len(killed)
+    assert counted["missing"] == 52 - len(first)
+    ok_before = {name for name, r in first.items() if r["status"] == "ok"}
+    mtimes = {name: (tmp_path / name / "result.json").stat().st_mtime_ns for name in ok_before}
+    # re-run: only what is missing or not ok runs again
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(ok_before)} already ok, {52 - len(ok_before)} to run" in again.stdout + again.stderr
+    final = folders(tmp_path)
+    assert len(final) == 52
+    assert sum(r["status"] == "ok" for r in final.values()) == 39
+    assert sum(r["status"] == "invalid" for r in final.values()) == 13
+    assert all((tmp_path / n / "result.json").stat().st_mtime_ns == m for n, m in mtimes.items())
+    assert "52 runs, 39 ok, 13 invalid" in again.stdout
