@@ -1,0 +1,42 @@
+"""The bundled pretrained models end to end (slow: minutes). `make test` runs these; `make test-fast` skips them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+SHORT = ["tracking=none", "task.n_train=96", "task.n_eval=48", "train.logging_steps=5"]
+
+
+def test_smollm2_lora_run_is_complete_and_learns(tmp_path: Path) -> None:
+    proc = run_cli(["model=smollm2-135m", "method=lora", "r=16", "targets=qv", "train.max_steps=12", *SHORT,
+                    f"paths.runs={tmp_path}"], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [record_file] = list(tmp_path.glob("*/result.json"))
+    result = json.loads(record_file.read_text())
+    assert result["status"] == "ok"
+    # closed form: 30 layers x r x ((576 + 576) for q_proj + (576 + 192) for v_proj)
+    assert result["params_trainable"] == 30 * 16 * ((576 + 576) + (576 + 192)) == 921_600
+    assert result["params_total"] == 134_515_008 + 921_600
+    assert result["adapter_bytes"] > 921_600 * 4  # float32 adapter weights
+    assert result["mem_kind"] == "cpu_rss" and 0.3e9 < result["peak_mem_bytes"] < 12e9
+    first_loss, last_loss = result["loss_curve"][0][1], result["loss_curve"][-1][1]
+    assert last_loss < first_loss, result["loss_curve"]
+    assert "score      accuracy" in proc.stdout
+
+
+def test_minilm_full_finetuning_run_is_complete(tmp_path: Path) -> None:
+    proc = run_cli(["model=minilm-l6", "method=full", "task=classify", "seed=1", "train.max_steps=20",
+                    "train.lr=1e-4", *SHORT, f"paths.runs={tmp_path}"], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [record_file] = list(tmp_path.glob("*/result.json"))
+    result = json.loads(record_file.read_text())
+    assert result["status"] == "ok" and result["r"] is None and result["targets"] is None
+    assert result["params_trainable"] == result["params_total"] > 22_000_000
+    assert (record_file.parent / "model" / "model.safetensors").exists()
+    assert result["run_id"].startswith("classify_minilm-l6_full_s1_")
