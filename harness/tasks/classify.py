@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from harness.assets import package_dir
+from harness.errors import ConfigError
 from harness.tasks.base import Task, load_metric
 
 LABELS = ["negative", "neutral", "positive"]
@@ -53,22 +54,35 @@ def parse_label(answer: str) -> str:
     return ""
 
 
+def check_label(label: Any) -> str:
+    """A user's sentiment label, lower-cased; anything outside LABELS is a one-line ConfigError."""
+    value = str(label).strip().lower()
+    if value not in LABELS:
+        raise ConfigError(f"sentiment label {label!r} is not one of {', '.join(LABELS)}; map your labels to these")
+    return value
+
+
 class ClassifyTask(Task):
     name = "classify"
     primary_metric = "accuracy"
     labels = LABELS
     prep_keys = ("data_seed", "min_confidence")
+    fields = ("text", "label")
+    templates = (
+        "Classify the sentiment of this tweet as positive, negative or neutral. Answer with one word.\n\nTweet: {text}",
+        "Is the following tweet positive, negative or neutral? Reply with a single word.\n\n{text}",
+        "Tweet: {text}\n\nWhat is the sentiment of this tweet (positive, negative or neutral)? One word only.",
+        "Read this tweet and tell me whether its tone is positive, negative or neutral. Give just the label.\n\n\"{text}\"",
+        "Label the sentiment (negative / neutral / positive) of the message below, answering with the label alone.\n\nMessage: {text}",
+    )
 
-    def build_pools(self) -> dict[str, list[dict[str, Any]]]:
+    def builtin_pools(self) -> dict[str, list[dict[str, Any]]]:
         df = load_tweets(self.cfg.min_confidence)
         fields = lambda r: {"text": r["text"], "label": r["sentiment"]}  # noqa: E731
         return balanced_pools(df, random.Random(self.cfg.data_seed), fields)
 
-    def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
-        return [{"role": "user", "content": (
-            "Classify the sentiment of this tweet as positive, negative or neutral. Answer with one word.\n\n"
-            f"Tweet: {row['text']}"
-        )}]
+    def row_from_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"text": str(record["text"]), "label": check_label(record["label"])}
 
     def target(self, row: dict[str, Any]) -> str:
         return row["label"]

@@ -1,0 +1,207 @@
+"""The report's figures (matplotlib, PNG). Each method keeps one colour in every figure (`method_color`); target
+groups are told apart by marker. A figure with nothing to show is skipped (its function returns None), and the
+report says why.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.tables import FULL, GIB, MIB  # noqa: E402
+
+# Fixed colours for the methods the harness knows, so a method looks the same in every report.
+METHOD_COLORS = {
+    "full": "#222222", "lora": "#1f77b4", "rslora": "#17becf", "dora": "#2ca02c", "qlora": "#ff7f0e",
+    "ia3": "#d62728", "adalora": "#9467bd", "prefix": "#8c564b", "prompt": "#e377c2", "vera": "#bcbd22",
+    "pissa": "#7f7f7f", "loha": "#aec7e8", "lokr": "#98df8a", "oft": "#ffbb78", "boft": "#c5b0d5",
+}
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+DPI = 110
+
+
+def method_color(method: str):
+    """The method's fixed colour; an unknown method gets a stable colour from its name."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return plt.get_cmap("tab20")(zlib.crc32(str(method).encode()) % 20)
+
+
+def _markers(values: pd.Series) -> dict[str, str]:
+    names = sorted({str(v) for v in values.dropna()})
+    return {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(names)}
+
+
+def _panels(n: int, width: float = 5.2, height: float = 3.8):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _cells(data: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One panel per task, model and data cell; the title names the data only where a task and model have several."""
+    several = data.groupby(["task", "model"])["cell"].nunique().max() > 1
+    out = []
+    for (task, model, cell), part in data.groupby(["task", "model", "cell"], sort=False):
+        data_id = "/".join(str(cell).split("|")[2:])
+        out.append((f"{task} · {model}" + (f"\ndata {data_id}" if several else ""), part))
+    return out
+
+
+def retention_vs_rank(ret: pd.DataFrame, out: Path, threshold: float) -> Path | None:
+    """Retention (% of full FT) against LoRA rank, one panel per task and model; error bars: 95% t-interval."""
+    data = ret[ret["retention"].notna() & ret["r"].notna()]
+    if data.empty:
+        return None
+    panels = _cells(data)
+    fig, axes = _panels(len(panels))
+    markers = _markers(ret["targets"])
+    for ax, (title, part) in zip(axes, panels):
+        for (method, targets), line in part.groupby(["method", "targets"], sort=False, dropna=False):
+            line = line.sort_values("r")
+            err = np.vstack([line["retention"] - line["ci_low"], line["ci_high"] - line["retention"]])
+            ax.errorbar(line["r"], line["retention"], yerr=np.nan_to_num(err), color=method_color(method),
+                        marker=markers.get(str(targets), "o"), capsize=3, label=f"{method} {targets}")
+        ax.axhline(100, color=method_color(FULL), lw=1, ls="-", label="full FT (100%)")
+        ax.axhline(threshold, color="grey", lw=1, ls=":", label=f"{threshold:g}% bar")
+        ax.set_xscale("log", base=2)
+        ranks = sorted(part["r"].unique())
+        ax.set_xticks(ranks, [str(int(r)) for r in ranks])
+        ax.set(title=title, xlabel="rank r (log scale)", ylabel="retention (% of full-FT score)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out / "retention_vs_rank.png")
+
+
+def score_vs_memory(summary: pd.DataFrame, out: Path) -> Path | None:
+    """Score against peak training memory per variant (seed means), Pareto front as a step line."""
+    data = summary[summary["score"].notna() & summary["peak_mem_bytes"].notna()]
+    if data.empty:
+        return None
+    panels = _cells(data)
+    fig, axes = _panels(len(panels), width=5.8)
+    markers = _markers(summary["targets"])
+    for ax, (title, part) in zip(axes, panels):
+        for _, row in part.iterrows():
+            if row["score_sd"] > 0:  # spread over seeds
+                ax.errorbar(row["peak_mem_bytes"] / GIB, row["score"], yerr=row["score_sd"], fmt="none",
+                            ecolor=method_color(row["method"]), capsize=3, lw=1, zorder=2)
+            ax.scatter(row["peak_mem_bytes"] / GIB, row["score"], color=method_color(row["method"]), s=50,
+                       marker=markers.get(str(row["targets"]), "o"), edgecolor="black" if row["on_front"] else "none",
+                       zorder=3)
+            ax.annotate(row["label"], (row["peak_mem_bytes"] / GIB, row["score"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        front = part[part["on_front"]].sort_values("peak_mem_bytes")
+        ax.step(front["peak_mem_bytes"] / GIB, front["score"], where="post", color="black", lw=1, ls="--",
+                label="Pareto front", zorder=2)
+        kind = "/".join(sorted(set(part["mem_kind"].astype(str))))
+        ax.set(title=title, xlabel=f"peak memory during training (GiB, {kind})",
+               ylabel=f"score ({part['primary_metric'].iloc[0]})")
+        ax.margins(0.12)
+        for method in part["method"].unique():
+            ax.scatter([], [], color=method_color(method), label=method)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out / "score_vs_memory.png")
+
+
+def throughput(summary: pd.DataFrame, out: Path, runs: pd.DataFrame | None = None) -> Path | None:
+    """Training throughput (non-padding tokens/s) per variant: bar = mean over seeds, dots = the single runs
+    (on a shared machine one slow run shows up as an outlier instead of hiding in a mean)."""
+    data = summary[summary["train_tokens_per_s"].notna()]
+    if data.empty:
+        return None
+    panels = _cells(data)
+    fig, axes = _panels(len(panels), width=min(9.0, max(5.2, 0.45 * data["label"].nunique() + 2)))
+    for ax, (title, part) in zip(axes, panels):
+        x = np.arange(len(part))
+        ax.bar(x, part["train_tokens_per_s"], color=[method_color(m) for m in part["method"]], alpha=0.85)
+        if runs is not None:
+            for xi, (_, var) in zip(x, part.iterrows()):
+                single = runs[(runs["cell"] == var["cell"]) & (runs["variant"] == var["variant"])
+                              & runs["status"].eq("ok")]["train_tokens_per_s"].dropna()
+                ax.scatter(np.full(len(single), xi), single, color="black", s=14, zorder=3,
+                           label="single runs" if xi == 0 else None)
+            ax.legend(fontsize=7)
+        ax.set_xticks(x, part["label"], rotation=35, ha="right", fontsize=8)
+        ax.set(title=title, ylabel="training throughput (tokens/s)")
+        ax.grid(alpha=0.3, axis="y")
+    return _save(fig, out / "tokens_per_s.png")
+
+
+def adapter_size_vs_rank(summary: pd.DataFrame, out: Path) -> Path | None:
+    """Size on disk of what each run saved against rank; full FT (the whole model) as a horizontal line."""
+    data = summary[summary["adapter_bytes"].notna()]
+    ranked = data[data["r"].notna()]
+    if ranked.empty:
+        return None
+    panels = list(data.groupby("model", sort=False))
+    fig, axes = _panels(len(panels))
+    markers = _markers(summary["targets"])
+    for ax, (model, part) in zip(axes, panels):
+        lines = part[part["r"].notna()].groupby(["method", "targets", "r"], dropna=False)["adapter_bytes"].mean()
+        for (method, targets), line in lines.reset_index().groupby(["method", "targets"], sort=False, dropna=False):
+            ax.plot(line["r"], line["adapter_bytes"] / MIB, color=method_color(method),
+                    marker=markers.get(str(targets), "o"), label=f"{method} {targets}")
+        for method, flat in part[part["r"].isna()].groupby("method"):
+            ax.axhline(flat["adapter_bytes"].mean() / MIB, color=method_color(method), ls="--", lw=1,
+                       label=f"{method} (no rank)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ranks = sorted(part["r"].dropna().unique())
+        ax.set_xticks(ranks, [str(int(r)) for r in ranks])
+        ax.set(title=model, xlabel="rank r (log scale)", ylabel="saved size on disk (MiB, log scale)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return _save(fig, out / "adapter_size_vs_rank.png")
+
+
+def forgetting_vs_score(summary: pd.DataFrame, out: Path) -> Path | None:
+    """Forgetting (rise of general-text loss after training) against task score: learning vs forgetting."""
+    data = summary[summary["forgetting"].notna() & summary["score"].notna()]
+    if data.empty:
+        return None
+    panels = _cells(data)
+    fig, axes = _panels(len(panels))
+    markers = _markers(summary["targets"])
+    for ax, (title, part) in zip(axes, panels):
+        for _, row in part.iterrows():
+            ax.scatter(row["score"], row["forgetting"], color=method_color(row["method"]), s=50,
+                       marker=markers.get(str(row["targets"]), "o"))
+            ax.annotate(row["label"], (row["score"], row["forgetting"]), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+        for method in part["method"].unique():
+            ax.scatter([], [], color=method_color(method), label=method)
+        ax.axhline(0, color="grey", lw=1, ls=":")
+        ax.set(title=title, xlabel=f"score ({part['primary_metric'].iloc[0]})",
+               ylabel="forgetting (Δ general-text loss, nats/token)")
+        ax.margins(0.15)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out / "forgetting_vs_score.png")
+
+
+FIGURES = {
+    "retention_vs_rank": "Quality retention vs rank",
+    "score_vs_memory": "Score vs peak memory (seed means, bars: standard deviation over seeds; Pareto front dashed, ringed points are on it)",
+    "tokens_per_s": "Training throughput per method",
+    "adapter_size_vs_rank": "Size on disk vs rank",
+    "forgetting_vs_score": "Forgetting vs score",
+}

@@ -1,0 +1,404 @@
+"""Memory, disk and cost of a fine-tuning run, for any model size, without downloading weights.
+
+    python -m harness.estimate model=llama-3.1-8b method=qlora r=16 targets=qv
+    python -m harness.estimate model=llama-3.1-8b --table          # every method in conf/method side by side
+    python -m harness.estimate --check runs/                       # predicted vs measured peak, every run there
+
+The overrides are harness.run's (Hydra over conf/). The model is built on the meta device from its config (hub
+presets carry theirs as `hf_config:` in conf/model/, so no network is needed), the method is applied with the
+harness's own `plan_method` / `apply_method`, so trainable counts are peft's. Memory arithmetic and its sources:
+harness/estimate_memory.py; predicted vs measured: harness/estimate_check.py; printing: harness/estimate_report.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from harness import estimate_memory as em
+from harness.errors import ConfigError
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+# Roles of a layer's linear modules (suffix of the module name inside the layer); longest suffix first.
+ROLE_SUFFIXES = (
+    ("attention.self.query", "q"), ("attention.self.key", "k"), ("attention.self.value", "v"),
+    ("attention.output.dense", "o"), ("intermediate.dense", "up"), ("output.dense", "down"),
+    ("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o"),
+    ("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down"),
+)
+HEAD_NAMES = ("lm_head", "score", "classifier")
+# Assumed, not measured here (no GPU on this machine): the CUDA context, outside torch's allocated figure.
+CUDA_CONTEXT_BYTES = 500 * 2**20
+# Measured here: resident memory of a process that imported the harness (torch, transformers, peft, datasets) and
+# loaded a tokenizer and task data, before any model: 600 MiB (SmolLM2 tokenizer, classify data, torch 2.13 CPU).
+CPU_RUNTIME_BYTES = 600 * 2**20
+DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2, torch.float64: 8, torch.int8: 1, torch.uint8: 1}
+
+
+@dataclass
+class Estimate:
+    """One configuration's prediction: parameter counts (peft's), memory breakdown, disk, cost."""
+
+    model: str
+    method: str
+    r: int | None
+    targets: str | None
+    precision: str
+    optim: str
+    seq_len: int
+    batch_size: int
+    checkpointing: bool
+    device: str
+    params_total: int
+    params_trainable: int
+    memory: em.Memory
+    disk_bytes: int
+    cost: dict[str, float]
+    quantization: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "memory"}
+        return out | {"memory": self.memory.as_dict(), "trainable_pct": 100 * self.params_trainable / self.params_total}
+
+
+# ---- config --------------------------------------------------------------------------------------------------
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The run config harness.run would compose for these overrides (Hydra's compose API over conf/)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from harness.config import CONF_DIR, all_keys, config_groups, did_you_mean, group_options
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            known = all_keys(OmegaConf.to_container(compose(config_name="config")))
+            for key, _, value in (o.partition("=") for o in overrides):
+                if key in config_groups() and value not in group_options(key):
+                    options = group_options(key)
+                    raise ConfigError(f"unknown {key} '{value}'{did_you_mean(value, options)}; choose one of: {', '.join(options)}")
+                if key and not key.startswith("+") and key not in known and key not in config_groups():
+                    raise ConfigError(f"unknown config key '{key}'{did_you_mean(key, known)}; "
+                                      f"`python -m harness.run --cfg job` lists every key")
+            return compose(config_name="config", overrides=overrides)
+    except HydraException as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def effective(cfg: DictConfig) -> dict[str, Any]:
+    """harness.config's effective config (ignored axes nulled, precision resolved), with the value checks that
+    need no model or network."""
+    from harness.config import _positive_int, effective_config
+
+    if cfg.method.get("has_rank", False):
+        _positive_int(cfg.r, "r", "e.g. r=16")
+    for key in ("batch_size", "grad_accum", "max_seq_len", "max_steps"):
+        _positive_int(cfg.train[key], f"train.{key}", f"e.g. train.{key}=8")
+    return effective_config(cfg)
+
+
+# ---- the meta-device model -----------------------------------------------------------------------------------
+
+def hf_config(model_cfg: dict[str, Any], cache: Path | None = None):
+    """The transformers config of a model preset: `hf_config` in its yaml, a tiny model's `architecture`, a bundled
+    model's local config.json, or a hub preset's locally cached config."""
+    from transformers import AutoConfig
+
+    if model_cfg.get("hf_config"):
+        return AutoConfig.for_model(**dict(model_cfg["hf_config"]))
+    if model_cfg.get("source") == "tiny":
+        from harness.assets import cache_dir
+        from harness.models import load_tokenizer
+
+        tokenizer = load_tokenizer(OmegaConf.create(model_cfg), cache or cache_dir())
+        return AutoConfig.for_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                    **dict(model_cfg["architecture"]))
+    if model_cfg.get("source") == "bundled":
+        from harness.assets import bundled_model_dir, cache_dir
+
+        return AutoConfig.from_pretrained(bundled_model_dir(OmegaConf.create(model_cfg), cache or cache_dir()))
+    try:
+        return AutoConfig.from_pretrained(model_cfg["hub_id"])
+    except OSError:
+        raise ConfigError(
+            f"model '{model_cfg['name']}' has no `hf_config:` in conf/model/{model_cfg['name']}.yaml and its config is "
+            f"not in the local HF cache; copy the values of its config.json there"
+        ) from None
+
+
+def task_labels(task_cfg: dict[str, Any]) -> list[str] | None:
+    from harness.tasks import TASKS
+
+    cls = TASKS.get(task_cfg.get("name"))
+    return list(cls.labels) if cls is not None and cls.labels else None
+
+
+def build_meta_model(eff: dict[str, Any], cache: Path | None = None) -> nn.Module:
+    """The model as harness.models.load_model builds it (dtype from the precision; a fresh classification head
+    for encoders), on the meta device: shapes and dtypes, no storage."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from harness.models import WEIGHT_DTYPES
+
+    model_cfg = eff["model"]
+    config = hf_config(model_cfg, cache)
+    dtype = WEIGHT_DTYPES[eff["train"]["precision"]]
+    quant = eff["method"].get("quantization") or {}
+    if quant:  # bitsandbytes: unquantised parts load in the compute dtype
+        dtype = getattr(torch, str(quant.get("bnb_4bit_compute_dtype", "bfloat16")).removeprefix("torch."))
+    if model_cfg["kind"] == "encoder":
+        labels = task_labels(eff["task"]) or ["0", "1"]
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+        auto = AutoModelForSequenceClassification
+    else:
+        auto = AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config, dtype=dtype)
+
+
+def _is_head(name: str) -> bool:
+    return any(part in HEAD_NAMES for part in name.split("."))
+
+
+def quantized_weights(model: nn.Module, quant: dict[str, Any]) -> dict[int, int]:
+    """id(weight) -> bytes for every linear bitsandbytes would quantise (all but the output / classification
+    heads, which transformers keeps in full precision)."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not _is_head(name):
+            n = module.weight.numel()
+            if quant.get("load_in_4bit"):
+                out[id(module.weight)] = em.nf4_bytes(n, bool(quant.get("bnb_4bit_use_double_quant")))
+            elif quant.get("load_in_8bit"):
+                out[id(module.weight)] = em.int8_bytes(n, module.out_features)
+    return out
+
+
+def prepare_model(eff: dict[str, Any], cache: Path | None = None) -> tuple[nn.Module, dict[int, int], Any]:
+    """Meta model with the method applied through harness.methods (peft on the meta device)."""
+    from harness.methods import apply_method, plan_method
+
+    model = build_meta_model(eff, cache)
+    quant = eff["method"].get("quantization") or {}
+    qbytes = quantized_weights(model, quant) if quant else {}
+    if quant:  # what peft.prepare_model_for_kbit_training (harness.methods.apply_method) does to the rest
+        for p in model.parameters():
+            p.requires_grad_(False)
+            if id(p) not in qbytes and p.dtype in (torch.float16, torch.bfloat16):
+                p.data = p.data.to(torch.float32)
+    kwargs = dict(eff["method"].get("peft_kwargs") or {})
+    if isinstance(kwargs.get("init_lora_weights"), str):
+        # data-dependent inits (PiSSA, OLoRA, ...) need real weights; shapes and counts are those of the plain init
+        eff = {**eff, "method": {**eff["method"], "peft_kwargs": {**kwargs, "init_lora_weights": True}}}
+    # the optimizer changes nothing in the plan, and a paged (CUDA-only) one must not stop a CPU-side estimate
+    plan = plan_method(model, {**eff, "train": {**eff["train"], "optim": "adamw_torch"}}, eff["model"]["kind"])
+    try:
+        return apply_method(model, plan), qbytes, plan
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as err:
+        raise ConfigError(f"method={eff['method']['name']} cannot be applied on the meta device: "
+                          f"{str(err).splitlines()[0][:200]}") from None
+
+
+# ---- reading the model ---------------------------------------------------------------------------------------
+
+def _layer_list(model: nn.Module, n_layers: int) -> nn.ModuleList:
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+    if not lists:
+        raise ConfigError(f"cannot find the {n_layers} transformer layers of {type(model).__name__}")
+    return lists[0]
+
+
+def _adapter(module: nn.Module) -> tuple[str, int, float] | None:
+    """(kind, rank, dropout) of a peft layer wrapping a linear, or None for a plain linear."""
+    from peft.tuners.ia3 import IA3Layer
+    from peft.tuners.lora import LoraLayer
+
+    if isinstance(module, LoraLayer):
+        key = next(iter(module.r))
+        drop = module.lora_dropout[key]
+        kind = "dora" if module.use_dora.get(key) else "lora"
+        return kind, int(module.r[key]), float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
+    if isinstance(module, IA3Layer):
+        return ("ia3_ff" if module.is_feedforward else "ia3"), 0, 0.0
+    if hasattr(module, "base_layer") and any(p.requires_grad for p in module.parameters()):
+        rank = getattr(module, "r", {}) or {}
+        return "other", int(next(iter(rank.values()), 0)) if isinstance(rank, dict) else 0, 0.0
+    return None
+
+
+def _block(layer: nn.Module, config: Any, dt: em.ActDtypes, device: str) -> em.Block:
+    roles, trainable, adapters = {}, set(), []
+    for name, module in layer.named_modules():
+        role = next((r for suffix, r in ROLE_SUFFIXES if name == suffix or name.endswith("." + suffix)), None)
+        if role is None or role in roles or not isinstance(getattr(module, "base_layer", module), nn.Linear):
+            continue
+        base = getattr(module, "base_layer", module)
+        roles[role] = base
+        if base.weight.requires_grad:
+            trainable.add(role)
+        adapter = _adapter(module) if module is not base else None
+        if adapter:
+            adapters.append((role, adapter[0], base.in_features, base.out_features, adapter[1], adapter[2]))
+    norms = [m for m in layer.modules() if "Norm" in type(m).__name__]
+    heads = config.num_attention_heads
+    attn = getattr(config, "_attn_implementation", None) or "sdpa"
+    attn_dropout = float(getattr(config, "attention_dropout", 0.0) or getattr(config, "attention_probs_dropout_prob", 0.0) or 0.0)
+    core = 0
+    if attn == "sdpa" and attn_dropout > 0 and device == "cpu":
+        # torch's CPU SDPA runs dropout through its math path: float32 q, k, v and s x s matrices kept
+        attn, core = "eager", 4
+    return em.Block(
+        hidden=config.hidden_size, intermediate=config.intermediate_size, heads=heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        kv_heads=getattr(config, "num_key_value_heads", None) or heads, gated_mlp="gate" in roles,
+        rms_norm=any("RMS" in type(m).__name__ for m in norms),
+        attn=attn, attn_dropout=attn_dropout, attn_core_bytes=core,
+        hidden_dropout=float(getattr(config, "hidden_dropout_prob", 0.0) or 0.0),
+        trainable=frozenset(trainable), norms_trainable=any(p.requires_grad for m in norms for p in m.parameters()),
+        adapters=tuple(adapters),
+    )
+
+
+def act_dtypes(precision: str, quantized: bool, device: str, causal: bool = True) -> em.ActDtypes:
+    """Saved-tensor dtypes per precision. A k-bit-prepared model runs float32 between its 4-bit linears
+    (bitsandbytes returns the input's dtype, and the embeddings were upcast), so its activations are float32.
+    Causal LMs keep a padding mask per layer in the weights' dtype (seen in autograd's saved tensors)."""
+    cuda = device == "cuda"
+    if quantized or precision == "fp32":
+        return em.ActDtypes(a=4, res=4, mask_cuda=cuda, attn_mask=4 if causal else 0)
+    if precision.endswith("-mixed"):
+        return em.ActDtypes(a=2, res=4, mask_cuda=cuda, mixed=True, attn_mask=4 if causal else 0)
+    return em.ActDtypes(a=2, res=2, mask_cuda=cuda, attn_mask=2 if causal else 0)
+
+
+def _tensor(p: torch.Tensor) -> em.Tensor:
+    return em.Tensor(p.numel(), DTYPE_BYTES[p.dtype], tuple(p.shape))
+
+
+# ---- the estimate --------------------------------------------------------------------------------------------
+
+def estimate(eff: dict[str, Any], *, device: str = "cuda", seq_len: int | None = None, tokens_per_s: float | None = None,
+             price_per_hour: float = 2.0, gpu_tflops: float = 989.0, mfu: float = 0.35, cache: Path | None = None,
+             cpu_runtime_bytes: int = CPU_RUNTIME_BYTES) -> Estimate:
+    """Predict a run from its effective config (harness.config.effective_config, or a result.json's `config`).
+
+    `seq_len` is the padded length of a batch (default train.max_seq_len). `device` picks the overhead and the
+    optimizer's kernels: "cuda" (CUDA context; torch's allocated figure plus that context) or "cpu" (the resident
+    memory of the harness process). Throughput is `tokens_per_s` if given, else FLOPs / (gpu_tflops x mfu)."""
+    optim = str(eff["train"].get("optim", "adamw_torch"))
+    if optim not in em.OPTIMIZERS:
+        raise ConfigError(f"train.optim={optim} has no memory model; choose one of {', '.join(sorted(em.OPTIMIZERS))}")
+    model, qbytes, _ = prepare_model(eff, cache)
+    return estimate_model(model, eff, qbytes, device=device, seq_len=seq_len, tokens_per_s=tokens_per_s,
+                          price_per_hour=price_per_hour, gpu_tflops=gpu_tflops, mfu=mfu, cpu_runtime_bytes=cpu_runtime_bytes)
+
+
+def model_activations(model: nn.Module, eff: dict[str, Any], s: int, b: int, device: str) -> dict[str, float]:
+    """Activation bytes of one micro-batch of `b` x `s` tokens for a model with its method applied."""
+    train, quant = eff["train"], eff["method"].get("quantization")
+    config = model.config
+    mixed = train["precision"].endswith("-mixed")
+    dt = act_dtypes(train["precision"], bool(quant), device, eff["model"]["kind"] == "causal_lm")
+    blocks = [_block(layer, config, dt, device) for layer in _layer_list(model, config.num_hidden_layers)]
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    logits_dtype = out_emb.weight.dtype if out_emb is not None else torch.float32
+    head = em.Head(vocab=config.vocab_size if eff["model"]["kind"] == "causal_lm" else 0,
+                   head_trainable=bool(out_emb is not None and out_emb.weight.requires_grad),
+                   logits_bytes=2 if mixed else DTYPE_BYTES.get(logits_dtype, 4))
+    return em.activation_bytes(blocks, head, s, b, dt, bool(train.get("gradient_checkpointing")))
+
+
+def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int], *, device: str = "cuda",
+                   seq_len: int | None = None, tokens_per_s: float | None = None, price_per_hour: float = 2.0,
+                   gpu_tflops: float = 989.0, mfu: float = 0.35, cpu_runtime_bytes: int = CPU_RUNTIME_BYTES) -> Estimate:
+    """The estimate for a model that already has its method applied (meta device or real)."""
+    from harness.methods import count_parameters
+
+    train, method = eff["train"], eff["method"]
+    optim = str(train.get("optim", "adamw_torch"))
+    total, trainable = count_parameters(model)
+    quant = method.get("quantization") or None
+    params = list(model.named_parameters())  # shared (tied) parameters appear once
+    weights_detail: dict[str, int] = {}
+    for _, p in params:
+        if id(p) in qbytes:
+            key = ("nf4" if quant.get("load_in_4bit") else "int8") + ("+dq" if quant.get("bnb_4bit_use_double_quant") else "")
+            weights_detail[key] = weights_detail.get(key, 0) + qbytes[id(p)]
+        else:
+            key = str(p.dtype).removeprefix("torch.") + (" trainable" if p.requires_grad else " frozen")
+            weights_detail[key] = weights_detail.get(key, 0) + p.numel() * DTYPE_BYTES[p.dtype]
+    train_tensors = [_tensor(p) for _, p in params if p.requires_grad]
+    mixed = train["precision"].endswith("-mixed")
+    # autocast casts every float32 linear weight to 16 bits once per forward and keeps it for the backward
+    autocast = sum(2 * m.weight.numel() for m in model.modules()
+                   if mixed and isinstance(m, nn.Linear) and m.weight.dtype == torch.float32)
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    first_grad = (out_emb.weight.numel() * DTYPE_BYTES[out_emb.weight.dtype]
+                  if out_emb is not None and out_emb.weight.requires_grad else 0)
+    s, b = int(seq_len or train["max_seq_len"]), int(train["batch_size"])
+    notes = []
+    virtual = int((method.get("peft_kwargs") or {}).get("num_virtual_tokens") or 0)
+    if method.get("peft_type") == "PROMPT_TUNING" and virtual:
+        s += virtual
+        notes.append(f"prompt tuning: {virtual} virtual tokens lengthen every sequence")
+    checkpointing = bool(train.get("gradient_checkpointing"))
+    acts = model_activations(model, eff, s, b, device)
+    if device == "cuda":
+        overhead, overhead_note = CUDA_CONTEXT_BYTES, "CUDA context (assumed 0.5 GiB; not in torch's allocated figure)"
+    else:
+        overhead, overhead_note = cpu_runtime_bytes, "process runtime: Python, torch, transformers, tokenizer, data (measured RSS)"
+    memory = em.Memory(
+        weights=sum(weights_detail.values()), weights_detail=weights_detail, autocast_copies=autocast,
+        gradients=sum(t.numel * t.bytes_per_el for t in train_tensors),
+        optimizer=em.optimizer_state_bytes(optim, train_tensors),
+        optimizer_step_temp=em.optimizer_step_temp_bytes(optim, train_tensors, device),
+        activations=sum(acts.values()), activations_detail=acts, first_gradient=first_grad,
+        overhead=overhead, overhead_note=overhead_note, paged_optimizer=em.OPTIMIZERS[optim][2],
+    )
+    if memory.paged_optimizer:
+        notes.append("paged optimizer: states sit in CUDA unified memory (not in torch's allocated figure) and move "
+                     "to host RAM under pressure")
+    full = method.get("peft_type") is None
+    disk = em.checkpoint_bytes([_tensor(p) for _, p in params] if full else train_tensors, adapter=not full)
+    tokens = int(train["max_steps"]) * b * int(train.get("grad_accum", 1)) * s
+    if tokens_per_s is None:
+        flops = em.train_flops_per_token(total, trainable, full, checkpointing)
+        tokens_per_s = gpu_tflops * 1e12 * mfu / flops
+        notes.append(f"throughput assumed: {gpu_tflops:g} TFLOP/s x {mfu:g} utilisation / {flops / 1e9:.1f} GFLOP per token")
+    cost = em.run_cost(tokens, tokens_per_s, price_per_hour) | {"price_per_hour": price_per_hour}
+    qrec = None
+    if quant:
+        qrec = {"bits": 4 if quant.get("load_in_4bit") else 8, "quant_type": quant.get("bnb_4bit_quant_type"),
+                "double_quant": bool(quant.get("bnb_4bit_use_double_quant")), "quantized_linear": len(qbytes)}
+    return Estimate(
+        model=eff["model"]["name"], method=method["name"], r=eff.get("r"),
+        targets=(eff.get("targets") or {}).get("name"), precision=train["precision"], optim=optim, seq_len=s,
+        batch_size=b, checkpointing=checkpointing, device=device, params_total=total, params_trainable=trainable,
+        memory=memory, disk_bytes=disk, cost=cost, quantization=qrec, notes=notes,
+    )
+
+
+def estimate_overrides(overrides: list[str], **kwargs: Any) -> Estimate:
+    """`estimate` for command-line style overrides (`["model=llama-3.1-8b", "method=lora", "r=16"]`)."""
+    return estimate(effective(compose_config(overrides)), **kwargs)
+
+
+def method_names() -> list[str]:
+    from harness.config import group_options
+
+    return group_options("method")
+
+
+if __name__ == "__main__":
+    from harness.estimate_report import main
+
+    main()

@@ -1,0 +1,344 @@
+"""Memory arithmetic for fine-tuning, from first principles: every term is bytes = count x bytes-per-element.
+
+Pure functions of numbers (no torch): `harness.estimate` reads the counts off a meta-device model and calls these.
+Sources for each formula are given where it is defined:
+
+- weights / gradients / AdamW states: bytes per element of each tensor's dtype; ZeRO (Rajbhandari et al. 2020,
+  arXiv:1910.02054, Sec. 3.1: mixed-precision Adam holds 2+2+12 = 16 B/param) and the transformers docs page
+  "Model training anatomy". Gradients and torch AdamW states take the parameter's own dtype.
+- NF4 + double quantisation: Dettmers et al. 2023 (QLoRA, arXiv:2305.14314) Sec. 3: 4-bit weights in blocks of 64
+  with one absmax per block; double quantisation stores those absmax in 8 bits with one fp32 constant per 256
+  of them: 8/64 + 32/(64*256) = 0.127 bits/param instead of 32/64 = 0.5.
+- 8-bit optimizers: Dettmers et al. 2022 (arXiv:2110.02861): block-wise (2048 in the paper, 256 in bitsandbytes'
+  Optimizer8bit) quantised states, one fp32 absmax per block; tensors under 4096 elements keep 32-bit states
+  (bitsandbytes `min_8bit_size`).
+- activations: Korthikanti et al. 2022 (arXiv:2205.05198) Sec. 4.1 count, per layer, every tensor autograd keeps
+  for the backward pass; for a GPT layer with 16-bit activations that is s*b*h*(34 + 5*a*s/h) bytes (the formula
+  EleutherAI's cookbook `calc_transformer_mem.py` uses). `layer_activation_bytes` keeps their term-by-term
+  accounting but reads it off the actual block (SwiGLU or GELU MLP, RMSNorm's float32 upcast, SDPA instead of an
+  s x s softmax, grouped KV heads) and drops the inputs of frozen linear layers, which autograd does not keep
+  (a frozen weight needs no weight gradient). `tests/test_estimate.py` checks the GPT case reproduces 34 + 5as/h.
+  Full activation checkpointing keeps only each layer's input (Korthikanti Sec. 4.2: 2*s*b*h*L at 16 bits) plus
+  one layer recomputed during the backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+GiB = 2**30
+NF4_BLOCK = 64          # bitsandbytes 4-bit blocksize for weights (QLoRA paper: 64)
+DQ_BLOCK = 256          # double quantisation: one fp32 constant per 256 absmax values
+OPT8_BLOCK = 256        # bitsandbytes 8-bit optimizer state blocksize
+OPT8_MIN_SIZE = 4096    # bitsandbytes keeps 32-bit states for tensors smaller than this
+
+
+# ---- weights -------------------------------------------------------------------------------------------------
+
+def nf4_bytes(numel: int, double_quant: bool, blocksize: int = NF4_BLOCK) -> int:
+    """Bytes of one bitsandbytes 4-bit (NF4/FP4) weight: packed 4-bit values plus its quantisation constants.
+
+    Without double quantisation each block of 64 has an fp32 absmax (0.5 bits/param); with it the absmax are
+    uint8 with one fp32 scale per 256 blocks and one fp32 offset per tensor (0.127 bits/param; QLoRA Sec. 3)."""
+    packed = math.ceil(numel / 2)
+    blocks = math.ceil(numel / blocksize)
+    if double_quant:
+        return packed + blocks + 4 * math.ceil(blocks / DQ_BLOCK) + 4
+    return packed + 4 * blocks
+
+
+def int8_bytes(numel: int, out_features: int) -> int:
+    """Bytes of one LLM.int8() weight (Dettmers et al. 2022, arXiv:2208.07339): int8 values + an fp32 scale per row."""
+    return numel + 4 * out_features
+
+
+# ---- optimizer -----------------------------------------------------------------------------------------------
+
+# transformers `optim` names -> (states per element, state kind, paged). "param": states in the parameter's dtype
+# (torch.optim.AdamW: exp_avg and exp_avg_sq are zeros_like(param)); "fp32": bitsandbytes 32-bit states;
+# "8bit": bitsandbytes block-wise 8-bit states; "factored": Adafactor's row + column second moments.
+OPTIMIZERS: dict[str, tuple[int, str, bool]] = {
+    "adamw_torch": (2, "param", False), "adamw_torch_fused": (2, "param", False), "adamw_hf": (2, "param", False),
+    "adamw_torch_xla": (2, "param", False), "adamw_apex_fused": (2, "param", False),
+    "adamw_bnb_8bit": (2, "8bit", False), "adamw_8bit": (2, "8bit", False), "paged_adamw_8bit": (2, "8bit", True),
+    "paged_adamw_32bit": (2, "fp32", True), "paged_adamw": (2, "fp32", True),
+    "adafactor": (1, "factored", False), "sgd": (0, "param", False), "adagrad": (1, "param", False),
+    "rmsprop": (1, "param", False),
+}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """What the arithmetic needs to know about one parameter."""
+
+    numel: int
+    bytes_per_el: int
+    shape: tuple[int, ...] = ()
+
+
+def optimizer_state_bytes(optim: str, trainable: list[Tensor]) -> int:
+    """Bytes of optimizer state for the trainable tensors (raises KeyError for an unknown optimizer)."""
+    n_states, kind, _ = OPTIMIZERS[optim]
+    total = 0
+    for t in trainable:
+        if kind == "param":
+            total += n_states * t.numel * t.bytes_per_el
+        elif kind == "fp32":
+            total += n_states * t.numel * 4
+        elif kind == "8bit":
+            if t.numel < OPT8_MIN_SIZE:
+                total += n_states * t.numel * 4
+            else:
+                total += n_states * (t.numel + 4 * math.ceil(t.numel / OPT8_BLOCK))
+        elif kind == "factored":  # Adafactor (Shazeer & Stern 2018): row and column sums for matrices
+            total += 4 * (sum(t.shape[-2:]) if len(t.shape) >= 2 else t.numel)
+    return total
+
+
+def optimizer_step_temp_bytes(optim: str, trainable: list[Tensor], device: str) -> int:
+    """Transient memory of one optimizer step. torch's AdamW runs multi-tensor ("foreach") on CUDA, which
+    materialises sqrt(exp_avg_sq) for every tensor at once (one state-sized copy); on CPU it loops per tensor, so
+    the temporary is one tensor's worth. Fused and bitsandbytes kernels update in place."""
+    if not trainable or optim in ("adamw_torch_fused",) or optim.startswith(("adamw_bnb", "adamw_8bit", "paged_")):
+        return 0
+    if optim == "sgd":
+        return 0
+    if device == "cuda" and optim in ("adamw_torch", "adamw_hf"):
+        return sum(t.numel * t.bytes_per_el for t in trainable)
+    return max(t.numel * t.bytes_per_el for t in trainable)
+
+
+# ---- activations ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Block:
+    """One transformer layer as the activation count needs it (dimensions and what trains in it)."""
+
+    hidden: int
+    intermediate: int
+    heads: int
+    head_dim: int
+    kv_heads: int
+    gated_mlp: bool                    # SwiGLU (gate, up, down) vs. GELU (up, down)
+    rms_norm: bool                     # HF RMSNorm upcasts its input to float32 and keeps it
+    attn: str = "sdpa"                 # "sdpa" / "flash_attention_2" keep no s x s matrix; "eager" does
+    attn_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    attn_core_bytes: int = 0           # bytes of q, k, v and the s x s matrices if not dt.a (CPU math path: 4)
+    trainable: frozenset[str] = frozenset()   # roles whose base weight trains: q k v o gate up down
+    norms_trainable: bool = False
+    adapters: tuple[tuple[str, str, int, int, int, float], ...] = ()  # (role, kind, in, out, r, dropout)
+
+
+@dataclass(frozen=True)
+class ActDtypes:
+    """Bytes per element of the saved tensors: `a` matmul inputs/outputs, `res` the residual stream (norm inputs),
+    `adapter` the adapters' own dtype (peft keeps LoRA weights in float32 and casts their input to it), `mask` a
+    dropout mask (bool on CUDA; on CPU torch keeps the scaled noise tensor in the input's dtype)."""
+
+    a: int
+    res: int
+    adapter: int = 4
+    mask_cuda: bool = True
+    mixed: bool = False   # autocast: each trainable linear keeps its own 16-bit cast of a shared input
+    attn_mask: int = 0    # bytes per element of the b x s x s additive padding mask each layer's attention keeps
+
+    def mask(self, dtype_bytes: int) -> int:
+        return 1 if self.mask_cuda else dtype_bytes
+
+
+def norm_bytes_per_token(blk: Block, dt: ActDtypes) -> float:
+    """One norm: RMSNorm keeps its float32 input and rsqrt, plus its normalised output when its weight trains;
+    LayerNorm keeps its input, mean and rstd (float32 on CUDA, the input's dtype on CPU)."""
+    if blk.rms_norm:
+        return 4 * blk.hidden + 4 + (dt.res * blk.hidden if blk.norms_trainable else 0)
+    return dt.res * blk.hidden + 2 * (4 if dt.mask_cuda else dt.res)
+
+
+def _linear_inputs(roles: list[str], blk: Block, dt: ActDtypes, width: int) -> float:
+    """Input of linears sharing one input tensor: kept once if any weight trains (once per trainable linear
+    under autocast, which casts the input separately for each)."""
+    n = sum(r in blk.trainable for r in roles)
+    if n == 0:
+        return 0
+    return (n if dt.mixed else 1) * dt.a * width
+
+
+def adapter_bytes_per_token(kind: str, in_f: int, out_f: int, r: int, dropout: float, dt: ActDtypes) -> float:
+    """Saved tensors an adapter adds on one frozen linear.
+
+    LoRA (peft): input cast to the adapter dtype, dropout (mask + output kept for lora_A's weight gradient, or the
+    cast input when dropout is 0), lora_A's output kept for lora_B. DoRA additionally keeps two output-sized
+    tensors for the magnitude's gradient (and a weight-sized copy per layer: `adapter_weight_copies`). IA3 keeps
+    the tensor it scales: a feed-forward module's input (cast to the adapter dtype), else its output.
+    Other adapter kinds are counted like LoRA (their input kept in the adapter dtype). Checked against the
+    tensors autograd saves (tests/test_estimate.py)."""
+    d = dt.adapter
+    if kind == "ia3_ff":
+        return d * in_f
+    if kind == "ia3":
+        return dt.a * out_f
+    kept = d * in_f + (dt.mask(d) * in_f if dropout > 0 else 0) + d * r
+    if kind == "dora":
+        kept += 2 * d * out_f
+    return kept
+
+
+def adapter_weight_copies(blk: Block, dt: ActDtypes) -> int:
+    """DoRA runs its base layer on a copy of the weight in the adapter dtype, kept for the backward pass."""
+    return sum(dt.adapter * in_f * out_f for _, kind, in_f, out_f, _, _ in blk.adapters if kind == "dora")
+
+
+def layer_activation_bytes(blk: Block, s: int, b: int, dt: ActDtypes) -> float:
+    """Bytes autograd keeps for one layer's backward pass (Korthikanti et al. 2022 Sec. 4.1, term by term).
+
+    GPT layer (their case): 2sbh QKV input + 4sbh Q,K + 2sbh V + 2sbh o-proj input + sbh dropout mask
+    + 5as^2b (softmax 2, dropout mask 1, dropout output 2) + MLP 2sbh input + 8sbh GELU input + 8sbh fc2 input
+    + sbh mask + 2 x 2sbh LayerNorm inputs = 34sbh + 5as^2b."""
+    h, i, a, hd = blk.hidden, blk.intermediate, blk.heads, blk.head_dim
+    qkv_width = a * hd
+    core = blk.attn_core_bytes or dt.a
+    per_token = 2 * norm_bytes_per_token(blk, dt)
+    # attention: q/k/v inputs (the first norm's output), then the attention core
+    per_token += _linear_inputs(["q", "k", "v"], blk, dt, h)
+    if blk.attn == "eager":
+        # q, k (keys repeated to all heads for grouped KV), softmax output, v; dropout on the probabilities
+        per_token += 3 * core * qkv_width + core * a * s
+        if blk.attn_dropout > 0:
+            per_token += dt.mask(core) * a * s + core * a * s
+        per_token += dt.a * qkv_width if "o" in blk.trainable else 0   # o-proj input: a contiguous copy
+    else:
+        # SDPA / flash keep q, k, v (repeated to all heads when kv_heads < heads), the output (which is also the
+        # o-proj input) and the float32 log-sum-exp per head; no s x s matrix.
+        per_token += 4 * dt.a * qkv_width + 4 * a
+    if blk.hidden_dropout > 0:
+        per_token += dt.mask(dt.a) * h
+    # MLP
+    if blk.gated_mlp:
+        per_token += _linear_inputs(["gate", "up"], blk, dt, h)
+        per_token += 3 * dt.a * i  # gate output (SiLU input), SiLU output and up output (both kept by the product)
+        per_token += dt.a * i if "down" in blk.trainable else 0
+    else:
+        per_token += _linear_inputs(["up"], blk, dt, h)
+        per_token += dt.a * i  # GELU input
+        per_token += dt.a * i if "down" in blk.trainable else 0
+    if blk.hidden_dropout > 0:
+        per_token += dt.mask(dt.a) * h
+    per_token += dt.attn_mask * s
+    for role, kind, in_f, out_f, r, p in blk.adapters:
+        per_token += adapter_bytes_per_token(kind, in_f, out_f, r, p, dt)
+    return per_token * s * b + adapter_weight_copies(blk, dt)
+
+
+def korthikanti_bytes(s: int, b: int, h: int, a: int, layers: int) -> float:
+    """The closed form for a GPT model with 16-bit activations and no recomputation: s*b*h*L*(34 + 5*a*s/h)."""
+    return s * b * h * layers * (34 + 5 * a * s / h)
+
+
+@dataclass(frozen=True)
+class Head:
+    """The part after the last layer: final norm, output head and loss."""
+
+    vocab: int                 # 0 for classification heads (their logits are negligible)
+    head_trainable: bool
+    logits_bytes: int          # dtype of the lm_head output (float32 after k-bit preparation)
+
+
+def head_activation_bytes(blk: Block, head: Head, s: int, b: int, dt: ActDtypes) -> float:
+    """Final norm, the head's input (if it trains), and the loss on the logits.
+
+    transformers' causal-LM loss upcasts the logits to float32 and cross-entropy keeps its log-softmax, so at the
+    loss b*s*V*(logits bytes + 4 + 4) are live (the upcast copy is skipped when the logits are float32 already)."""
+    per_token = norm_bytes_per_token(blk, dt) + (dt.a * blk.hidden if head.head_trainable else 0)
+    if head.vocab:
+        upcast = 4 if head.logits_bytes < 4 else 0
+        per_token += head.vocab * (head.logits_bytes + upcast + 4)
+    return per_token * s * b
+
+
+def activation_bytes(blocks: list[Block], head: Head, s: int, b: int, dt: ActDtypes, checkpointing: bool
+                     ) -> dict[str, float]:
+    """All activations of one micro-batch at the loss (their peak): the layers, then the head and loss.
+
+    With checkpointing only each layer's input (residual dtype) is kept, plus one layer's activations while it
+    is recomputed in the backward pass (Korthikanti Sec. 4.2)."""
+    per_layer = [layer_activation_bytes(blk, s, b, dt) for blk in blocks]
+    if checkpointing:
+        layers = sum(dt.res * blk.hidden * s * b for blk in blocks) + max(per_layer, default=0)
+    else:
+        layers = sum(per_layer)
+    return {"layers": layers, "head_and_loss": head_activation_bytes(blocks[0], head, s, b, dt) if blocks else 0}
+
+
+# ---- peak ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Memory:
+    """The breakdown (bytes). `peak` models when each part is live; `sum_of_parts` is the simple upper bound."""
+
+    weights: int
+    weights_detail: dict[str, int]
+    autocast_copies: int
+    gradients: int
+    optimizer: int
+    optimizer_step_temp: int
+    activations: float
+    activations_detail: dict[str, float]
+    first_gradient: int            # the first gradient the backward pass makes (the output head's, if it trains)
+    overhead: int
+    overhead_note: str
+    paged_optimizer: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak(self) -> float:
+        """weights + optimizer states + the larger of two phases:
+        - forward/backward: autocast copies + activations + the first gradient (activations are freed while the
+          gradients grow layer by layer, so the two overlap little), or all gradients at the end of the backward;
+        - optimizer step: all gradients + the step's temporaries.
+        Paged optimizer states live in CUDA unified memory and may move to the host; they are counted here."""
+        fwd_bwd = self.autocast_copies + max(self.activations + self.first_gradient, self.gradients)
+        step = self.gradients + self.optimizer_step_temp
+        return self.weights + self.optimizer + max(fwd_bwd, step) + self.overhead
+
+    @property
+    def sum_of_parts(self) -> float:
+        return (self.weights + self.autocast_copies + self.gradients + self.optimizer + self.optimizer_step_temp
+                + self.activations + self.overhead)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "weights": self.weights, "weights_detail": self.weights_detail, "autocast_copies": self.autocast_copies,
+            "gradients": self.gradients, "optimizer": self.optimizer, "optimizer_step_temp": self.optimizer_step_temp,
+            "activations": int(self.activations), "activations_detail": {k: int(v) for k, v in self.activations_detail.items()},
+            "overhead": self.overhead, "overhead_note": self.overhead_note, "paged_optimizer": self.paged_optimizer,
+            "peak": int(self.peak), "sum_of_parts": int(self.sum_of_parts), "notes": self.notes,
+        }
+
+
+# ---- disk and cost -------------------------------------------------------------------------------------------
+
+SAFETENSORS_HEADER_PER_TENSOR = 100   # JSON entry per tensor (name, dtype, shape, offsets), roughly
+ADAPTER_SIDE_FILES = 6_000            # peft's adapter_config.json + README.md model card, roughly
+MODEL_SIDE_FILES = 2_000              # config.json + generation_config.json, roughly
+
+
+def checkpoint_bytes(tensors: list[Tensor], adapter: bool) -> int:
+    """What save_pretrained writes: each saved tensor in its dtype, a safetensors header, and the side files."""
+    data = sum(t.numel * t.bytes_per_el for t in tensors)
+    return data + SAFETENSORS_HEADER_PER_TENSOR * len(tensors) + (ADAPTER_SIDE_FILES if adapter else MODEL_SIDE_FILES)
+
+
+def train_flops_per_token(total_params: int, trainable_params: int, full: bool, checkpointing: bool) -> float:
+    """Training FLOPs per token: 6N for full fine-tuning (Kaplan et al. 2020, arXiv:2001.08361: forward 2N,
+    backward 4N). A frozen base skips the weight-gradient half of its backward: 4N + 6 x trainable. Activation
+    checkpointing recomputes the forward: +2N. Attention's s^2 term is left out (small at these lengths)."""
+    n = total_params
+    flops = 6 * n if full else 4 * n + 6 * trainable_params
+    return flops + (2 * n if checkpointing else 0)
+
+
+def run_cost(tokens: float, tokens_per_s: float, price_per_hour: float) -> dict[str, float]:
+    hours = tokens / tokens_per_s / 3600
+    return {"tokens": tokens, "tokens_per_s": tokens_per_s, "hours": hours, "usd": hours * price_per_hour}

@@ -1,0 +1,400 @@
+"""Adapters after training: merge one into its base, or combine several into one multi-task adapter and score it.
+
+    python -m harness.merge RUN_DIR --out merged/                       # merge_and_unload -> a plain model folder
+    python -m harness.merge RUN_A RUN_B RUN_C --combine ties,dare_ties,linear --density 0.5 --eval [--union RUN_U]
+
+Merging is peft's `merge_and_unload`; `merge.json` records the base it went into. A QLoRA adapter merges into the
+4-bit weights it trained against, de-quantised (not the original float weights, which it never saw). Combining
+is peft's `add_weighted_adapter`; `--eval` scores the base, each run's own adapter, each combined adapter (and
+`--union`, one run trained on all the tasks) on every run's task into `merge_table.json` / `.md`, with retention
+= combined (or union) score / own-adapter score. peft's `linear`, `ties`, `dare_*` and `magnitude_prune` combine
+the A and B factors separately (cheap; the products carry cross terms between adapters); the `*_svd` variants
+combine the full updates B@A and re-factor them by SVD, closer to the TIES / DARE papers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness.assets import cache_dir
+from harness.errors import ConfigError, HarnessError
+from harness.results import RESULT_FILE, Status, now, write_json_atomic
+
+COMBINE_TYPES = ("linear", "cat", "svd", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd",
+                 "dare_linear_svd", "magnitude_prune", "magnitude_prune_svd")
+SAME_RANK_TYPES = ("linear", "ties", "dare_ties", "dare_linear", "magnitude_prune")  # peft needs equal r for these
+NEEDS_DENSITY = tuple(t for t in COMBINE_TYPES if t.startswith(("ties", "dare", "magnitude")))
+MERGE_FILE, TABLE_JSON, TABLE_MD = "merge.json", "merge_table.json", "merge_table.md"
+
+
+@dataclass
+class Run:
+    """A finished run folder: its record, effective config and where its model/adapter lies."""
+
+    path: Path
+    result: dict[str, Any]
+    eff: dict[str, Any]
+    cache: Path
+    adapter_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.result.get("run_id") or self.path.name
+
+    def __post_init__(self) -> None:
+        self.model_cfg: DictConfig = OmegaConf.create(self.eff["model"])
+        self.task_cfg: DictConfig = OmegaConf.create(self.eff["task"])
+        self.saved: Path = self.path / self.result["saved_to"]
+        self.is_adapter: bool = self.result["saved_to"] == "adapter"
+        self.quantization: dict[str, Any] | None = self.result.get("quantization")  # None: an unquantised base
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run folder; every way it can be unusable is a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"run folder {path} does not exist; pass a folder under paths.runs that holds result.json")
+    if not (path / RESULT_FILE).exists():
+        raise ConfigError(f"{path} holds no {RESULT_FILE}; pass a run folder made by `python -m harness.run`")
+    result = json.loads((path / RESULT_FILE).read_text())
+    if result.get("status") != Status.OK.value or not result.get("saved_to"):
+        raise ConfigError(f"run {path.name} has status {result.get('status')!r} and saved nothing; "
+                          f"pass a finished run (status ok)")
+    if not result.get("config"):
+        raise ConfigError(f"{path}/{RESULT_FILE} holds no effective config; re-run it with this harness version")
+    hydra_cfg = path / ".hydra" / "config.yaml"  # where the run's cache was (paths.cache is not in the identity)
+    configured_cache = OmegaConf.select(OmegaConf.load(hydra_cfg), "paths.cache", default=None) if hydra_cfg.exists() else None
+    run = Run(path, result, result["config"], cache_dir(configured_cache))
+    if not run.saved.is_dir():
+        raise ConfigError(f"run {path.name} says it saved {result['saved_to']}/ but that folder is missing")
+    if run.is_adapter:
+        run.adapter_config = json.loads((run.saved / "adapter_config.json").read_text())
+    return run
+
+
+def require_adapter(run: Run, what: str) -> None:
+    if not run.is_adapter:
+        raise ConfigError(f"run {run.name} is {run.result.get('method')} (it saved a whole model, no adapter); "
+                          f"{what} needs an adapter run, e.g. method=lora")
+
+
+def load_base(run: Run, *, dequantize: bool = False):
+    """(model, tokenizer, record) for the base the run trained on. A quantised base loads quantised as in
+    training, or, with `dequantize`, de-quantised from those 4-bit weights into its compute dtype."""
+    from harness.methods import quantization_config
+    from harness.models import WEIGHT_DTYPES, load_model, load_tokenizer
+    from harness.tasks import get_task
+
+    precision = run.result.get("precision") or run.eff["train"]["precision"]
+    labels = get_task(run.task_cfg, run.cache).labels if run.model_cfg.kind == "encoder" else None
+    tokenizer = load_tokenizer(run.model_cfg, run.cache)
+    qconfig = quantization_config(run.eff) if run.quantization else None
+    model = load_model(run.model_cfg, run.cache, precision=precision, tokenizer=tokenizer, labels=labels,
+                       quantization_config=qconfig)
+    record = {"model": run.result["model"], "model_fingerprint": run.result.get("model_fingerprint"),
+              "precision": precision, "dtype": str(WEIGHT_DTYPES[precision]).removeprefix("torch.")}
+    if qconfig is not None:
+        q = run.quantization
+        if dequantize:
+            dtype = getattr(torch, q.get("compute_dtype") or "bfloat16")
+            model = model.dequantize(dtype=dtype)
+            model.is_loaded_in_4bit = model.is_loaded_in_8bit = False  # transformers leaves the flags set
+            name = str(dtype).removeprefix("torch.")
+            record |= {"dtype": name, "base": f"{q['bits']}-bit {q.get('quant_type') or 'int8'} weights the adapter "
+                                              f"trained on, de-quantised to {name}"}
+        else:
+            record["base"] = f"{q['bits']}-bit {q.get('quant_type') or 'int8'} (as in training)"
+        record["quantization"] = q
+    else:
+        record["base"] = f"{run.result['model']} in {record['dtype']} (as in training)"
+    return model, tokenizer, record
+
+
+def probe_inputs(run: Run, tokenizer, n: int = 4) -> dict[str, torch.Tensor]:
+    """A few of the run's own test inputs, left-padded: what merged and unmerged logits are compared on."""
+    from harness.tasks import get_task
+
+    task = get_task(run.task_cfg, run.cache)
+    rows = task.read_split("test")[:n]
+    if run.model_cfg.kind == "encoder":
+        return dict(tokenizer([task.encoder_text(r) for r in rows], padding=True, return_tensors="pt"))
+    prompts = [task.prompt_ids(tokenizer, r)[-128:] for r in rows]
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    return {"input_ids": torch.tensor([[pad] * (width - len(p)) + p for p in prompts]),
+            "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])}
+
+
+@torch.inference_mode()
+def logits(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    model.eval()
+    out = model(**inputs).logits.float()
+    mask = inputs["attention_mask"]
+    return out[mask.bool()] if out.dim() == 3 else out  # padded positions are not compared
+
+
+def merge_run(run: Run, out: Path) -> dict[str, Any]:
+    """merge_and_unload into a plain model folder (+ tokenizer, merge.json); checks logits against the adapter."""
+    from peft import PeftConfig, PeftModel
+
+    require_adapter(run, "merging")
+    if PeftConfig.from_pretrained(str(run.saved)).is_prompt_learning:
+        raise ConfigError(f"run {run.name} ({run.result['method']}) learned virtual tokens, not weight updates; "
+                          f"there is nothing to merge into the base (serve it with its adapter)")
+    t0 = time.perf_counter()
+    base, tokenizer, record = load_base(run, dequantize=True)
+    peft_model = PeftModel.from_pretrained(base, str(run.saved))
+    inputs = probe_inputs(run, tokenizer)
+    before = logits(peft_model, inputs)
+    merged = peft_model.merge_and_unload()
+    after = logits(merged, inputs)
+    info = {
+        "run": run.name, "run_dir": str(run.path), "method": run.result["method"], "task": run.result["task"],
+        "merged_into": record, "saved_dtype": str(next(merged.parameters()).dtype).removeprefix("torch."),
+        "check": {"max_abs_logit_diff": (before - after).abs().max().item(),
+                  "max_abs_logit": before.abs().max().item(), "positions": int(before.shape[0])},
+        "merge_s": round(time.perf_counter() - t0, 3), "created_at": now(),
+    }
+    if run.quantization:  # also against the adapter on the 4-bit base it trained on: the cost of de-quantising
+        from harness.methods import load_trained
+
+        as_trained = logits(load_trained(load_base(run)[0], run.saved), inputs)
+        info["check"]["max_abs_logit_diff_vs_quantized"] = (as_trained - after).abs().max().item()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_json_atomic(tmp / MERGE_FILE, info)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # a half-written folder never looks like a merged model
+    return info
+
+
+def check_combinable(runs: list[Run], combine: list[str]) -> None:
+    """Everything peft's add_weighted_adapter would reject (or silently get wrong), as one line each."""
+    if len(runs) < 2:
+        raise ConfigError("--combine needs at least two runs; to merge one adapter into its base drop --combine")
+    if len({r.path.resolve() for r in runs}) < len(runs):
+        raise ConfigError("the same run is named twice; pass each run folder once")
+    for run in runs:
+        require_adapter(run, "--combine")
+        cfg = run.adapter_config
+        if cfg.get("peft_type") != "LORA":
+            raise ConfigError(f"run {run.name} is a {cfg.get('peft_type')} adapter; --combine works on LoRA-family "
+                              f"adapters (lora, rslora, pissa, qlora)")
+        if cfg.get("use_dora"):
+            raise ConfigError(f"run {run.name} is DoRA: add_weighted_adapter does not combine its magnitude vectors; "
+                              f"combine plain LoRA runs")
+        if cfg.get("modules_to_save"):
+            raise ConfigError(f"run {run.name} also trains {', '.join(cfg['modules_to_save'])} (modules_to_save, an "
+                              f"encoder's classification head); peft cannot combine trained heads — combine causal-LM "
+                              f"adapters, or merge this run alone (drop --combine)")
+    first = runs[0]
+    for run in runs[1:]:
+        if (run.result["model"], run.result.get("model_fingerprint")) != (first.result["model"], first.result.get("model_fingerprint")):
+            raise ConfigError(f"runs {first.name} ({first.result['model']}) and {run.name} ({run.result['model']}) "
+                              f"have different base models; combine adapters trained on one base")
+        if bool(run.quantization) != bool(first.quantization):
+            raise ConfigError(f"runs {first.name} and {run.name} trained on differently quantised bases "
+                              f"(qlora vs lora); combine runs of one kind")
+    ranks = {r.name: r.adapter_config.get("r") for r in runs}
+    fixed = [c for c in combine if c in SAME_RANK_TYPES]
+    if fixed and len(set(ranks.values())) > 1:
+        raise ConfigError(f"--combine {','.join(fixed)} needs equal ranks, got {ranks}; use svd, ties_svd, "
+                          f"dare_ties_svd or cat for mixed ranks")
+
+
+def combine_runs(runs: list[Run], combine: list[str], density: float, weights: list[float] | None,
+                 evaluate: bool, out: Path, n_eval: int | None = None, union: Run | None = None) -> dict[str, Any]:
+    """Load every adapter on one base, add one combined adapter per combine type, save them, and (with
+    `evaluate`) score base / own / combined / union on every run's task."""
+    from peft import PeftModel
+
+    check_combinable(runs, combine)
+    weights = weights or [1.0] * len(runs)
+    if len(weights) != len(runs):
+        raise ConfigError(f"--weights has {len(weights)} values for {len(runs)} runs; give one per run")
+    base, tokenizer, record = load_base(runs[0])
+    names = [f"a{i}_{r.result['task']}" for i, r in enumerate(runs)]  # peft adapter names (no dots)
+    model = PeftModel.from_pretrained(base, str(runs[0].saved), adapter_name=names[0])
+    for name, run in zip(names[1:], runs[1:]):
+        model.load_adapter(str(run.saved), adapter_name=name)
+    timings = {}
+    for kind in combine:
+        t0 = time.perf_counter()
+        model.add_weighted_adapter(names, weights, adapter_name=f"merged_{kind}", combination_type=kind,
+                                   density=density if kind in NEEDS_DENSITY else None)
+        timings[kind] = round(time.perf_counter() - t0, 3)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out / "adapters"), selected_adapters=[f"merged_{k}" for k in combine])
+    table: dict[str, Any] = {
+        "runs": [{"name": n, "run_id": r.name, "run_dir": str(r.path), "task": r.result["task"],
+                  "method": r.result["method"], "r": r.adapter_config.get("r"), "weight": w}
+                 for n, r, w in zip(names, runs, weights)],
+        "base": record, "combine": combine, "density": density, "combine_s": timings,
+        "adapters_dir": str(out / "adapters"), "created_at": now(), "rows": [],
+    }
+    if evaluate:
+        table["rows"], table["n_eval"] = score_all(model, tokenizer, runs, names, combine, n_eval, union), n_eval
+        table["mean"] = summarise(table["rows"], combine)
+        table["union"] = union and {"run_id": union.name, "method": union.result["method"], "task": union.result["task"]}
+    write_json_atomic(out / TABLE_JSON, table)
+    (out / TABLE_MD).write_text(markdown_table(table))
+    return table
+
+
+def _union_model(union: Run, runs: list[Run], model):
+    """The union run's model: another adapter on the loaded base, or its own fully fine-tuned weights."""
+    if union.result["model"] != runs[0].result["model"]:
+        raise ConfigError(f"--union run {union.name} is on {union.result['model']}, the adapters on "
+                          f"{runs[0].result['model']}; train the union run on the same base model")
+    if union.is_adapter:
+        check_combinable([runs[0], union], [])  # same base, LoRA, no trained head: it loads beside the others
+        model.load_adapter(str(union.saved), adapter_name="union")
+        return None
+    from harness.models import WEIGHT_DTYPES
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(union.saved), dtype=WEIGHT_DTYPES[union.result["precision"]])
+
+
+def score_all(model, tokenizer, runs: list[Run], names: list[str], combine: list[str], n_eval: int | None,
+              union: Run | None) -> list[dict[str, Any]]:
+    """One row per run's task: scores of the base, the task's own adapter, each combined adapter, the union run."""
+    from harness.tasks import get_task
+
+    union_full = _union_model(union, runs, model) if union is not None else None
+    rows = []
+    for name, run in zip(names, runs):
+        task = get_task(run.task_cfg, run.cache)
+        split = task.splits()["test"]
+        if n_eval:
+            split = split.select(range(min(n_eval, len(split))))
+        train = run.eff["train"]
+        kind = run.model_cfg.kind
+
+        def score(m) -> float:
+            outputs = task.predict(m, tokenizer, split, kind, train["eval_batch_size"], train["max_seq_len"])
+            return float(task.score(outputs, list(split))[task.primary_metric])
+
+        t0 = time.perf_counter()
+        with model.disable_adapter():
+            row = {"task": run.result["task"], "metric": task.primary_metric, "n": len(split), "base": score(model),
+                   "own_recorded": run.result.get("score"), "merged": {}, "retention": {}}
+        for column, adapter in [("own", name), *((k, f"merged_{k}") for k in combine), *([("union", "union")] if union else [])]:
+            if column == "union" and union_full is not None:
+                value = score(union_full)
+            else:
+                model.set_adapter(adapter)
+                value = score(model)
+            if column in ("own", "union"):
+                row[column] = value
+            else:
+                row["merged"][column] = value
+            if column != "own":
+                row["retention"][column] = value / row["own"] if row["own"] else None
+        row["eval_s"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        print(f"scored {row['task']}: own {row['own']:.3f}, merged "
+              + ", ".join(f"{k} {v:.3f}" for k, v in row["merged"].items()), file=sys.stderr, flush=True)
+    model.set_adapter(names[0])
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]], combine: list[str]) -> dict[str, Any]:
+    """Mean over tasks of each column, and mean retention (scores on different metrics average as fractions)."""
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    cols = ["base", "own"] + (["union"] if rows and "union" in rows[0] else [])
+    summary = {c: mean(r[c] for r in rows) for c in cols}
+    summary["merged"] = {k: mean(r["merged"][k] for r in rows) for k in combine}
+    summary["retention"] = {k: mean(r["retention"].get(k) for r in rows) for k in list(combine) + (["union"] if "union" in cols else [])}
+    return summary
+
+
+def _fmt(value: float | None, pct: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.0f}%" if pct else f"{value:.3f}"
+
+
+def markdown_table(table: dict[str, Any]) -> str:
+    """The multi-task table: per task, each column's score; retention (combined / own) in brackets."""
+    lines = [f"# Combined adapters on {table['base']['model']} ({table['base']['base']})", "",
+             "Runs: " + ", ".join(f"`{r['run_id']}` (w={r['weight']})" for r in table["runs"]),
+             f"Combine: {', '.join(table['combine'])}; density {table['density']}.", ""]
+    if not table["rows"]:
+        return "\n".join(lines + ["(not scored: pass --eval)", ""])
+    has_union = "union" in table["rows"][0]
+    head = ["task", "metric", "n", "base", "own adapter"] + [f"{k} (retention)" for k in table["combine"]]
+    head += ["union (retention)"] if has_union else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table["rows"] + [dict(table["mean"], task="**mean**", metric="", n="")]:
+        cells = [str(row["task"]), row["metric"], str(row["n"]), _fmt(row["base"]), _fmt(row["own"])]
+        cells += [f"{_fmt(row['merged'][k])} ({_fmt(row['retention'][k], True)})" for k in table["combine"]]
+        if has_union:
+            cells.append(f"{_fmt(row['union'])} ({_fmt(row['retention']['union'], True)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Own adapter and combined adapters are scored here on the same rows; `n` is rows per task."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.merge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (paths.runs/<run_id>)")
+    parser.add_argument("--out", type=Path, help="output folder (default: RUN/merged, or <runs>/combined_<tasks>)")
+    parser.add_argument("--combine", help=f"comma-separated peft combination types: {', '.join(COMBINE_TYPES)}")
+    parser.add_argument("--density", type=float, default=0.5, help="fraction kept by ties / dare / magnitude_prune")
+    parser.add_argument("--weights", help="comma-separated weight per run (default 1.0 each)")
+    parser.add_argument("--eval", action="store_true", help="score base, own, combined (and --union) on every task")
+    parser.add_argument("--n-eval", type=int, help="score only the first N test rows of each task (default: all)")
+    parser.add_argument("--union", type=Path, help="a run trained on all the tasks (e.g. task=multitask), scored too")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    try:
+        runs = [load_run(p) for p in args.runs]
+        if not args.combine:
+            if len(runs) > 1:
+                raise ConfigError("several runs need --combine (e.g. --combine ties); one run merges into its base")
+            out = args.out or runs[0].path / "merged"
+            info = merge_run(runs[0], out)
+            print(f"merged {info['run']} into {info['merged_into']['base']} -> {out} "
+                  f"(max |logit diff| vs adapter {info['check']['max_abs_logit_diff']:.2e})")
+            return 0
+        combine = [c.strip() for c in args.combine.split(",") if c.strip()]
+        bad = [c for c in combine if c not in COMBINE_TYPES]
+        if bad or not combine:
+            raise ConfigError(f"--combine {args.combine!r}: unknown {', '.join(bad) or 'empty'}; choose from {', '.join(COMBINE_TYPES)}")
+        if not 0 < args.density <= 1:
+            raise ConfigError(f"--density must be in (0, 1], got {args.density}")
+        if args.n_eval is not None and args.n_eval <= 0:
+            raise ConfigError(f"--n-eval must be a positive integer, got {args.n_eval}")
+        try:
+            weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+        except ValueError:
+            raise ConfigError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+        union = load_run(args.union) if args.union else None
+        out = args.out or runs[0].path.parent / ("combined_" + "_".join(r.result["task"] for r in runs))
+        table = combine_runs(runs, combine, args.density, weights, args.eval, out, args.n_eval, union)
+        print((out / TABLE_MD).read_text() if table["rows"] else f"combined adapters saved to {out / 'adapters'}")
+        return 0
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Exact match after light normalisation, as an offline `evaluate` module (closed-book question answering).
+
+    evaluate.load("harness/metrics/exact_match").compute(predictions=[...], references=[...])
+
+Normalisation (lower case, punctuation and extra spaces removed, only the first line of the answer) forgives
+"Lisbon." for "Lisbon" but nothing else. `contains` is looser: the normalised reference appears anywhere in the
+normalised prediction (a chatty but right answer). Both are accuracies (scikit-learn) over normalised strings.
+"""
+
+import re
+import string
+
+import datasets
+import evaluate
+from sklearn.metrics import accuracy_score
+
+PUNCT = re.compile("[" + re.escape(string.punctuation) + "]")
+
+
+def normalize(text):
+    first = (text or "").strip().split("\n")[0]
+    return " ".join(PUNCT.sub(" ", first.lower()).split())
+
+
+class ExactMatch(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Exact-match and contains accuracy over normalised strings.",
+            citation="",
+            inputs_description="predictions, references: lists of strings",
+            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, references):
+        preds = [normalize(p) for p in predictions]
+        refs = [normalize(r) for r in references]
+        # a reference that normalises to nothing is never "contained" (the empty string is in every string)
+        contained = [r if r and f" {r} " in f" {p} " else "\0" for p, r in zip(preds, refs)]
+        return {"exact_match": float(accuracy_score(refs, preds)), "contains": float(accuracy_score(refs, contained))}

@@ -1,0 +1,26 @@
+"""Corpus chrF (primary for style transfer) and BLEU from sacrebleu, scaled to 0..1, as an offline `evaluate` module.
+
+    evaluate.load("harness/metrics/text_similarity").compute(predictions=[...], references=[...])
+
+chrF (character n-grams up to 6, beta 2) rewards partial word matches, so it tracks small stylistic edits
+("believes" -> "believeth") that BLEU's word 4-grams miss. An empty prediction simply matches nothing.
+"""
+
+import datasets
+import evaluate
+import sacrebleu
+
+
+class TextSimilarity(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="sacrebleu corpus chrF and BLEU, divided by 100.",
+            citation="Popovic (2015) chrF; Papineni et al. (2002) BLEU; Post (2018) sacreBLEU",
+            inputs_description="predictions, references: lists of strings (one reference per prediction)",
+            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, references):
+        chrf = sacrebleu.corpus_chrf(predictions, [references])
+        bleu = sacrebleu.corpus_bleu(predictions, [references])
+        return {"chrf": chrf.score / 100.0, "bleu": bleu.score / 100.0}

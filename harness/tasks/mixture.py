@@ -1,0 +1,132 @@
+"""Tasks made of other tasks: `multitask` (their union, each in its own prompt) and `instruct` (the same tasks
+phrased as natural-language instructions in several templates, some of which only evaluation uses).
+
+A mixture row is `{"task", "template", "row"}` with the component's row stored as a JSON string. Each split
+interleaves the components' own splits round-robin, so any prefix (`n_train`, `n_eval`) is balanced across
+tasks, and a component's test rows are exactly its single-task test rows (no mixture trains on another task's
+test data). Components are read from `conf/task/<name>.yaml`, overridden by `task.components.<name>`. The score
+is the mean of the components' primary scores; every component metric is reported as `<task>/<metric>`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from typing import Any, ClassVar
+
+import datasets
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import ConfigError
+from harness.tasks.base import SPLITS, Task
+
+
+def interleave(streams: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Round-robin over the streams until all are used up."""
+    out = []
+    for i in range(max((len(s) for s in streams), default=0)):
+        out += [s[i] for s in streams if i < len(s)]
+    return out
+
+
+class MixtureTask(Task):
+    primary_metric = "mean_score"
+    train_templates: ClassVar[tuple[int, ...]]
+    eval_templates: ClassVar[tuple[int, ...]]
+
+    def __init__(self, cfg: DictConfig, cache):
+        super().__init__(cfg, cache)
+        from harness.tasks import CONF_TASK_DIR, TASKS, get_task  # the registry imports this module
+
+        self.components: dict[str, Task] = {}
+        for name, overrides in (cfg.get("components") or {}).items():
+            if name not in TASKS or issubclass(TASKS[name], MixtureTask) or not (CONF_TASK_DIR / f"{name}.yaml").exists():
+                raise ConfigError(f"task.components names '{name}', which is not a single task; "
+                                  f"choose among: {', '.join(sorted(n for n, t in TASKS.items() if not issubclass(t, MixtureTask)))}")
+            merged = OmegaConf.merge(OmegaConf.load(CONF_TASK_DIR / f"{name}.yaml"), overrides or {})
+            self.components[name] = get_task(merged, cache)
+        if not self.components:
+            raise ConfigError(f"task '{self.name}' needs at least one component in task.components")
+        for name, task in self.components.items():
+            needed = max(self.train_templates + self.eval_templates)
+            if len(task.templates) <= needed:
+                raise ConfigError(f"task '{name}' has {len(task.templates)} templates; '{self.name}' needs {needed + 1}")
+
+    def prep_params(self) -> dict[str, Any]:
+        return super().prep_params() | {
+            "components": {n: t.prep_params() for n, t in self.components.items()},
+            "train_templates": list(self.train_templates), "eval_templates": list(self.eval_templates),
+        }
+
+    def build_pools(self) -> dict[str, list[dict[str, Any]]]:
+        rng = random.Random(self.cfg.data_seed)
+        pools = {}
+        for split in SPLITS:
+            templates = self.train_templates if split == "train" else self.eval_templates
+            pools[split] = interleave([
+                [{"task": name, "template": rng.choice(templates), "row": json.dumps(row, sort_keys=True, ensure_ascii=False)}
+                 for row in task.read_split(split)]
+                for name, task in self.components.items()
+            ])
+        return pools
+
+    def _unpack(self, row: dict[str, Any]) -> tuple[Task, dict[str, Any]]:
+        return self.components[row["task"]], json.loads(row["row"])
+
+    def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
+        task, sub = self._unpack(row)
+        return [{"role": "user", "content": task.render(sub, row["template"])}]
+
+    def target(self, row: dict[str, Any]) -> str:
+        task, sub = self._unpack(row)
+        return task.target(sub)
+
+    def describe(self, row: dict[str, Any]) -> str:
+        task, sub = self._unpack(row)
+        return f"[{row['task']}] {task.describe(sub)}"
+
+    @torch.no_grad()
+    def predict(self, model, tokenizer, split: datasets.Dataset, kind: str, batch_size: int, max_len: int) -> list[str]:
+        """Greedy answers, generated per component so each keeps its own `max_new_tokens` budget."""
+        if kind != "causal_lm":
+            raise ConfigError(f"task '{self.name}' needs a causal LM (generation); model kind is {kind}")
+        model.eval()
+        rows = list(split)
+        outputs = [""] * len(rows)
+        device = next(model.parameters()).device
+        for name, task in self.components.items():
+            index = [i for i, r in enumerate(rows) if r["task"] == name]
+            for start in range(0, len(index), batch_size):
+                chunk = index[start:start + batch_size]
+                answers = self._generate(model, tokenizer, [rows[i] for i in chunk], device, max_len, task.cfg.max_new_tokens)
+                for i, answer in zip(chunk, answers):
+                    outputs[i] = answer
+        return outputs
+
+    def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
+        result: dict[str, float] = {}
+        primaries = []
+        for name, task in self.components.items():
+            picked = [(o, json.loads(r["row"])) for o, r in zip(outputs, rows) if r["task"] == name]
+            if not picked:
+                continue
+            metrics = task.score([o for o, _ in picked], [s for _, s in picked])
+            result |= {f"{name}/{k}": v for k, v in metrics.items()}
+            result[f"{name}/n"] = len(picked)
+            primaries.append(metrics[task.primary_metric])
+        result["mean_score"] = statistics.fmean(primaries) if primaries else 0.0
+        return result
+
+
+class MultitaskTask(MixtureTask):
+    name = "multitask"
+    train_templates = (0,)
+    eval_templates = (0,)
+
+
+class InstructTask(MixtureTask):
+    name = "instruct"
+    train_templates = (0, 1, 2)
+    eval_templates = (3, 4)  # phrasings never seen in training

@@ -1,0 +1,311 @@
+"""The estimator: exact trainable counts (peft on meta-device models), the memory arithmetic against hand
+computation, the activation count against the tensors autograd really keeps, and predicted vs measured runs."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import subprocess
+import sys
+from collections import defaultdict
+
+import peft
+import pytest
+import torch
+
+from conftest import REPO, TINY, compose, run_cli, run_inprocess
+from harness import estimate_memory as em
+from harness.config import effective_config
+from harness.errors import ConfigError
+from harness.estimate import (_block, _layer_list, act_dtypes, build_meta_model, estimate, estimate_overrides,
+                              method_names, model_activations)
+
+L8 = dict(h=4096, i=14336, kv=1024, layers=32, vocab=128256)  # Llama-3.1-8B
+
+
+def meta_peft_count(overrides: list[str], peft_config: peft.PeftConfig) -> tuple[int, int]:
+    """peft's own (trainable, total) on an independently built meta model (the estimator's path not involved)."""
+    model = build_meta_model(effective_config(compose(overrides)))
+    return peft.get_peft_model(model, peft_config).get_nb_trainable_parameters()
+
+
+# ---- trainable parameter counts ------------------------------------------------------------------------------
+
+def test_llama_31_8b_lora_r16_qv_is_6815744() -> None:
+    est = estimate_overrides(["model=llama-3.1-8b", "method=lora", "r=16", "targets=qv"])
+    assert est.params_trainable == 6_815_744 == 32 * 16 * ((4096 + 4096) + (4096 + 1024))
+    assert est.params_total == 8_030_261_248 + 6_815_744
+
+
+@pytest.mark.parametrize(("model", "total"), [("llama-3.1-8b", 8_030_261_248), ("llama-2-7b", 6_738_415_616),
+                                              ("llama-3.1-70b", 70_553_706_496), ("qwen2.5-0.5b", 494_032_768)])
+def test_full_ft_counts_match_the_published_model_sizes(model: str, total: int) -> None:
+    est = estimate_overrides([f"model={model}", "method=full"])
+    assert est.params_total == est.params_trainable == total
+
+
+@pytest.mark.parametrize(("overrides", "config", "hand"), [
+    (["model=llama-3.1-8b", "method=lora", "r=8", "targets=all-linear"],
+     peft.LoraConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+     32 * 8 * (2 * (4096 + 4096) + 2 * (4096 + 1024) + 2 * (4096 + 14336) + (14336 + 4096))),
+    (["model=llama-3.1-8b", "method=dora", "r=16", "targets=qv"],
+     peft.LoraConfig(r=16, target_modules=["q_proj", "v_proj"], use_dora=True),
+     6_815_744 + 32 * (4096 + 1024)),  # plus one magnitude per output row
+    (["model=llama-3.1-8b", "method=ia3", "targets=attn"],
+     peft.IA3Config(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], feedforward_modules=[]),
+     32 * (4096 + 1024 + 1024 + 4096)),  # one scale per output of each targeted module
+    (["model=qwen2.5-0.5b", "method=lora", "r=16", "targets=mlp"],
+     peft.LoraConfig(r=16, target_modules=["gate_proj", "up_proj", "down_proj"]),
+     24 * 16 * (2 * (896 + 4864) + (4864 + 896))),
+    (["model=llama-2-7b", "method=qlora", "r=64", "targets=all-linear"],
+     peft.LoraConfig(r=64, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+     32 * 64 * (4 * (4096 + 4096) + 2 * (4096 + 11008) + (11008 + 4096))),
+])
+def test_trainable_counts_are_peft_counts_and_hand_counts(overrides, config, hand) -> None:
+    est = estimate_overrides(overrides)
+    config.task_type = "CAUSAL_LM"
+    trainable, total = meta_peft_count(overrides, config)
+    assert est.params_trainable == trainable == hand
+    assert est.params_total == total
+
+
+def test_encoder_counts_include_the_new_classification_head() -> None:
+    # roberta-base: LoRA r=8 on query/value + the 3-label head peft trains alongside (modules_to_save)
+    est = estimate_overrides(["model=roberta-base", "method=lora", "r=8", "targets=qv"])
+    lora = 12 * 8 * 2 * (768 + 768)
+    head = (768 * 768 + 768) + (768 * 3 + 3)  # RobertaClassificationHead: dense + out_proj
+    assert est.params_trainable == lora + head
+    trainable, _ = meta_peft_count(["model=roberta-base"], peft.LoraConfig(
+        r=8, target_modules=["attention.self.query", "attention.self.value"], task_type="SEQ_CLS"))
+    assert est.params_trainable == trainable
+
+
+# ---- memory arithmetic ---------------------------------------------------------------------------------------
+
+def test_nf4_double_quant_costs_0127_bits_per_parameter() -> None:
+    n = 4096 * 4096
+    assert em.nf4_bytes(n, double_quant=False) == n // 2 + 4 * (n // 64)
+    assert em.nf4_bytes(n, double_quant=True) == n // 2 + n // 64 + 4 * (n // 64 // 256) + 4
+    extra_bits = lambda dq: 8 * em.nf4_bytes(n, dq) / n - 4  # noqa: E731
+    assert extra_bits(False) == pytest.approx(0.5)
+    assert extra_bits(True) == pytest.approx(8 / 64 + 32 / (64 * 256), abs=1e-5)  # QLoRA paper: 0.127
+
+
+def test_optimizer_states_per_kind() -> None:
+    big, small = em.Tensor(1_000_000, 4), em.Tensor(1000, 4)
+    bf16 = em.Tensor(1_000_000, 2)
+    assert em.optimizer_state_bytes("adamw_torch", [big]) == 8_000_000        # m and v in float32
+    assert em.optimizer_state_bytes("adamw_torch", [bf16]) == 4_000_000       # torch keeps states in the param dtype
+    assert em.optimizer_state_bytes("adamw_bnb_8bit", [big]) == 2 * (1_000_000 + 4 * math.ceil(1_000_000 / 256))
+    assert em.optimizer_state_bytes("paged_adamw_8bit", [small]) == 8_000     # < 4096 elements: 32-bit states
+    assert em.optimizer_state_bytes("paged_adamw_32bit", [bf16]) == 8_000_000
+    assert em.optimizer_state_bytes("adafactor", [em.Tensor(12, 4, (3, 4))]) == 4 * (3 + 4)
+    assert em.optimizer_step_temp_bytes("adamw_torch", [big, small], "cuda") == 4_004_000  # foreach: a full copy
+    assert em.optimizer_step_temp_bytes("adamw_torch", [big, small], "cpu") == 4_000_000   # per tensor
+    assert em.optimizer_step_temp_bytes("adamw_torch_fused", [big], "cuda") == 0
+
+
+def test_gpt_layer_reproduces_korthikanti_34_plus_5as_over_h() -> None:
+    s, b, h, a = 2048, 4, 4096, 32
+    gpt = em.Block(hidden=h, intermediate=4 * h, heads=a, head_dim=h // a, kv_heads=a, gated_mlp=False,
+                   rms_norm=False, attn="eager", attn_dropout=0.1, hidden_dropout=0.1,
+                   trainable=frozenset({"q", "k", "v", "o", "up", "down"}), norms_trainable=True)
+    dt = em.ActDtypes(a=2, res=2, mask_cuda=True)
+    ln_stats = 2 * 8 * s * b  # mean and rstd (float32) of the two LayerNorms, which the paper leaves out
+    assert em.layer_activation_bytes(gpt, s, b, dt) - ln_stats == s * b * h * (34 + 5 * a * s / h)
+    assert em.korthikanti_bytes(s, b, h, a, 1) == s * b * h * (34 + 5 * a * s / h)
+
+
+def test_frozen_layers_keep_fewer_activations_and_checkpointing_keeps_layer_inputs() -> None:
+    s, b, h, i = 256, 8, 4096, 14336
+    kw = dict(hidden=h, intermediate=i, heads=32, head_dim=128, kv_heads=8, gated_mlp=True, rms_norm=True)
+    full = em.Block(**kw, trainable=frozenset({"q", "k", "v", "o", "gate", "up", "down"}), norms_trainable=True)
+    frozen = em.Block(**kw)
+    dt = em.ActDtypes(a=2, res=2)
+    # per token, by hand: 2 RMSNorms (float32 input + rsqrt, + the 16-bit output when the weight trains),
+    # SDPA's q k v o (4 x 2h) + log-sum-exp (4 per head), SwiGLU 3 x 2i, and the trainable linears' inputs
+    frozen_tok = 2 * (4 * h + 4) + 8 * h + 4 * 32 + 6 * i
+    assert em.layer_activation_bytes(frozen, s, b, dt) == frozen_tok * s * b
+    assert em.layer_activation_bytes(full, s, b, dt) == (frozen_tok + 2 * 2 * h + 2 * h + 2 * h + 2 * i) * s * b
+    head = em.Head(vocab=1000, head_trainable=False, logits_bytes=2)
+    plain = em.activation_bytes([frozen] * 4, head, s, b, dt, checkpointing=False)
+    ckpt = em.activation_bytes([frozen] * 4, head, s, b, dt, checkpointing=True)
+    assert plain["layers"] == 4 * frozen_tok * s * b
+    assert ckpt["layers"] == 4 * 2 * h * s * b + frozen_tok * s * b
+    assert plain["head_and_loss"] == ckpt["head_and_loss"] == ((4 * h + 4) + 1000 * (2 + 4 + 4)) * s * b
+
+
+def test_llama_8b_full_ft_breakdown_by_hand() -> None:
+    est = estimate_overrides(["model=llama-3.1-8b", "method=full", "train.optim=adamw_torch"])  # auto -> bf16-mixed; foreach AdamW
+    n = 8_030_261_248
+    embed = 128256 * 4096  # untied: embed_tokens and lm_head are both this size
+    norms = (2 * 32 + 1) * 4096
+    m = est.memory
+    assert est.precision == "bf16-mixed"
+    assert m.weights == m.gradients == 4 * n
+    assert m.optimizer == 8 * n
+    assert m.autocast_copies == 2 * (n - embed - norms)  # every linear (lm_head too) cast to bf16
+    assert m.optimizer_step_temp == 4 * n
+    assert m.first_gradient == 4 * embed
+    assert m.peak == m.weights + m.optimizer + max(m.autocast_copies + max(m.activations + m.first_gradient, m.gradients),
+                                                   m.gradients + m.optimizer_step_temp) + m.overhead
+    assert est.disk_bytes == 4 * n + 100 * 291 + 2000  # 291 tensors in float32 + header + config files
+
+
+def test_qlora_weights_are_nf4_plus_upcast_rest() -> None:
+    est = estimate_overrides(["model=llama-3.1-8b", "method=qlora", "r=16", "targets=qv"])
+    per_layer = [(4096, 4096), (1024, 4096), (1024, 4096), (4096, 4096), (14336, 4096), (14336, 4096), (4096, 14336)]
+    nf4 = 32 * sum(em.nf4_bytes(o * i, True) for o, i in per_layer)
+    rest = 4 * (2 * 128256 * 4096 + (2 * 32 + 1) * 4096)  # embeddings, lm_head, norms -> float32 (k-bit preparation)
+    detail = est.memory.weights_detail
+    assert detail["nf4+dq"] == nf4
+    assert detail["float32 frozen"] == rest
+    assert detail["float32 trainable"] == 4 * 6_815_744
+    assert est.quantization["quantized_linear"] == 32 * 7
+    assert est.disk_bytes == 4 * 6_815_744 + 100 * 128 + 6000
+
+
+def test_cost_from_throughput_and_price() -> None:
+    est = estimate_overrides(["model=llama-3.1-8b", "method=lora", "train.max_steps=100", "train.batch_size=4",
+                              "train.max_seq_len=512"], tokens_per_s=2048.0, price_per_hour=3.6)
+    assert est.cost["tokens"] == 100 * 4 * 512
+    assert est.cost["hours"] == pytest.approx(100 * 4 * 512 / 2048 / 3600)
+    assert est.cost["usd"] == pytest.approx(est.cost["hours"] * 3.6)
+    flops = em.train_flops_per_token(8_000_000_000, 0, full=True, checkpointing=True)
+    assert flops == 8 * 8_000_000_000
+
+
+def test_bigger_models_batches_and_optimizers_move_the_estimate_the_right_way() -> None:
+    base = ["model=llama-2-7b", "method=full"]
+    plain = estimate_overrides(base).memory
+    assert estimate_overrides(base + ["train.optim=adamw_bnb_8bit"]).memory.optimizer < plain.optimizer / 3
+    assert estimate_overrides(base + ["train.gradient_checkpointing=true"]).memory.activations < plain.activations / 4
+    assert estimate_overrides(base + ["train.batch_size=16"]).memory.activations == pytest.approx(2 * plain.activations)
+    assert estimate_overrides(["model=llama-3.1-70b", "method=full"]).memory.peak > 1e12  # the seed's "> 1 TB"
+
+
+def test_paged_8bit_optimizer_is_estimated_without_cuda() -> None:
+    est = estimate_overrides(["model=llama-2-7b", "method=qlora", "train.optim=paged_adamw_8bit"])
+    lora = [em.Tensor(4096 * 16, 4)] * (2 * 2 * 32)  # A (16 x 4096) and B (4096 x 16) of q and v, 32 layers
+    assert est.memory.paged_optimizer
+    assert est.memory.optimizer == em.optimizer_state_bytes("paged_adamw_8bit", lora) == 128 * 2 * (65536 + 4 * 256)
+
+
+def test_unknown_optimizer_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="train.optim"):
+        estimate_overrides(["model=tiny-llama", "train.optim=lamb_9bit"])
+
+
+# ---- activations against autograd -----------------------------------------------------------------------------
+
+def saved_per_layer(model: torch.nn.Module, batch: dict, layers, autocast: bool) -> dict[int | None, int]:
+    """Bytes of the distinct tensors autograd saves for the backward pass, per transformer layer (parameters and
+    autocast's weight casts excluded)."""
+    stack: list[torch.nn.Module] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, a: stack.append(mod)) for m in model.modules()]
+    hooks += [m.register_forward_hook(lambda mod, a, o: (stack.pop(), None)[1]) for m in model.modules()]
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weight_shapes = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    seen: dict[int, tuple[int | None, int]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        cast = autocast and t.dtype == torch.bfloat16 and tuple(t.shape) in weight_shapes
+        if ptr not in params and ptr not in seen and not cast:
+            layer = next((index[id(m)] for m in reversed(stack) if id(m) in index), None)
+            seen[ptr] = (layer, t.untyped_storage().nbytes())
+        return t
+
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+        model(**batch)
+    for h in hooks:
+        h.remove()
+    per: dict[int | None, int] = defaultdict(int)
+    for layer, nbytes in seen.values():
+        per[layer] += nbytes
+    return per
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=tiny-llama", "method=full", "train.precision=fp32"], ["model=tiny-llama", "method=full"],
+    ["model=tiny-llama", "method=lora"], ["model=tiny-llama", "method=lora", "targets=all-linear"],
+    ["model=tiny-llama", "method=ia3", "targets=all-linear"], ["model=tiny-llama", "method=dora"],
+    ["model=tiny-bert", "method=full", "train.precision=bf16"], ["model=tiny-bert", "method=lora", "targets=all-linear"],
+], ids=lambda o: " ".join(o))
+def test_layer_activations_match_what_autograd_keeps(overrides: list[str]) -> None:
+    from harness.assets import cache_dir
+    from harness.methods import apply_method, plan_method
+    from harness.models import load_model, load_tokenizer
+
+    cfg = compose(overrides)
+    eff = effective_config(cfg)
+    tokenizer = load_tokenizer(cfg.model, cache_dir())
+    model = load_model(cfg.model, cache_dir(), precision=eff["train"]["precision"], tokenizer=tokenizer,
+                       labels=["negative", "neutral", "positive"])
+    model = apply_method(model, plan_method(model, eff, cfg.model.kind)).train()
+    b, s = 4, 37
+    ids = torch.randint(5, 1000, (b, s), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(b, s, dtype=torch.long)
+    mask[0, -5:] = 0  # padding, as the collator makes
+    labels = ids if cfg.model.kind == "causal_lm" else torch.tensor([0, 1, 2, 0])
+    layers = _layer_list(model, model.config.num_hidden_layers)
+    measured = saved_per_layer(model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, layers,
+                               eff["train"]["precision"].endswith("-mixed"))
+    dt = act_dtypes(eff["train"]["precision"], False, "cpu", cfg.model.kind == "causal_lm")
+    predicted = em.layer_activation_bytes(_block(layers[-1], model.config, dt, "cpu"), s, b, dt)
+    assert predicted == pytest.approx(measured[len(layers) - 1], rel=0.04)
+    # and the model-level function sums the same layers
+    acts = model_activations(model, eff, s, b, "cpu")
+    assert acts["layers"] == pytest.approx(len(layers) * predicted)
+
+
+# ---- predicted vs measured, command line ---------------------------------------------------------------------
+
+def test_check_run_compares_prediction_with_the_record(runs) -> None:
+    from harness.estimate_check import check_runs
+
+    result, run_dir = run_inprocess(["model=tiny-llama", "method=lora", *TINY], runs)
+    rows = check_runs([runs])
+    assert len(rows) == 1 and "skipped" not in rows[0]
+    row = rows[0]
+    assert row["measured_bytes"] == result["peak_mem_bytes"] and row["mem_kind"] == result["mem_kind"]
+    assert row["params_trainable"] == result["params_trainable"]
+    assert row["error_pct"] == pytest.approx(100 * (row["predicted_bytes"] - row["measured_bytes"]) / row["measured_bytes"])
+    assert abs(row["error_pct"]) < 50  # a tiny model's RSS is mostly the Python runtime the overhead term models
+    assert row["disk_predicted_bytes"] == pytest.approx(result["adapter_bytes"], rel=0.1)
+
+
+def test_table_lists_every_method() -> None:
+    from harness.estimate_report import run
+
+    out = run(["model=llama-2-7b", "--table"])
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert [r.split("|")[1].strip() for r in rows] == method_names()
+    assert not [r for r in rows if "n/a" in r]
+
+
+def test_cli_prints_the_breakdown_and_rejects_typos() -> None:
+    cmd = [sys.executable, "-m", "harness.estimate"]
+    ok = subprocess.run(cmd + ["model=llama-3.1-8b", "method=qlora", "r=16", "targets=qv"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "6,815,744" in ok.stdout and "nf4+dq" in ok.stdout and "peak" in ok.stdout
+    bad = subprocess.run(cmd + ["model=llama-3.1-8x"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "qlora"])
+def test_bundled_run_peak_is_predicted_within_25_percent(method: str, tmp_path) -> None:
+    from harness.estimate_check import check_run
+
+    proc = run_cli(["model=smollm2-135m", f"method={method}", "tracking=none", "train.max_steps=3", "task.n_train=24",
+                    "task.n_eval=8", f"paths.runs={tmp_path}"], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [run_dir] = [p.parent for p in tmp_path.glob("*/result.json")]
+    row = check_run(run_dir)
+    assert row["mem_kind"] == "cpu_rss"
+    assert abs(row["error_pct"]) < 25, row
+    assert row["disk_predicted_bytes"] == pytest.approx(row["disk_measured_bytes"], rel=0.01)

@@ -1,0 +1,164 @@
+"""Adapters after training on tiny models: merged weights reproduce the adapter's logits, QLoRA merges into a
+de-quantised base, combining refuses what peft cannot combine and scores what it can, serve_bench times all
+four modes, and bad input fails in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, run_inprocess
+from harness import merge, serve_bench
+
+# lr 1e-2 so a few steps move the weights well past bf16 rounding
+MOVE = [*TINY, "train.lr=1e-2", "train.max_steps=4", "task.n_eval=4"]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory) -> dict[str, Path]:
+    runs = tmp_path_factory.mktemp("merge-runs")
+    specs = {
+        "lora_bf16": ["model=tiny-llama", "method=lora"],
+        "lora_fp32": ["model=tiny-llama", "method=lora", "train.precision=fp32"],
+        "lora_s1": ["model=tiny-llama", "method=lora", "seed=1"],
+        "full": ["model=tiny-llama", "method=full"],
+        "bert_s0": ["model=tiny-bert", "method=lora"],
+        "bert_s1": ["model=tiny-bert", "method=lora", "seed=1"],
+    }
+    folders = {}
+    for key, overrides in specs.items():
+        result, folders[key] = run_inprocess(overrides + MOVE, runs)
+        assert result["status"] == "ok", result.get("reason")
+    return folders
+
+
+def _adapter_and_merged_logits(run_dir: Path, out: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    info = merge.merge_run(merge.load_run(run_dir), out)
+    run = merge.load_run(run_dir)
+    base, tokenizer, _ = merge.load_base(run)
+    inputs = merge.probe_inputs(run, tokenizer)
+    untuned = merge.logits(base, inputs)
+    adapter = merge.logits(PeftModel.from_pretrained(base, str(run.saved)), inputs)
+    merged = merge.logits(AutoModelForCausalLM.from_pretrained(out), inputs)  # the saved plain model
+    return info, untuned, adapter, merged
+
+
+@pytest.mark.parametrize(("key", "dtype", "rel_tol"), [("lora_fp32", torch.float32, 1e-5), ("lora_bf16", torch.bfloat16, 3e-2)])
+def test_merged_model_gives_the_adapters_logits(tiny_runs, tmp_path: Path, key: str, dtype, rel_tol: float) -> None:
+    out = tmp_path / "merged"
+    info, untuned, adapter, merged = _adapter_and_merged_logits(tiny_runs[key], out)
+    scale = adapter.abs().max().item()
+    diff = (adapter - merged).abs().max().item()
+    assert diff <= rel_tol * scale, (diff, scale)
+    # the adapter moved the logits by much more than the tolerance: the comparison can fail
+    assert (adapter - untuned).abs().max().item() > 5 * rel_tol * scale
+    assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
+    on_disk = json.loads((out / merge.MERGE_FILE).read_text())
+    assert on_disk["merged_into"]["model"] == "tiny-llama"
+    assert on_disk["merged_into"]["dtype"] == str(dtype).removeprefix("torch.") == on_disk["saved_dtype"]
+    assert on_disk["check"]["max_abs_logit_diff"] <= rel_tol * on_disk["check"]["max_abs_logit"]
+    assert info == on_disk
+
+
+def test_qlora_merges_into_its_dequantised_base(tmp_path: Path) -> None:
+    _, run_dir = run_inprocess(["model=tiny-llama", "method=qlora", *MOVE], tmp_path / "runs")
+    info = merge.merge_run(merge.load_run(run_dir), tmp_path / "merged")
+    into = info["merged_into"]
+    assert into["quantization"]["bits"] == 4 and "de-quantised to bfloat16" in into["base"]
+    assert info["saved_dtype"] == "bfloat16"
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert getattr(plain.config, "quantization_config", None) is None
+    assert all(type(m).__name__ != "Linear4bit" for m in plain.modules())
+    scale = info["check"]["max_abs_logit"]
+    assert info["check"]["max_abs_logit_diff"] <= 3e-2 * scale
+    assert info["check"]["max_abs_logit_diff_vs_quantized"] <= 3e-2 * scale
+
+
+def test_combine_refuses_adapters_with_trained_heads(tiny_runs, capsys) -> None:
+    code = merge.main([str(tiny_runs["bert_s0"]), str(tiny_runs["bert_s1"]), "--combine", "ties"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error:")
+    assert "modules_to_save" in err and "classifier" in err
+
+
+def test_combined_adapters_are_scored_on_every_task(tiny_runs, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    combos = ["ties", "dare_ties", "linear", "svd"]
+    out = tmp_path / "combined"
+    runs = [str(tiny_runs["lora_bf16"]), str(tiny_runs["lora_s1"])]
+    code = merge.main([*runs, "--combine", ",".join(combos), "--density", "0.5", "--eval", "--n-eval", "4",
+                       "--union", str(tiny_runs["full"]), "--out", str(out)])
+    assert code == 0
+    table = json.loads((out / merge.TABLE_JSON).read_text())
+    assert [r["task"] for r in table["rows"]] == ["classify", "classify"]
+    for row in table["rows"]:
+        assert row["n"] == 4 and set(row["merged"]) == set(combos)
+        for value in [row["base"], row["own"], row["union"], *row["merged"].values()]:
+            assert 0.0 <= value <= 1.0
+        for k, v in row["retention"].items():
+            other = row["union"] if k == "union" else row["merged"][k]
+            assert v == (other / row["own"] if row["own"] else None)
+    assert set(table["mean"]["merged"]) == set(combos)
+    md = (out / merge.TABLE_MD).read_text()
+    assert "| task | metric |" in md and "ties (retention)" in md and "union (retention)" in md
+    # each combined adapter is saved, and differs from both inputs
+    inputs = [load_file(Path(r) / "adapter" / "adapter_model.safetensors") for r in runs]
+    for kind in combos:
+        combined = load_file(out / "adapters" / f"merged_{kind}" / "adapter_model.safetensors")
+        key = next(k for k in combined if "lora_B" in k)
+        for adapter in inputs:
+            assert combined[key].shape[0] == adapter[key].shape[0]
+            assert not torch.equal(combined[key].float(), adapter[key].float())
+
+
+def test_bad_input_fails_in_one_line(tiny_runs, tmp_path: Path, capsys) -> None:
+    # a run "on another base": a copy of a real run whose record names another model
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_runs["lora_s1"], other)
+    record = json.loads((other / "result.json").read_text())
+    (other / "result.json").write_text(json.dumps(record | {"model": "smollm2-135m", "model_fingerprint": "x"}))
+    cases = {
+        "does not exist": [str(tmp_path / "missing"), "--out", str(tmp_path / "m")],
+        "different base models": [str(tiny_runs["lora_bf16"]), str(other), "--combine", "ties"],
+        "saved a whole model": [str(tiny_runs["full"]), "--out", str(tmp_path / "m")],
+        "unknown bogus": [str(tiny_runs["lora_bf16"]), str(tiny_runs["lora_s1"]), "--combine", "bogus"],
+        "need --combine": [str(tiny_runs["lora_bf16"]), str(tiny_runs["lora_s1"])],
+    }
+    for expected, argv in cases.items():
+        assert merge.main(argv) == 2, expected
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+        assert all(word in err for word in expected.split()), (expected, err)
+
+
+def test_serve_bench_times_all_four_modes(tiny_runs, tmp_path: Path) -> None:
+    code = serve_bench.main([str(tiny_runs["lora_bf16"]), "--other", str(tiny_runs["lora_s1"]), "--batch-sizes", "1,2",
+                             "--new-tokens", "3", "--prompt-tokens", "16", "--repeats", "2", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / serve_bench.BENCH_JSON).read_text())
+    assert set(report["modes"]) == {"base", "unmerged", "merged", "hotswap"}
+    for mode, cells in report["modes"].items():
+        assert set(cells) == {"1", "2"}
+        for cell in cells.values():
+            assert cell["tokens_per_s"] > 0 and cell["ms_per_token"] > 0 and cell["prefill_ms"] > 0
+            assert len(cell["samples_full_s"]) == 2
+    assert report["switch_ms"] > 0 and report["merge_s"] > 0 and report["adapter_load_s"] > 0
+    assert set(report["overhead"]) == {"1", "2"}
+    assert "| 2 | hotswap |" in (tmp_path / serve_bench.BENCH_MD).read_text()
+
+
+def test_serve_bench_refuses_an_encoder(tiny_runs, capsys) -> None:
+    assert serve_bench.main([str(tiny_runs["bert_s0"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "causal LM" in err
