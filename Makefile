@@ -59,7 +59,7 @@ bench: setup
 	$(PY) -m benchmarks.bench $(ARGS)
 
 test: setup
-	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "slow or not slow" --durations=15 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,8 @@ def apply_method(model: PreTrainedModel, plan: MethodPlan) -> PreTrainedModel:
             param.requires_grad_(False)
     if _mutates_base(plan.peft_config):
         plan.initial_adapter = tempfile.mkdtemp(prefix="harness-initial-adapter-")
+        # removed with the model (or at exit) even when the run fails before discard_plan_files
+        weakref.finalize(peft_model, shutil.rmtree, plan.initial_adapter, True)
         init = peft_model.peft_config["default"].init_lora_weights
         peft_model.peft_config["default"].init_lora_weights = True  # peft's recipe: save the init as plain LoRA
         peft_model.save_pretrained(plan.initial_adapter)

@@ -7,6 +7,7 @@ import contextlib
 import math
 import subprocess
 import sys
+import weakref
 from collections import defaultdict
 
 import peft
@@ -199,32 +200,42 @@ def test_unknown_optimizer_is_a_config_error() -> None:
 # ---- activations against autograd -----------------------------------------------------------------------------
 
 def saved_per_layer(model: torch.nn.Module, batch: dict, layers, autocast: bool) -> dict[int | None, int]:
-    """Bytes of the distinct tensors autograd saves for the backward pass, per transformer layer (parameters and
-    autocast's weight casts excluded)."""
+    """Bytes of the distinct tensors autograd still holds for the backward pass once the forward is done, per
+    transformer layer (parameters and autocast's weight casts excluded).
+
+    Tensors are told apart by storage address, so a storage freed mid-forward (e.g. DoRA's weight-norm graph,
+    dropped by its .detach()) must not hide a later tensor the allocator puts at the same address: each address
+    keeps weak references to the tensors packed there and counts only if one is still alive at the end."""
     stack: list[torch.nn.Module] = []
     hooks = [m.register_forward_pre_hook(lambda mod, a: stack.append(mod)) for m in model.modules()]
     hooks += [m.register_forward_hook(lambda mod, a, o: (stack.pop(), None)[1]) for m in model.modules()]
     index = {id(layer): i for i, layer in enumerate(layers)}
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     weight_shapes = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    seen: dict[int, tuple[int | None, int]] = {}
+    seen: dict[int, tuple[int | None, int, list[weakref.ref]]] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         ptr = t.untyped_storage().data_ptr()
         cast = autocast and t.dtype == torch.bfloat16 and tuple(t.shape) in weight_shapes
-        if ptr not in params and ptr not in seen and not cast:
+        if ptr in params or cast:
+            return t
+        entry = seen.get(ptr)
+        if entry is None or not any(ref() is not None for ref in entry[2]):  # new storage, or a freed one reused
             layer = next((index[id(m)] for m in reversed(stack) if id(m) in index), None)
-            seen[ptr] = (layer, t.untyped_storage().nbytes())
+            entry = seen[ptr] = (layer, t.untyped_storage().nbytes(), [])
+        entry[2].append(weakref.ref(t))
         return t
 
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
-        model(**batch)
+        output = model(**batch)  # held, so the graph and what it saved stay alive while we count
     for h in hooks:
         h.remove()
     per: dict[int | None, int] = defaultdict(int)
-    for layer, nbytes in seen.values():
-        per[layer] += nbytes
+    for layer, nbytes, refs in seen.values():
+        if any(ref() is not None for ref in refs):
+            per[layer] += nbytes
+    del output
     return per
 
 
