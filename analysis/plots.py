@@ -81,13 +81,18 @@ def retention_vs_rank(ret: pd.DataFrame, out: Path, threshold: float) -> Path | 
                         marker=markers.get(str(targets), "o"), capsize=3, label=f"{method} {targets}")
         ax.axhline(100, color=method_color(FULL), lw=1, ls="-", label="full FT (100%)")
         ax.axhline(threshold, color="grey", lw=1, ls=":", label=f"{threshold:g}% bar")
-        ax.set_xscale("log", base=2)
-        ranks = sorted(part["r"].unique())
-        ax.set_xticks(ranks, [str(int(r)) for r in ranks])
+        _rank_axis(ax, part["r"])
         ax.set(title=title, xlabel="rank r (log scale)", ylabel="retention (% of full-FT score)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, out / "retention_vs_rank.png")
+
+
+def _rank_axis(ax, ranks: pd.Series) -> None:
+    """Ranks on a log2 x axis, ticked at the ranks that were run."""
+    ax.set_xscale("log", base=2)
+    ticks = sorted(ranks.dropna().unique())
+    ax.set_xticks(ticks, [str(int(r)) for r in ticks])
 
 
 def score_vs_memory(summary: pd.DataFrame, out: Path) -> Path | None:
@@ -163,10 +168,8 @@ def adapter_size_vs_rank(summary: pd.DataFrame, out: Path) -> Path | None:
         for method, flat in part[part["r"].isna()].groupby("method"):
             ax.axhline(flat["adapter_bytes"].mean() / MIB, color=method_color(method), ls="--", lw=1,
                        label=f"{method} (no rank)")
-        ax.set_xscale("log", base=2)
+        _rank_axis(ax, part["r"])
         ax.set_yscale("log")
-        ranks = sorted(part["r"].dropna().unique())
-        ax.set_xticks(ranks, [str(int(r)) for r in ranks])
         ax.set(title=model, xlabel="rank r (log scale)", ylabel="saved size on disk (MiB, log scale)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
