@@ -214,13 +214,16 @@ def saved_per_layer(model: torch.nn.Module, batch: dict, layers, autocast: bool)
     weight_shapes = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)}
     seen: dict[int, tuple[int | None, int, list[weakref.ref]]] = {}
 
+    def alive(refs: list[weakref.ref]) -> bool:
+        return any(ref() is not None for ref in refs)
+
     def pack(t: torch.Tensor) -> torch.Tensor:
         ptr = t.untyped_storage().data_ptr()
         cast = autocast and t.dtype == torch.bfloat16 and tuple(t.shape) in weight_shapes
         if ptr in params or cast:
             return t
         entry = seen.get(ptr)
-        if entry is None or not any(ref() is not None for ref in entry[2]):  # new storage, or a freed one reused
+        if entry is None or not alive(entry[2]):  # new storage, or a freed one reused
             layer = next((index[id(m)] for m in reversed(stack) if id(m) in index), None)
             entry = seen[ptr] = (layer, t.untyped_storage().nbytes(), [])
         entry[2].append(weakref.ref(t))
@@ -233,7 +236,7 @@ def saved_per_layer(model: torch.nn.Module, batch: dict, layers, autocast: bool)
         h.remove()
     per: dict[int | None, int] = defaultdict(int)
     for layer, nbytes, refs in seen.values():
-        if any(ref() is not None for ref in refs):
+        if alive(refs):
             per[layer] += nbytes
     del output
     return per
