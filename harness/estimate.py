@@ -288,10 +288,12 @@ def _tensor(p: torch.Tensor) -> em.Tensor:
 
 def estimate(eff: dict[str, Any], *, device: str = "cuda", seq_len: int | None = None, tokens_per_s: float | None = None,
              price_per_hour: float = 2.0, gpu_tflops: float = 989.0, mfu: float = 0.35, cache: Path | None = None,
-             cpu_runtime_bytes: int = CPU_RUNTIME_BYTES) -> Estimate:
+             cpu_runtime_bytes: int = CPU_RUNTIME_BYTES, batch_shape: dict[str, int] | None = None) -> Estimate:
     """Predict a run from its effective config (harness.config.effective_config, or a result.json's `config`).
 
-    `seq_len` is the padded length of a batch (default train.max_seq_len). `device` picks the overhead and the
+    `seq_len` is the padded length of a batch (default train.max_seq_len). `batch_shape` (a run's recorded
+    `largest_batch`: tokens, rows, longest_row, logit_positions) replaces the b x s batch for the activations
+    with what training actually computed (flattened rows, labelled-only logits). `device` picks the overhead and the
     optimizer's kernels: "cuda" (CUDA context; torch's allocated figure plus that context) or "cpu" (the resident
     memory of the harness process). Throughput is `tokens_per_s` if given, else FLOPs / (gpu_tflops x mfu)."""
     optim = str(eff["train"].get("optim", "adamw_torch"))
@@ -299,11 +301,26 @@ def estimate(eff: dict[str, Any], *, device: str = "cuda", seq_len: int | None =
         raise ConfigError(f"train.optim={optim} has no memory model; choose one of {', '.join(sorted(em.OPTIMIZERS))}")
     model, qbytes, _ = prepare_model(eff, cache)
     return estimate_model(model, eff, qbytes, device=device, seq_len=seq_len, tokens_per_s=tokens_per_s,
-                          price_per_hour=price_per_hour, gpu_tflops=gpu_tflops, mfu=mfu, cpu_runtime_bytes=cpu_runtime_bytes)
+                          price_per_hour=price_per_hour, gpu_tflops=gpu_tflops, mfu=mfu, cpu_runtime_bytes=cpu_runtime_bytes,
+                          batch_shape=batch_shape)
 
 
-def model_activations(model: nn.Module, eff: dict[str, Any], s: int, b: int, device: str) -> dict[str, float]:
-    """Activation bytes of one micro-batch of `b` x `s` tokens for a model with its method applied."""
+def packed_rows(model: nn.Module, batch_shape: dict[str, Any], device: str) -> tuple[int, int, bool] | None:
+    """(rows, longest row, eager) when a recorded batch was flattened and its attention ran per example through
+    harness.training.packed_attention (eager on a CPU for short rows); None otherwise."""
+    from harness.training import EAGER_MAX_LEN, PLAIN_ATTENTION_TYPES
+
+    if not batch_shape.get("flattened") or model.config.model_type not in PLAIN_ATTENTION_TYPES:
+        return None
+    width = int(batch_shape["longest_row"])
+    return int(batch_shape["rows"]), width, device == "cpu" and width <= EAGER_MAX_LEN
+
+
+def model_activations(model: nn.Module, eff: dict[str, Any], s: int, b: float, device: str,
+                      logit_positions: int | None = None, packed: tuple[int, int, bool] | None = None
+                      ) -> dict[str, float]:
+    """Activation bytes of one micro-batch of `b` x `s` tokens for a model with its method applied (the head
+    projecting `logit_positions` of them, None: all; `packed`: see `packed_rows`)."""
     train, quant = eff["train"], eff["method"].get("quantization")
     config = model.config
     mixed = train["precision"].endswith("-mixed")
@@ -313,13 +330,14 @@ def model_activations(model: nn.Module, eff: dict[str, Any], s: int, b: int, dev
     logits_dtype = out_emb.weight.dtype if out_emb is not None else torch.float32
     head = em.Head(vocab=config.vocab_size if eff["model"]["kind"] == "causal_lm" else 0,
                    head_trainable=bool(out_emb is not None and out_emb.weight.requires_grad),
-                   logits_bytes=2 if mixed else DTYPE_BYTES.get(logits_dtype, 4))
-    return em.activation_bytes(blocks, head, s, b, dt, bool(train.get("gradient_checkpointing")))
+                   logits_bytes=2 if mixed else DTYPE_BYTES.get(logits_dtype, 4), positions=logit_positions)
+    return em.activation_bytes(blocks, head, s, b, dt, bool(train.get("gradient_checkpointing")), packed)
 
 
 def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int], *, device: str = "cuda",
                    seq_len: int | None = None, tokens_per_s: float | None = None, price_per_hour: float = 2.0,
-                   gpu_tflops: float = 989.0, mfu: float = 0.35, cpu_runtime_bytes: int = CPU_RUNTIME_BYTES) -> Estimate:
+                   gpu_tflops: float = 989.0, mfu: float = 0.35, cpu_runtime_bytes: int = CPU_RUNTIME_BYTES,
+                   batch_shape: dict[str, int] | None = None) -> Estimate:
     """The estimate for a model that already has its method applied (meta device or real)."""
     from harness.methods import count_parameters
 
@@ -351,7 +369,15 @@ def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int]
         s += virtual
         notes.append(f"prompt tuning: {virtual} virtual tokens lengthen every sequence")
     checkpointing = bool(train.get("gradient_checkpointing"))
-    acts = model_activations(model, eff, s, b, device)
+    if batch_shape:  # per-token terms see all its tokens; length-squared terms its longest row (an upper bound)
+        longest = int(batch_shape["longest_row"]) + virtual
+        tokens = int(batch_shape["tokens"]) + virtual * int(batch_shape["rows"])
+        acts = model_activations(model, eff, longest, tokens / longest, device, batch_shape.get("logit_positions"),
+                                 packed_rows(model, batch_shape, device) if not virtual else None)
+        notes.append(f"activations for the run's largest batch: {tokens} tokens in {batch_shape['rows']} rows "
+                     f"(longest {longest}), logits at {batch_shape.get('logit_positions', tokens)} positions")
+    else:
+        acts = model_activations(model, eff, s, b, device)
     if device == "cuda":
         overhead, overhead_note = CUDA_CONTEXT_BYTES, "CUDA context (assumed 0.5 GiB; not in torch's allocated figure)"
     else:

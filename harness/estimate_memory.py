@@ -190,19 +190,44 @@ def adapter_weight_copies(blk: Block, dt: ActDtypes) -> int:
     return sum(dt.adapter * in_f * out_f for _, kind, in_f, out_f, _, _ in blk.adapters if kind == "dora")
 
 
-def layer_activation_bytes(blk: Block, s: int, b: int, dt: ActDtypes) -> float:
+def packed_attention_bytes(blk: Block, rows: int, width: int, tokens: int, dt: ActDtypes, eager: bool) -> float:
+    """Attention core of a flattened batch under harness.training.packed_attention: q, k, v are scattered into
+    `rows` x `width` (longest example) padded rows (`index_copy` keeps its flat sources: q, k and v at their own
+    head counts; under autocast the rotary embedding leaves q and k in float32); there the eager path keeps q, k
+    and v (keys and values repeated to all heads), the float32 softmax and its 16-bit cast (the second matmul's
+    input); the SDPA path (no mask, so grouped keys and values stay unrepeated) keeps q, k, v, its output and the
+    log-sum-exp. The output gathered back to the `tokens` real positions is the o-proj input, kept if that weight
+    trains. Checked against autograd (tests/test_estimate.py)."""
+    qkv_width, kv_width, a = blk.heads * blk.head_dim, blk.kv_heads * blk.head_dim, blk.heads
+    if eager:
+        per_slot = 3 * dt.a * qkv_width + (4 + (dt.a if dt.a < 4 else 0)) * a * width
+    else:
+        per_slot = dt.a * (2 * qkv_width + 2 * kv_width) + 4 * a
+    rotated = 4 if dt.mixed else dt.a
+    per_token = rotated * (qkv_width + kv_width) + dt.a * kv_width + (dt.a * qkv_width if "o" in blk.trainable else 0)
+    return per_slot * rows * width + per_token * tokens
+
+
+def layer_activation_bytes(blk: Block, s: int, b: float, dt: ActDtypes,
+                           packed: tuple[int, int, bool] | None = None) -> float:
     """Bytes autograd keeps for one layer's backward pass (Korthikanti et al. 2022 Sec. 4.1, term by term).
 
     GPT layer (their case): 2sbh QKV input + 4sbh Q,K + 2sbh V + 2sbh o-proj input + sbh dropout mask
     + 5as^2b (softmax 2, dropout mask 1, dropout output 2) + MLP 2sbh input + 8sbh GELU input + 8sbh fc2 input
-    + sbh mask + 2 x 2sbh LayerNorm inputs = 34sbh + 5as^2b."""
+    + sbh mask + 2 x 2sbh LayerNorm inputs = 34sbh + 5as^2b.
+    `packed` = (rows, longest row, eager): a flattened batch of s x b tokens whose attention runs per example
+    (`packed_attention_bytes`)."""
     h, i, a, hd = blk.hidden, blk.intermediate, blk.heads, blk.head_dim
     qkv_width = a * hd
     core = blk.attn_core_bytes or dt.a
     per_token = 2 * norm_bytes_per_token(blk, dt)
     # attention: q/k/v inputs (the first norm's output), then the attention core
     per_token += _linear_inputs(["q", "k", "v"], blk, dt, h)
-    if blk.attn == "eager":
+    packed_core = 0.0
+    if packed is not None:
+        rows, width, eager = packed
+        packed_core = packed_attention_bytes(blk, rows, width, round(s * b), dt, eager)
+    elif blk.attn == "eager":
         # q, k (keys repeated to all heads for grouped KV), softmax output, v; dropout on the probabilities
         per_token += 3 * core * qkv_width + core * a * s
         if blk.attn_dropout > 0:
@@ -225,10 +250,10 @@ def layer_activation_bytes(blk: Block, s: int, b: int, dt: ActDtypes) -> float:
         per_token += dt.a * i if "down" in blk.trainable else 0
     if blk.hidden_dropout > 0:
         per_token += dt.mask(dt.a) * h
-    per_token += dt.attn_mask * s
+    per_token += dt.attn_mask * s if packed is None else 0  # packed rows build their own causal mask
     for role, kind, in_f, out_f, r, p in blk.adapters:
         per_token += adapter_bytes_per_token(kind, in_f, out_f, r, p, dt)
-    return per_token * s * b + adapter_weight_copies(blk, dt)
+    return per_token * s * b + packed_core + adapter_weight_copies(blk, dt)
 
 
 def korthikanti_bytes(s: int, b: int, h: int, a: int, layers: int) -> float:
@@ -243,27 +268,31 @@ class Head:
     vocab: int                 # 0 for classification heads (their logits are negligible)
     head_trainable: bool
     logits_bytes: int          # dtype of the lm_head output (float32 after k-bit preparation)
+    positions: float | None = None  # positions the head projects; None: all s x b (the harness's labelled-only
+                                    # training projects only where a label follows)
 
 
-def head_activation_bytes(blk: Block, head: Head, s: int, b: int, dt: ActDtypes) -> float:
+def head_activation_bytes(blk: Block, head: Head, s: int, b: float, dt: ActDtypes) -> float:
     """Final norm, the head's input (if it trains), and the loss on the logits.
 
     transformers' causal-LM loss upcasts the logits to float32 and cross-entropy keeps its log-softmax, so at the
-    loss b*s*V*(logits bytes + 4 + 4) are live (the upcast copy is skipped when the logits are float32 already)."""
-    per_token = norm_bytes_per_token(blk, dt) + (dt.a * blk.hidden if head.head_trainable else 0)
+    loss positions*V*(logits bytes + 4 + 4) are live (the upcast copy is skipped when the logits are float32
+    already)."""
+    positions = s * b if head.positions is None else head.positions
+    kept = norm_bytes_per_token(blk, dt) * s * b + (dt.a * blk.hidden * positions if head.head_trainable else 0)
     if head.vocab:
         upcast = 4 if head.logits_bytes < 4 else 0
-        per_token += head.vocab * (head.logits_bytes + upcast + 4)
-    return per_token * s * b
+        kept += head.vocab * (head.logits_bytes + upcast + 4) * positions
+    return kept
 
 
-def activation_bytes(blocks: list[Block], head: Head, s: int, b: int, dt: ActDtypes, checkpointing: bool
-                     ) -> dict[str, float]:
+def activation_bytes(blocks: list[Block], head: Head, s: int, b: float, dt: ActDtypes, checkpointing: bool,
+                     packed: tuple[int, int, bool] | None = None) -> dict[str, float]:
     """All activations of one micro-batch at the loss (their peak): the layers, then the head and loss.
 
     With checkpointing only each layer's input (residual dtype) is kept, plus one layer's activations while it
     is recomputed in the backward pass (Korthikanti Sec. 4.2)."""
-    per_layer = [layer_activation_bytes(blk, s, b, dt) for blk in blocks]
+    per_layer = [layer_activation_bytes(blk, s, b, dt, packed) for blk in blocks]
     if checkpointing:
         layers = sum(dt.res * blk.hidden * s * b for blk in blocks) + max(per_layer, default=0)
     else:

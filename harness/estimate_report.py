@@ -74,15 +74,33 @@ def table(rows: list[Any]) -> str:
     return "\n".join(out)
 
 
+def _batch(r: dict[str, Any]) -> str:
+    shape = r.get("batch_shape")
+    if shape:
+        return f"{shape['tokens']} tokens, {shape['rows']} rows (longest {shape['longest_row']})"
+    return f"{r['seq_len']} x {r['batch_size']}"
+
+
+def _split(r: dict[str, Any], kind: str) -> str:
+    if f"{kind}_measured_bytes" not in r:
+        return "n/a"
+    return f"{gb(r[f'{kind}_measured_bytes'])} / {gb(r[f'{kind}_predicted_bytes'])}"
+
+
 def check_table(rows: list[dict[str, Any]]) -> str:
-    out = ["| run | method | precision | measured as | seq x batch | measured | predicted | error |",
-           "|---|---|---|---|---|---:|---:|---:|"]
+    out = ["| run | method | precision | measured as | largest batch | measured | predicted | error "
+           "| at train start (meas. / pred.) | growth in training (meas. / pred.) |",
+           "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "skipped" in r:
-            out.append(f"| {r['run_id']} | skipped: {r['skipped']} | | | | | | |")
+            out.append(f"| {r['run_id']} | skipped: {r['skipped']} | | | | | | | | |")
             continue
-        out.append(f"| {r['run_id']} | {r['method']} | {r['precision']} | {r['mem_kind']} | {r['seq_len']} x "
-                   f"{r['batch_size']} | {gb(r['measured_bytes'])} | {gb(r['predicted_bytes'])} | {r['error_pct']:+.1f}% |")
+        out.append(f"| {r['run_id']} | {r['method']} | {r['precision']} | {r['mem_kind']} | {_batch(r)} | "
+                   f"{gb(r['measured_bytes'])} | {gb(r['predicted_bytes'])} | {r['error_pct']:+.1f}% | "
+                   f"{_split(r, 'start')} | {_split(r, 'growth')} |")
+    if any("growth_measured_bytes" in r for r in rows):
+        out += ["", "CPU: measured = peak resident set size. Growth in training beyond the predicted tensors is "
+                    "mostly heap glibc keeps resident between steps (see harness/estimate_check.py)."]
     return "\n".join(out)
 
 

@@ -88,7 +88,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         log.info("resuming from %s", resume_from)
     result["resumed_from"] = resume_from and Path(resume_from).name
     train_output = trainer.train(resume_from_checkpoint=resume_from)
-    result |= throughput(train_output, trainer.state) | peak.result()
+    result |= throughput(train_output, trainer.state) | peak.result() | {"largest_batch": trainer.data_collator.largest}
     result["loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     if guard.diverged_at is not None:
         result |= {"status": Status.DIVERGED.value, "reason": f"non-finite loss at step {guard.diverged_at}", "finished_at": now()}

@@ -110,6 +110,12 @@ def build_models(run: Run, other: Run | None) -> tuple[dict[str, Any], Any, dict
     merge_s = time.perf_counter() - t0
     for m in (base, adapted, merged):
         m.eval()
+        # Same requires_grad everywhere (from_pretrained's default, True; peft froze its copies). It changes no
+        # arithmetic under inference_mode, but torch.matmul folds the lm_head call on the sliced last hidden
+        # state into one mm only when the weight requires grad; with a frozen weight CPU torch takes a bmm path
+        # that copies the whole lm_head weight per row (measured: 2x the batch-16 prefill), which would make
+        # the frozen modes look slower for a reason that has nothing to do with adapters.
+        m.requires_grad_(True)
     setup = {"base": record, "merged_into": merged_record, "adapter_load_s": round(load_a, 4),
              "second_adapter_load_s": round(load_b, 4), "merge_s": round(merge_s, 4),
              "second_adapter": other.name if other is not None else f"{run.name} (same weights, loaded again: no --other)",
@@ -129,6 +135,7 @@ def bench(run: Run, other: Run | None, batch_sizes: list[int], new_tokens: int, 
         if other.result["model"] != run.result["model"]:
             raise ConfigError(f"--other run {other.name} is on {other.result['model']}, not {run.result['model']}; "
                               f"hot-swap needs two adapters of one base")
+    load_avg_before = os.getloadavg()[0]
     models, tokenizer, setup = build_models(run, other)
     pad = tokenizer.pad_token_id
     raw: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in MODES}
@@ -162,13 +169,16 @@ def bench(run: Run, other: Run | None, batch_sizes: list[int], new_tokens: int, 
               file=sys.stderr, flush=True)
     overhead = {b: {"unmerged_vs_merged": raw["unmerged"][b]["full_s"] / raw["merged"][b]["full_s"] - 1,
                     "merged_vs_base": raw["merged"][b]["full_s"] / raw["base"][b]["full_s"] - 1,
-                    "hotswap_vs_unmerged": raw["hotswap"][b]["full_s"] / raw["unmerged"][b]["full_s"] - 1}
+                    "hotswap_vs_unmerged": raw["hotswap"][b]["full_s"] / raw["unmerged"][b]["full_s"] - 1,
+                    # the same ratio within each round (modes ran back to back), so drift between rounds cancels
+                    "unmerged_vs_merged_per_round": [u / m - 1 for u, m in zip(raw["unmerged"][b]["samples_full_s"],
+                                                                               raw["merged"][b]["samples_full_s"])]}
                 for b in batch_sizes}
     return {
         "run": run.name, "run_dir": str(run.path), "model": run.result["model"], "method": run.result["method"],
         "r": run.adapter_config.get("r"), "targets": run.result.get("targets"), **setup,
         "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
-        "load_avg_before": os.getloadavg()[0], "batch_sizes": batch_sizes, "new_tokens": new_tokens,
+        "load_avg_before": load_avg_before, "batch_sizes": batch_sizes, "new_tokens": new_tokens,
         "prompt_tokens": prompt_tokens, "repeats": repeats, "modes": raw, "overhead": overhead,
         "merged_unmerged_token_agreement": agreement, "versions": versions(), "created_at": now(),
     }
@@ -191,8 +201,10 @@ def markdown(report: dict[str, Any]) -> str:
             c = report["modes"][mode][b]
             lines.append(f"| {b} | {mode} | {c['prefill_ms']:.1f} | {c['decode_ms_per_token']:.2f} | "
                          f"{c['ms_per_token']:.2f} | {c['tokens_per_s']:.1f} | {100 * (c['full_s'] / merged - 1):+.1f}% |")
-    lines += ["", "Unmerged over merged (median wall time, same prompts): " + ", ".join(
-        f"batch {b}: {100 * o['unmerged_vs_merged']:+.1f}%" for b, o in report["overhead"].items()),
+    lines += ["", "Unmerged over merged (median wall time, same prompts; in brackets the lowest and highest of the "
+              "same ratio within one round): " + ", ".join(
+        f"batch {b}: {100 * o['unmerged_vs_merged']:+.1f}% [{100 * min(o['unmerged_vs_merged_per_round']):+.1f}%, "
+        f"{100 * max(o['unmerged_vs_merged_per_round']):+.1f}%]" for b, o in report["overhead"].items()),
         "Merged and unmerged greedy tokens agree on " + ", ".join(
         f"{100 * a:.0f}% (batch {b})" for b, a in report["merged_unmerged_token_agreement"].items()) + ".", ""]
     return "\n".join(lines)

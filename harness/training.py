@@ -128,7 +128,7 @@ def build_trainer(
         # (prompt-learning methods pass their virtual tokens through peft's own cache handling)
         collator = CausalBatches(collator, getattr(args, "labelled_logits_only", False) and _keeps_logits(model))
     return Trainer(
-        model=model, args=args, train_dataset=train_dataset, data_collator=collator,
+        model=model, args=args, train_dataset=train_dataset, data_collator=BatchShapes(collator),
         processing_class=tokenizer, callbacks=callbacks,
     )
 
@@ -156,6 +156,29 @@ class CausalBatches:
             keep = shifted != -100
             batch["logits_to_keep"] = keep
             batch["shift_labels"] = shifted[keep]
+        return batch
+
+
+class BatchShapes:
+    """Passes batches through and keeps the largest micro-batch's shape, which sets the activation memory:
+    `tokens` (positions the layers compute, padding included), `rows`, `longest_row` (a flattened batch's
+    longest example, from its position ids), `logit_positions` (positions the output head projects), and
+    whether the batch was `flattened` (padding-free)."""
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+        self.largest: dict[str, int] = {}
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(features)
+        ids = batch["input_ids"]
+        flat = ids.shape[0] == 1 and "position_ids" in batch and len(features) > 1
+        rows, longest = (len(features), int(batch["position_ids"].max()) + 1) if flat else tuple(ids.shape)
+        keep = batch.get("logits_to_keep")
+        logits = int(keep.sum()) if torch.is_tensor(keep) and keep.dtype == torch.bool else ids.numel()
+        if ids.numel() > self.largest.get("tokens", 0):
+            self.largest = {"tokens": ids.numel(), "rows": rows, "longest_row": longest, "logit_positions": logits,
+                            "flattened": flat}
         return batch
 
 

@@ -134,6 +134,25 @@ def test_frozen_layers_keep_fewer_activations_and_checkpointing_keeps_layer_inpu
     assert plain["layers"] == 4 * frozen_tok * s * b
     assert ckpt["layers"] == 4 * 2 * h * s * b + frozen_tok * s * b
     assert plain["head_and_loss"] == ckpt["head_and_loss"] == ((4 * h + 4) + 1000 * (2 + 4 + 4)) * s * b
+    # labelled-only training: the final norm runs on every token, the head and loss only on the 16 labelled ones
+    labelled = em.Head(vocab=1000, head_trainable=False, logits_bytes=2, positions=16)
+    assert em.activation_bytes([frozen], labelled, s, b, dt, False)["head_and_loss"] == \
+        (4 * h + 4) * s * b + 1000 * (2 + 4 + 4) * 16
+
+
+def test_packed_attention_by_hand() -> None:
+    """A flattened batch of 3 rows (longest 40, 100 tokens): per-row attention on 3 x 40 padded slots."""
+    kw = dict(hidden=512, intermediate=1024, heads=8, head_dim=64, kv_heads=2, gated_mlp=True, rms_norm=True)
+    blk, dt = em.Block(**kw), em.ActDtypes(a=2, res=2)
+    flat = 2 * 64 * (8 + 2 + 2)  # index_copy's flat sources: q, k, v at their own head counts
+    eager = 3 * 2 * 512 + (4 + 2) * 8 * 40  # q, repeated k and v; float32 softmax + its bf16 cast
+    sdpa = 2 * (2 * 512 + 2 * 128) + 4 * 8  # q, out, unrepeated k and v; log-sum-exp
+    assert em.packed_attention_bytes(blk, 3, 40, 100, dt, eager=True) == eager * 3 * 40 + flat * 100
+    assert em.packed_attention_bytes(blk, 3, 40, 100, dt, eager=False) == sdpa * 3 * 40 + flat * 100
+    plain = em.layer_activation_bytes(blk, 40, 100 / 40, dt)
+    packed = em.layer_activation_bytes(blk, 40, 100 / 40, dt, (3, 40, True))
+    # the rest of the layer is per token either way; only the attention core moves to the padded rows
+    assert packed - plain == pytest.approx(eager * 3 * 40 + flat * 100 - (4 * 2 * 512 + 4 * 8) * 100)
 
 
 def test_llama_8b_full_ft_breakdown_by_hand() -> None:
@@ -275,6 +294,40 @@ def test_layer_activations_match_what_autograd_keeps(overrides: list[str]) -> No
     assert acts["layers"] == pytest.approx(len(layers) * predicted)
 
 
+@pytest.mark.parametrize("lengths", [(20, 37, 15), (200, 30)], ids=["eager rows", "sdpa rows"])
+@pytest.mark.parametrize("overrides", [
+    ["model=tiny-llama", "method=full"], ["model=tiny-llama", "method=lora"],
+    ["model=tiny-llama", "method=lora", "targets=all-linear"],
+], ids=lambda o: " ".join(o) if isinstance(o, list) else o)
+def test_packed_batch_activations_match_what_autograd_keeps(overrides: list[str], lengths: tuple[int, ...]) -> None:
+    """A flattened batch as the harness trains it: attention per example through packed_attention (eager on a CPU
+    for rows up to EAGER_MAX_LEN, SDPA above)."""
+    from harness.assets import cache_dir
+    from harness.estimate import packed_rows
+    from harness.methods import apply_method, plan_method
+    from harness.models import load_model, load_tokenizer
+    from harness.training import EAGER_MAX_LEN, PACKED_ATTENTION
+
+    cfg = compose(overrides)
+    eff = effective_config(cfg)
+    tokenizer = load_tokenizer(cfg.model, cache_dir())
+    model = load_model(cfg.model, cache_dir(), precision=eff["train"]["precision"], tokenizer=tokenizer)
+    model = apply_method(model, plan_method(model, eff, cfg.model.kind)).train()
+    shape = {"tokens": sum(lengths), "rows": len(lengths), "longest_row": max(lengths), "flattened": True}
+    packed = packed_rows(model, shape, "cpu")
+    assert packed == (len(lengths), max(lengths), max(lengths) <= EAGER_MAX_LEN)
+    ids = torch.randint(5, 1000, (1, sum(lengths)), generator=torch.Generator().manual_seed(0))
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    (model.get_base_model() if hasattr(model, "get_base_model") else model).set_attn_implementation(PACKED_ATTENTION)
+    layers = _layer_list(model, model.config.num_hidden_layers)
+    measured = saved_per_layer(model, {"input_ids": ids, "position_ids": positions, "labels": ids}, layers,
+                               eff["train"]["precision"].endswith("-mixed"))
+    dt = act_dtypes(eff["train"]["precision"], False, "cpu", True)
+    s = max(lengths)
+    predicted = em.layer_activation_bytes(_block(layers[-1], model.config, dt, "cpu"), s, sum(lengths) / s, dt, packed)
+    assert predicted == pytest.approx(measured[len(layers) - 1], rel=0.04)
+
+
 # ---- predicted vs measured, command line ---------------------------------------------------------------------
 
 def test_check_run_compares_prediction_with_the_record(runs) -> None:
@@ -287,8 +340,18 @@ def test_check_run_compares_prediction_with_the_record(runs) -> None:
     assert row["measured_bytes"] == result["peak_mem_bytes"] and row["mem_kind"] == result["mem_kind"]
     assert row["params_trainable"] == result["params_trainable"]
     assert row["error_pct"] == pytest.approx(100 * (row["predicted_bytes"] - row["measured_bytes"]) / row["measured_bytes"])
-    assert abs(row["error_pct"]) < 50  # a tiny model's RSS is mostly the Python runtime the overhead term models
+    # (no bound on the error here: inside a long pytest process the resident "runtime" is whatever earlier tests
+    # loaded; the bundled-model slow tests below hold the accuracy)
     assert row["disk_predicted_bytes"] == pytest.approx(result["adapter_bytes"], rel=0.1)
+    # predicted from the largest batch training actually ran, split at the start of training
+    assert row["batch_shape"] == result["largest_batch"] and row["seq_len"] == result["largest_batch"]["longest_row"]
+    if result["mem_kind"] == "cpu_rss":
+        assert row["start_measured_bytes"] == result["train_begin_mem"]["rss"]
+        assert row["start_measured_bytes"] + row["growth_measured_bytes"] == row["measured_bytes"]
+        assert row["start_predicted_bytes"] + row["growth_predicted_bytes"] == row["predicted_bytes"]
+        from harness.estimate_report import check_table
+        line = next(x for x in check_table(rows).splitlines() if x.startswith(f"| {row['run_id']} "))
+        assert f"{result['largest_batch']['tokens']} tokens" in line and line.count(" / ") == 2
 
 
 def test_table_lists_every_method() -> None:
@@ -323,3 +386,43 @@ def test_bundled_run_peak_is_predicted_within_25_percent(method: str, tmp_path) 
     assert row["mem_kind"] == "cpu_rss"
     assert abs(row["error_pct"]) < 25, row
     assert row["disk_predicted_bytes"] == pytest.approx(row["disk_measured_bytes"], rel=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_bundled_run_training_tensors_match_the_profiler(method: str, runs, monkeypatch, tmp_path) -> None:
+    """The prediction's training tensors (activations of the largest recorded batch, gradients, optimizer states)
+    against the live-tensor peak torch's profiler records on the CPU allocator over the whole training loop: the
+    part of the resident memory the estimator models, without glibc's heap retention."""
+    import json as _json
+
+    from torch.profiler import ProfilerActivity, profile
+
+    if torch.cuda.is_available():
+        pytest.skip("compares the CPU allocator's figures")
+
+    from harness import measure
+    from harness.estimate_check import check_run
+
+    trace = tmp_path / "trace.json"
+
+    class Profiled(measure.PeakMemory):
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            self.profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self.profiler.__enter__()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.profiler.__exit__(None, None, None)
+            self.profiler.export_chrome_trace(str(trace))
+            super().on_train_end(args, state, control, **kwargs)
+
+    monkeypatch.setattr(measure, "PeakMemory", Profiled)
+    _, run_dir = run_inprocess(["model=smollm2-135m", f"method={method}", "tracking=none", "train.max_steps=3",
+                                "task.n_train=24", "task.n_eval=8"], runs)
+    events = sorted((e for e in _json.loads(trace.read_text())["traceEvents"]
+                     if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0), key=lambda e: e["ts"])
+    allocated = [e["args"]["Total Allocated"] for e in events]
+    live_peak = max(allocated) - allocated[0]
+    row = check_run(run_dir)
+    assert row["growth_predicted_bytes"] == pytest.approx(live_peak, rel=0.05), (row["breakdown"], live_peak)

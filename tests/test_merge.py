@@ -155,7 +155,23 @@ def test_serve_bench_times_all_four_modes(tiny_runs, tmp_path: Path) -> None:
             assert len(cell["samples_full_s"]) == 2
     assert report["switch_ms"] > 0 and report["merge_s"] > 0 and report["adapter_load_s"] > 0
     assert set(report["overhead"]) == {"1", "2"}
+    for b, o in report["overhead"].items():  # one paired ratio per round, each from that round's own samples
+        cells = report["modes"]
+        assert o["unmerged_vs_merged_per_round"] == pytest.approx(
+            [u / m - 1 for u, m in zip(cells["unmerged"][b]["samples_full_s"], cells["merged"][b]["samples_full_s"])])
     assert "| 2 | hotswap |" in (tmp_path / serve_bench.BENCH_MD).read_text()
+
+
+def test_serve_bench_modes_differ_only_in_the_adapter(tiny_runs) -> None:
+    """Every mode's weights share one requires_grad state: on CPU a frozen lm_head makes torch.matmul copy the
+    weight per row, which would slow the frozen modes (peft's copies) for a reason unrelated to adapters."""
+    run = serve_bench.load_run(tiny_runs["lora_bf16"])
+    models, _, setup = serve_bench.build_models(run, None)
+    flags = {mode: {p.requires_grad for name, p in model.named_parameters() if "lora_" not in name}
+             for mode, model in models.items()}  # adapter weights: set_adapter re-freezes the inactive one
+    assert flags == {mode: {True} for mode in serve_bench.MODES}, flags
+    assert all(not model.training for model in models.values())
+    assert setup["merged_into"]["dtype"] == setup["base"]["dtype"]
 
 
 def test_serve_bench_refuses_an_encoder(tiny_runs, capsys) -> None:

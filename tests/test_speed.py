@@ -87,7 +87,7 @@ def test_collator_choice_follows_method_and_switches(tiny_llama, tmp_path: Path)
     train = compose(["model=tiny-llama", "tracking=none"]).train
     args = training_arguments(train, 1e-4, "fp32", 0, tmp_path)
     lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
-    collator = build_trainer(lora, tokenizer, features, args, "causal_lm", []).data_collator
+    collator = build_trainer(lora, tokenizer, features, args, "causal_lm", []).data_collator.collator
     assert isinstance(collator, CausalBatches) and collator.labelled_only
     assert isinstance(collator.collator, DataCollatorWithFlattening)
     assert args.include_num_input_tokens_seen == "all"  # no padding left to leave out
@@ -95,15 +95,37 @@ def test_collator_choice_follows_method_and_switches(tiny_llama, tmp_path: Path)
 
     prefix = peft.get_peft_model(model, peft.PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
     args = training_arguments(train, 1e-4, "fp32", 0, tmp_path)
-    collator = build_trainer(prefix, tokenizer, features, args, "causal_lm", []).data_collator
+    collator = build_trainer(prefix, tokenizer, features, args, "causal_lm", []).data_collator.collator
     assert isinstance(collator, DataCollatorForSeq2Seq), "virtual tokens: padded batches, logits everywhere"
 
     off = compose(["model=tiny-llama", "tracking=none", "train.padding_free=false", "train.labelled_logits_only=false"])
     args = training_arguments(off.train, 1e-4, "fp32", 0, tmp_path)
-    collator = build_trainer(model, tokenizer, features, args, "causal_lm", []).data_collator
+    collator = build_trainer(model, tokenizer, features, args, "causal_lm", []).data_collator.collator
     assert isinstance(collator, CausalBatches) and not collator.labelled_only
     assert isinstance(collator.collator, DataCollatorForSeq2Seq)
-    assert isinstance(build_trainer(model, tokenizer, features, args, "encoder", []).data_collator, DataCollatorWithPadding)
+    assert isinstance(build_trainer(model, tokenizer, features, args, "encoder", []).data_collator.collator,
+                      DataCollatorWithPadding)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_largest_batch_shape_is_what_the_model_computes(tiny_llama, flat: bool) -> None:
+    """The shape the estimator's --check predicts from: tokens the layers see, rows, the longest row, and the
+    positions the head projects (labelled only, or every position)."""
+    from transformers import DataCollatorWithFlattening
+
+    from harness.training import BatchShapes, CausalBatches
+
+    _, tokenizer, features = tiny_llama
+    padded = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    shapes = BatchShapes(CausalBatches(DataCollatorWithFlattening() if flat else padded, labelled_only=flat))
+    small, large = features[:2], features[2:6]
+    for group in (small, large, small):
+        shapes(list(group))
+    lengths = [len(f["input_ids"]) for f in large]
+    labelled = sum(sum(label != -100 for label in f["labels"][1:]) for f in large)
+    expected_tokens = sum(lengths) if flat else len(large) * max(lengths)
+    assert shapes.largest == {"tokens": expected_tokens, "rows": 4, "longest_row": max(lengths),
+                              "logit_positions": labelled if flat else expected_tokens, "flattened": flat}
 
 
 def test_switches_leave_the_run_unchanged(runs: Path) -> None:
