@@ -308,12 +308,12 @@ def estimate(eff: dict[str, Any], *, device: str = "cuda", seq_len: int | None =
 def packed_rows(model: nn.Module, batch_shape: dict[str, Any], device: str) -> tuple[int, int, bool] | None:
     """(rows, longest row, eager) when a recorded batch was flattened and its attention ran per example through
     harness.training.packed_attention (eager on a CPU for short rows); None otherwise."""
-    from harness.training import EAGER_MAX_LEN, PLAIN_ATTENTION_TYPES
+    from harness.training import packed_rows_run_eager, packs_with_own_attention
 
-    if not batch_shape.get("flattened") or model.config.model_type not in PLAIN_ATTENTION_TYPES:
+    if not batch_shape.get("flattened") or not packs_with_own_attention(model):
         return None
     width = int(batch_shape["longest_row"])
-    return int(batch_shape["rows"]), width, device == "cpu" and width <= EAGER_MAX_LEN
+    return int(batch_shape["rows"]), width, packed_rows_run_eager(device, width)
 
 
 def model_activations(model: nn.Module, eff: dict[str, Any], s: int, b: float, device: str,
@@ -373,7 +373,7 @@ def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int]
         longest = int(batch_shape["longest_row"]) + virtual
         tokens = int(batch_shape["tokens"]) + virtual * int(batch_shape["rows"])
         acts = model_activations(model, eff, longest, tokens / longest, device, batch_shape.get("logit_positions"),
-                                 packed_rows(model, batch_shape, device) if not virtual else None)
+                                 packed_rows(model, batch_shape, device))
         notes.append(f"activations for the run's largest batch: {tokens} tokens in {batch_shape['rows']} rows "
                      f"(longest {longest}), logits at {batch_shape.get('logit_positions', tokens)} positions")
     else:

@@ -117,7 +117,7 @@ def build_trainer(
         collator = DataCollatorWithPadding(tokenizer)
     elif getattr(args, "padding_free", False) and _packs_correctly(model):
         collator = DataCollatorWithFlattening()
-        if _packs_with_own_attention(model):
+        if packs_with_own_attention(model):
             callbacks = [*callbacks, PackedAttention(model)]
         # no padding exists, so every input id is a real token ("non_padding" would test ids against the pad id,
         # which for many chat models is the end-of-turn token the examples themselves contain)
@@ -219,6 +219,11 @@ PLAIN_ATTENTION_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 EAGER_MAX_LEN = 192
 
 
+def packed_rows_run_eager(device_type: str, longest_row: int) -> bool:
+    """Whether packed_attention takes the eager path for rows this long on this device."""
+    return device_type == "cpu" and longest_row <= EAGER_MAX_LEN
+
+
 def packed_attention(module, query, key, value, attention_mask, position_ids=None, **kwargs):
     """Attention of a flattened batch (`[1, heads, n, d]`, examples delimited by restarting `position_ids`)
     computed per example: scattered into `[examples, heads, longest, d]`, causal attention, gathered back. Exactly
@@ -245,7 +250,7 @@ def packed_attention(module, query, key, value, attention_mask, position_ids=Non
 
     kwargs.pop("is_causal", None)
     q, k, v = to_rows(query), to_rows(key), to_rows(value)
-    if query.device.type == "cpu" and width <= EAGER_MAX_LEN:
+    if packed_rows_run_eager(query.device.type, width):
         # right padding: a real token's causal window never reaches a pad; pad rows are computed and dropped
         causal = torch.full((width, width), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device).triu(1)
         out, _ = eager_attention_forward(module, q, k, v, causal[None, None], **kwargs)
@@ -273,7 +278,8 @@ class PackedAttention(TrainerCallback):
             self.model.set_attn_implementation(self.previous)
 
 
-def _packs_with_own_attention(model: torch.nn.Module) -> bool:
+def packs_with_own_attention(model: torch.nn.Module) -> bool:
+    """Whether training switches this model's flattened batches to `packed_attention`."""
     config = _base_model(model).config
     return config._attn_implementation == "sdpa" and config.model_type in PLAIN_ATTENTION_TYPES
 
