@@ -22,7 +22,10 @@ peft's cache) and models whose forward lacks the arguments. Encoders keep dynami
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +47,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 
 @dataclass
@@ -285,10 +289,28 @@ def packs_with_own_attention(model: torch.nn.Module) -> bool:
 
 
 def last_checkpoint(folder: Path) -> str | None:
-    """The newest `checkpoint-N` folder Trainer left (a re-run of an unfinished run resumes from it)."""
+    """The newest complete `checkpoint-N` folder Trainer left (a re-run of an unfinished run resumes from it).
+
+    Trainer writes the weights, optimizer and RNG state first and `trainer_state.json` last, so a checkpoint is
+    complete once that file parses. A run killed while saving leaves a newer, incomplete folder: it is removed
+    (Trainer would otherwise fail to resume from it, or later mix its files into a fresh save)."""
     if not folder.is_dir():
         return None
-    return get_last_checkpoint(str(folder))
+    steps = sorted(((int(m.group(1)), p) for p in folder.iterdir()
+                    if p.is_dir() and (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", p.name))), reverse=True)
+    for _, checkpoint in steps:
+        if _is_complete(checkpoint):
+            return str(checkpoint)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return True
 
 
 def throughput(train_output: Any, state: Any) -> dict[str, float]:

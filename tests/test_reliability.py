@@ -187,6 +187,21 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert not (run_dir / "checkpoints").exists()
 
 
+def test_resume_skips_a_checkpoint_the_kill_left_half_written(tmp_path: Path) -> None:
+    from harness.training import last_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    for step, state in [(5, '{"global_step": 5}'), (10, None), (15, '{"global_st')]:
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        (folder / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (folder / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (folder / "checkpoint-notes").mkdir()
+    assert last_checkpoint(folder) == str(folder / "checkpoint-5")
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-5", "checkpoint-notes"]
+    assert last_checkpoint(tmp_path / "absent") is None
+
+
 def test_run_folder_holding_another_configs_result_is_refused(tmp_path: Path) -> None:
     args = [*TINY_ARGS, f"paths.runs={tmp_path}"]
     folder = tmp_path / run_id(compose(args))
