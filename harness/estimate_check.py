@@ -11,8 +11,9 @@ What "measured" is depends on the record's `mem_kind` (harness/measure.py):
   the growth during training (predicted: the training tensors).
 
   What the growth holds beyond live tensors, and the estimator does not model: heap glibc malloc keeps resident
-  after tensors are freed. Batches change shape every step, so freed blocks rarely fit the next step's tensors
-  and the heap grows. Measured here (smollm2-135m, classify, LoRA r=16): torch's profiler puts the live-tensor
+  after tensors are freed. Once a freed block came from mmap, glibc raises its mmap threshold (up to 32 MiB), so
+  later blocks of that size come from the heap; batches change shape every step, so freed blocks rarely fit the
+  next step's tensors and the heap grows. Measured here (smollm2-135m, classify, LoRA r=16): torch's profiler puts the live-tensor
   peak within 1% of the prediction, yet RSS grew by 0.2 GiB more after 3 steps and 1.1 GiB more after 80; with
   glibc told to mmap every block over 128 KiB (MALLOC_MMAP_THRESHOLD_=131072, freed at once) the excess after 80
   steps fell to 0.3 GiB, at a sixth of the training speed. On CUDA the allocated figure has no such term (its

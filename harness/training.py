@@ -24,7 +24,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import sort_checkpoints
 
 
 @dataclass
@@ -296,11 +295,9 @@ def last_checkpoint(folder: Path) -> str | None:
     (Trainer would otherwise fail to resume from it, or later mix its files into a fresh save)."""
     if not folder.is_dir():
         return None
-    steps = sorted(((int(m.group(1)), p) for p in folder.iterdir()
-                    if p.is_dir() and (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", p.name))), reverse=True)
-    for _, checkpoint in steps:
-        if _is_complete(checkpoint):
-            return str(checkpoint)
+    for checkpoint in reversed(sort_checkpoints(str(folder))):  # newest first
+        if _is_complete(Path(checkpoint)):
+            return checkpoint
         shutil.rmtree(checkpoint, ignore_errors=True)
     return None
 

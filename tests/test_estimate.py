@@ -379,12 +379,8 @@ def test_cli_prints_the_breakdown_and_rejects_typos() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "bound_pct"), [("full", 15), ("qlora", 30)])
-def test_bundled_run_peak_is_predicted_within_its_bound(method: str, bound_pct: float, tmp_path) -> None:
-    """Predicted vs measured CPU peak RSS of a 3-step run. Measured errors here: full FT -7 to -8%; QLoRA -21 to
-    -25%. QLoRA's dequantised temporaries fragment glibc's heap more, so its peak holds more freed-but-resident
-    heap than the tensors the estimator predicts (README, "Estimates"); the bounds leave room for that run-to-run
-    spread and fail on a change in what the estimator predicts."""
+@pytest.mark.parametrize("method", ["full", "qlora"])
+def test_bundled_run_peak_is_predicted_within_25_percent(method: str, tmp_path) -> None:
     from harness.estimate_check import check_run
 
     proc = run_cli(["model=smollm2-135m", f"method={method}", "tracking=none", "train.max_steps=3", "task.n_train=24",
@@ -393,7 +389,7 @@ def test_bundled_run_peak_is_predicted_within_its_bound(method: str, bound_pct: 
     [run_dir] = [p.parent for p in tmp_path.glob("*/result.json")]
     row = check_run(run_dir)
     assert row["mem_kind"] == "cpu_rss"
-    assert abs(row["error_pct"]) < bound_pct, row
+    assert abs(row["error_pct"]) < 25, row
     assert row["disk_predicted_bytes"] == pytest.approx(row["disk_measured_bytes"], rel=0.01)
 
 
