@@ -67,7 +67,7 @@ def _cells(data: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def retention_vs_rank(ret: pd.DataFrame, out: Path, threshold: float) -> Path | None:
     """Retention (% of full FT) against LoRA rank, one panel per task and model; error bars: 95% t-interval."""
-    data = ret[ret["retention"].notna() & ret["r"].notna()]
+    data = ret[ret["retention_mean"].notna() & np.isfinite(ret["retention_mean"]) & ret["r"].notna()]
     if data.empty:
         return None
     panels = _cells(data)
@@ -76,8 +76,9 @@ def retention_vs_rank(ret: pd.DataFrame, out: Path, threshold: float) -> Path | 
     for ax, (title, part) in zip(axes, panels):
         for (method, targets), line in part.groupby(["method", "targets"], sort=False, dropna=False):
             line = line.sort_values("r")
-            err = np.vstack([line["retention"] - line["ci_low"], line["ci_high"] - line["retention"]])
-            ax.errorbar(line["r"], line["retention"], yerr=np.nan_to_num(err), color=method_color(method),
+            err = np.vstack([line["retention_mean"] - line["retention_low"], line["retention_high"] - line["retention_mean"]])
+            err = np.where(np.isfinite(err), err, 0)
+            ax.errorbar(line["r"], line["retention_mean"], yerr=np.nan_to_num(err), color=method_color(method),
                         marker=markers.get(str(targets), "o"), capsize=3, label=f"{method} {targets}")
         ax.axhline(100, color=method_color(FULL), lw=1, ls="-", label="full FT (100%)")
         ax.axhline(threshold, color="grey", lw=1, ls=":", label=f"{threshold:g}% bar")
@@ -201,8 +202,65 @@ def forgetting_vs_score(summary: pd.DataFrame, out: Path) -> Path | None:
     return _save(fig, out / "forgetting_vs_score.png")
 
 
+def lr_sensitivity(df: pd.DataFrame, sel: pd.DataFrame, out: Path) -> Path | None:
+    """Validation score against learning rate per variant (mean over the seeds selection compares; one panel per
+    cell); the selected rate ringed, collapsed runs as crosses at their rate."""
+    ok = df[df["status"].eq("ok") & df["val_score"].notna() & df["lr"].notna()]
+    if ok.empty or sel.empty:
+        return None
+    panels = _cells(ok)
+    fig, axes = _panels(len(panels))
+    labels = ok.drop_duplicates(["cell", "variant"]).set_index(["cell", "variant"])
+    for ax, (title, part) in zip(axes, panels):
+        for (cell, variant), _ in part.groupby(["cell", "variant"], sort=False):
+            row = sel[(sel["cell"] == cell) & (sel["variant"] == variant)]
+            if row.empty or not row.iloc[0]["val_by_lr"]:
+                continue
+            means = row.iloc[0]["val_by_lr"]
+            method, name = labels.loc[(cell, variant), "method"], labels.loc[(cell, variant), "label"]
+            lrs = sorted(means)
+            ax.plot(lrs, [means[x] for x in lrs], marker="o", color=method_color(method), label=name)
+            chosen = row.iloc[0]["selected_lr"]
+            if chosen in means:
+                ax.scatter([chosen], [means[chosen]], s=160, facecolors="none", edgecolors=method_color(method))
+        bad = df[(df["status"] == "collapsed") & df["cell"].isin(part["cell"]) & df["lr"].notna()]
+        for _, run in bad.iterrows():
+            ax.scatter([run["lr"]], [run["val_score"] if pd.notna(run["val_score"]) else ax.get_ylim()[0]],
+                       marker="x", color=method_color(run["method"]))
+        ax.set_xscale("log")
+        ax.set(title=title, xlabel="learning rate (log scale)",
+               ylabel=f"validation {part['primary_metric'].iloc[0]} (mean over compared seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out / "lr_sensitivity.png")
+
+
+def validation_curves(runs: pd.DataFrame, out: Path) -> Path | None:
+    """Validation score (fixed subset) against non-padding tokens trained, for the runs at each variant's selected
+    rate: one line per seed, one colour per method, one panel per cell."""
+    data = runs[runs["val_curve"].map(lambda c: isinstance(c, list) and len(c) > 0)]
+    if data.empty:
+        return None
+    panels = _cells(data)
+    fig, axes = _panels(len(panels))
+    for ax, (title, part) in zip(axes, panels):
+        seen = set()
+        for _, run in part.sort_values(["method", "seed"]).iterrows():
+            curve = run["val_curve"]
+            name = run["label"]
+            ax.plot([p["tokens"] for p in curve], [p["val_score"] for p in curve], color=method_color(run["method"]),
+                    lw=1, alpha=0.8, marker=".", label=None if name in seen else name)
+            seen.add(name)
+        ax.set(title=title, xlabel="non-padding tokens trained", ylabel=f"validation {part['primary_metric'].iloc[0]} (subset)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out / "validation_curves.png")
+
+
 FIGURES = {
-    "retention_vs_rank": "Quality retention vs rank",
+    "lr_sensitivity": "Validation score vs learning rate per variant (the selected rate ringed; crosses: collapsed runs)",
+    "validation_curves": "Validation curves vs tokens trained, at each variant's selected rate (one line per seed)",
+    "retention_vs_rank": "Quality retention vs rank (Fieller 95% intervals)",
     "score_vs_memory": "Score vs peak memory (seed means, bars: standard deviation over seeds; Pareto front dashed, ringed points are on it)",
     "tokens_per_s": "Training throughput per method",
     "adapter_size_vs_rank": "Size on disk vs rank",

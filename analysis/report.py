@@ -22,18 +22,23 @@ import pandas as pd
 
 from analysis import plots
 from analysis.runs import load_folders, load_wandb
-from analysis.tables import (GIB, MIB, cost_table, failures, format_retention, pareto, projection, recommendations,
+from analysis.tables import (GIB, MIB, at_selected_lr, cost_table, selection, failures, format_retention, pareto, projection, recommendations,
                              retention, retention_pivot, variant_summary)
 from harness.errors import ConfigError, HarnessError
 
 DEFINITIONS = [
-    "Only runs with status `ok` count; every other run is listed under Failures with its reason.",
+    "Only runs with status `ok` count; `collapsed` runs (finite, but the loss ended above its start or the "
+    "predictions fell onto one class) and every other status are listed under Failures with their reason.",
     "Scores compare within one task, model and data (same data fingerprint and split sizes). A variant is one "
-    "effective config; its seeds are averaged.",
-    "Retention = the variant's score / the mean score of full fine-tuning on the same task, model and data "
-    "(trained with the same budget when such a full-FT run exists, else the best full-FT run), in percent, one "
-    "value per seed; shown as the mean and a 95% Student-t interval over seeds (n=1: no interval). Without a "
-    "full-FT run nothing is divided: the row says so.",
+    "effective config minus seed and learning rate.",
+    "Each variant's learning rate is selected on the validation split: the best mean validation score over the "
+    "seeds every tried rate has (ties: the smaller rate). A selected rate at the end of the tried ones is flagged "
+    "'grid edge'. The test split is scored once per run and never used for a choice.",
+    "Test score: mean over the seeds at the selected rate with a 95% Student-t interval (one seed: none).",
+    "Retention = the variant's mean test score / full fine-tuning's (at full FT's own selected rate, same task, "
+    "model, data, training examples and sequence length), in percent, with a 95% Fieller interval for the ratio "
+    "of two independent means (t at min(n) - 1 degrees of freedom; both sides need two or more seeds). A "
+    "variant trained on another budget than every full-FT run is flagged 'budget differs'.",
     "Peak memory is what the run measured: `cuda_allocated` = peak allocated by PyTorch on the GPU; `cpu_rss` = "
     "the process's peak resident memory (model, optimizer, activations and the Python process itself).",
     "Relative cost = training time / the full-FT reference's training time (same task, model, data).",
@@ -56,13 +61,42 @@ def with_data(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def score_with_interval(mean, low, high, metric) -> str:
+    if pd.isna(mean):
+        return ""
+    ci = f" [{low:.3f}, {high:.3f}]" if pd.notna(low) else ""
+    return f"{mean:.3f}{ci} {metric}"
+
+
 def retention_display(ret: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "task": ret["task"], "model": ret["model"], "cell": ret["cell"], "variant": ret["label"], "seeds": ret["n"],
-        "score": [f"{s:.3f} {m}" for s, m in zip(ret["score"], ret["primary_metric"])],
+        "task": ret["task"], "model": ret["model"], "cell": ret["cell"], "variant": ret["label"],
+        "selected lr": [_fmt(v, "g") for v in ret["selected_lr"]],
+        "lrs tried": ret["lrs_tried"], "seeds": ret["n_seeds"],
+        "validation": [_fmt(v, ".3f") for v in ret["val_score"]],
+        "test score (95% CI)": [score_with_interval(m, lo, hi, pm) for m, lo, hi, pm in
+                                zip(ret["score_mean"], ret["score_low"], ret["score_high"], ret["primary_metric"])],
         "full-FT reference": [_fmt(s, ".3f") + (f" (n={int(n)})" if pd.notna(n) else "")
                               for s, n in zip(ret["ref_score"], ret["ref_n"])],
-        "retention (95% CI)": ret.apply(format_retention, axis=1),
+        "retention (95% Fieller CI)": ret.apply(format_retention, axis=1) if not ret.empty else [],
+        "flags": [", ".join(f for f, on in (("grid edge", g), ("budget differs", b)) if on)
+                  for g, b in zip(ret["grid_edge"], ret["budget_mismatch"])],
+        "note": ret["note"].fillna(""),
+    })
+
+
+def selection_display(sel: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    if sel.empty:
+        return sel
+    names = summary.set_index(["cell", "variant"])["label"].to_dict() if not summary.empty else {}
+    task_model = {c: c.split("|")[:2] for c in sel["cell"]}
+    return pd.DataFrame({
+        "task": [task_model[c][0] for c in sel["cell"]], "model": [task_model[c][1] for c in sel["cell"]],
+        "cell": sel["cell"], "variant": [names.get((c, v), v) for c, v in zip(sel["cell"], sel["variant"])],
+        "validation by lr": [", ".join(f"{lr:g}: {m:.3f}" for lr, m in d.items()) for d in sel["val_by_lr"]],
+        "selected lr": [_fmt(v, "g") for v in sel["selected_lr"]], "compared seeds": sel["selection_seeds"],
+        "grid edge": ["yes" if g else "" for g in sel["grid_edge"]], "collapsed at": sel["collapsed_lrs"],
+        "note": sel["selection_note"],
     })
 
 
@@ -122,7 +156,8 @@ def analyse(df: pd.DataFrame, threshold: float) -> dict[str, pd.DataFrame]:
     summary = pareto(variant_summary(df))
     ret = retention(df)
     proj, proj_note = projection(summary)
-    return {"runs": df, "variants": summary, "retention": ret, "cost": cost_table(summary), "projection": proj,
+    return {"runs": df, "variants": summary, "retention": ret, "selection": selection(df),
+            "selected_runs": at_selected_lr(df), "cost": cost_table(summary), "projection": proj,
             "projection_note": proj_note, "recommendations": recommendations(ret, summary, threshold),
             "failures": failures(df)}
 
@@ -133,6 +168,8 @@ def sections(res: dict, threshold: float) -> list[tuple[str, str, pd.DataFrame]]
     return [
         ("Quality retention", "Score as a percentage of full fine-tuning's on the same task, model and data.",
          with_data(retention_display(ret))),
+        ("Learning-rate selection", "Validation score per tried rate (mean over the compared seeds); the selected rate.",
+         with_data(selection_display(res["selection"], res["variants"]))),
         ("Retention by rank", "The same numbers, one column per rank.", with_data(retention_pivot(ret, "r"))),
         ("Retention by target group", "The same numbers, one column per target-module group.",
          with_data(retention_pivot(ret, "targets"))),
@@ -153,6 +190,10 @@ def make_figures(res: dict, figdir: Path, threshold: float) -> dict[str, Path | 
     figdir.mkdir(parents=True, exist_ok=True)
     summary, ret = res["variants"], res["retention"]
     made = {
+        "lr_sensitivity": (plots.lr_sensitivity(res["runs"], res["selection"], figdir),
+                           "no run with a validation score and a learning rate"),
+        "validation_curves": (plots.validation_curves(res["selected_runs"], figdir),
+                              "no run recorded a validation curve (train.eval_every)"),
         "retention_vs_rank": (plots.retention_vs_rank(ret, figdir, threshold),
                               "no ranked variant with a full-FT partner"),
         "score_vs_memory": (plots.score_vs_memory(summary, figdir), "no run with a score and peak memory"),

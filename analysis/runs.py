@@ -33,10 +33,13 @@ COLUMNS = [
     "params_total", "params_trainable", "trainable_pct", "peak_mem_bytes", "peak_reserved_bytes", "mem_kind",
     "train_tokens_per_s", "train_runtime_s", "adapter_bytes", "lr", "precision", "max_steps",
     "data_fingerprint", "config_hash", "finished_at", "source",
+    "lr_variant", "val_score", "base_val_score", "val_curve", "train_steps", "train_epochs", "train_examples",
+    "train_tokens", "max_seq_len", "eval_s", "lr_protocol",
 ]
 NUMERIC = ["r", "alpha", "seed", "score", "base_score", "forgetting", "params_total", "params_trainable",
            "trainable_pct", "peak_mem_bytes", "peak_reserved_bytes", "train_tokens_per_s", "train_runtime_s",
-           "adapter_bytes", "lr", "max_steps"]
+           "adapter_bytes", "lr", "max_steps", "val_score", "base_val_score", "train_steps", "train_epochs",
+           "train_examples", "train_tokens", "max_seq_len", "eval_s"]
 # W&B run states -> harness statuses, for runs whose summary never got a `status` (killed before finishing).
 WANDB_STATES = {"finished": "ok", "crashed": "failed", "failed": "failed", "killed": "interrupted",
                 "running": "running", "preempted": "interrupted"}
@@ -70,8 +73,11 @@ def record_to_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
 
     - `cell`: what makes scores comparable: task, model, data fingerprint and the task config (split sizes, seed);
       retention divides only within one cell.
-    - `variant`: the run's effective config minus its seed, so the seeds of one variant average together.
-    - `budget`: the training budget (steps, batch, sequence length), to pick the full-FT run trained alike.
+    - `variant`: the run's effective config minus its seed and learning rate: one method configuration, whose
+      learning rate is selected on validation (analysis.tables.selection).
+    - `lr_variant`: the effective config minus the seed alone: the seeds of one variant at one rate.
+    - `budget`: what was trained: examples (steps x batch x accumulation) and sequence length, so a variant is
+      compared with the full-FT run trained alike.
     """
     cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
     train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
@@ -84,10 +90,17 @@ def record_to_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
                                              _short_hash(task_cfg) if task_cfg else ""))
     identity = {k: v for k, v in cfg.items() if k != "seed"} if cfg else \
         {k: rec.get(k) for k in ("task", "model", "method", "r", "alpha", "targets", "lr", "precision", "max_steps")}
+    row["lr_variant"] = _short_hash(identity)
+    if isinstance(identity.get("train"), dict):
+        identity = identity | {"train": {k: v for k, v in identity["train"].items() if k != "lr"}}
+    identity.pop("lr", None)
     row["variant"] = _short_hash(identity)
-    budget = {k: train.get(k) for k in ("max_steps", "batch_size", "grad_accum", "max_seq_len")} if train else \
-        {"max_steps": rec.get("max_steps")}
-    row["budget"] = _short_hash(budget)
+    steps = rec.get("train_steps") or rec.get("max_steps") or train.get("max_steps")
+    examples = steps * train.get("batch_size", 1) * train.get("grad_accum", 1) if steps and train else steps
+    row["budget"] = f"{examples} examples x {train.get('max_seq_len')} tokens" if train else f"{steps} steps"
+    row["max_seq_len"] = train.get("max_seq_len")
+    if row.get("train_examples") is None:
+        row["train_examples"] = examples
     row["source"] = source
     return row
 

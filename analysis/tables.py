@@ -3,12 +3,20 @@ front of score vs peak memory, the memory-and-cost table and the per-task recomm
 
 Definitions (also printed in the report):
 - A *cell* is one task, model, data fingerprint and task config (split sizes): scores compare only within a cell.
-- A *variant* is one effective config minus the seed; its seeds are averaged.
-- *Retention* of a variant = its score / the full-FT reference's mean score x 100, one value per seed of the
-  variant; the table gives their mean and a 95% t-interval (n = seeds; n=1 has no interval). The reference is
-  the full-FT variant of the same cell trained with the same budget (steps, batch, sequence length), else the
-  best-scoring full-FT variant of the cell. No full-FT run in the cell, or a reference score <= 0: no retention.
-- Only runs with status `ok` count; the others are listed as failures.
+- A *variant* is one effective config minus the seed and the learning rate. Its rate is *selected* on
+  validation: the rate with the best mean validation score over the seeds every tried rate has (ties: the
+  smaller rate; harness/selection.py, the rule the sweeper uses too). Every number of a variant is taken at
+  that rate; a selected rate at either end of the tried ones is flagged `grid_edge`.
+- The test score of a variant is the mean over its seeds at the selected rate, with a 95% Student-t interval
+  (one seed: no interval).
+- *Retention* = the variant's mean test score / the full-FT reference's, in percent, with a 95% Fieller
+  interval for the ratio of two independent means (t quantile at min(n) - 1 degrees of freedom; both need two
+  or more seeds, and an interval whose denominator is not clearly above zero is reported unbounded). The
+  reference is the full-FT variant of the same cell at its own selected rate, trained on the same examples and
+  sequence length; when the cell has none with that budget, the closest full-FT variant is used and the row is
+  flagged `budget_mismatch`. No full-FT run, or a reference score <= 0: no retention.
+- Only runs with status `ok` count; `collapsed` runs (finite but failed) and every other status are listed
+  with their reason, never selected or averaged.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.selection import at_grid_edge, select_lr
+
 FULL = "full"
 GIB, MIB = 2**30, 2**20
 CONFIDENCE = 0.95
@@ -29,6 +39,49 @@ KEYS = ["cell", "task", "model", "variant", "label", "method", "r", "targets"]
 
 def ok_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].eq("ok") & df["score"].notna()]
+
+
+def selection(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (cell, variant): the rates tried, the validation score per rate, the selected rate and its flags."""
+    ok = ok_runs(df)
+    rows = []
+    for (cell, variant), part in ok.groupby(["cell", "variant"], sort=False):
+        collapsed = df[(df["cell"] == cell) & (df["variant"] == variant) & df["status"].eq("collapsed")]
+        # a collapsed rate was tried (and failed): it bounds the search like any other
+        tried_all = sorted(set(part["lr"].dropna()) | set(collapsed["lr"].dropna()))
+        tried = sorted(set(part["lr"].dropna()))
+        has_val = part["val_score"].notna()
+        if len(tried) <= 1:
+            chosen = tried[0] if tried else math.nan
+            means = {chosen: float(part["val_score"].mean())} if tried and has_val.any() else {}
+            note = "one rate tried" if tried else "no learning rate recorded"
+            seeds = sorted(int(x) for x in part["seed"].dropna())
+        elif not has_val.all():
+            chosen, means, seeds, note = math.nan, {}, [], "several rates but no validation score: cannot select"
+        else:
+            chosen, means, seeds = select_lr(zip(part["lr"], part["seed"].fillna(0).astype(int), part["val_score"]))
+            note = ""
+        rows.append({"cell": cell, "variant": variant, "lrs_tried": ",".join(f"{x:g}" for x in tried_all),
+                     "n_lrs": len(tried_all), "selected_lr": chosen, "val_by_lr": means,
+                     "val_score": means.get(chosen, math.nan) if means else math.nan,
+                     "selection_seeds": ",".join(map(str, seeds)),
+                     "grid_edge": at_grid_edge(chosen if not pd.isna(chosen) else None, tried_all),
+                     "collapsed_lrs": ",".join(f"{x:g}" for x in sorted(set(collapsed["lr"].dropna()))),
+                     "selection_note": note})
+    return pd.DataFrame(rows, columns=["cell", "variant", "lrs_tried", "n_lrs", "selected_lr", "val_by_lr",
+                                       "val_score", "selection_seeds", "grid_edge", "collapsed_lrs", "selection_note"])
+
+
+def at_selected_lr(df: pd.DataFrame) -> pd.DataFrame:
+    """The ok runs of every variant at its selected learning rate (what every per-variant number is taken from)."""
+    ok = ok_runs(df)
+    sel = selection(df)
+    if ok.empty or sel.empty:
+        return ok
+    merged = ok.merge(sel[["cell", "variant", "selected_lr"]], on=["cell", "variant"], how="left")
+    keep = np.isclose(merged["lr"].astype(float), merged["selected_lr"].astype(float), rtol=1e-9, atol=0) | \
+        (merged["lr"].isna() & merged["selected_lr"].isna())
+    return ok[keep.to_numpy()]
 
 
 def failures(df: pd.DataFrame) -> pd.DataFrame:
@@ -54,11 +107,33 @@ def t_interval(values: np.ndarray | list[float], confidence: float = CONFIDENCE)
     return mean, float(low), float(high)
 
 
+def fieller_interval(a: np.ndarray | list[float], b: np.ndarray | list[float],
+                     confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(mean(a) / mean(b), low, high): Fieller's interval for a ratio of two independent means, t quantile at
+    min(n_a, n_b) - 1 degrees of freedom. Fewer than two values on either side: no interval (nan, nan); a
+    denominator not significantly above zero (g >= 1): an unbounded interval (-inf, inf)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if a.size == 0 or b.size == 0 or b.mean() == 0:
+        return math.nan, math.nan, math.nan
+    ratio = float(a.mean() / b.mean())
+    if a.size < 2 or b.size < 2:
+        return ratio, math.nan, math.nan
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    t = float(stats.t.ppf(0.5 + confidence / 2, min(a.size, b.size) - 1))
+    g = t * t * vb / b.mean() ** 2
+    if g >= 1:
+        return ratio, -math.inf, math.inf
+    half = t / abs(b.mean()) * math.sqrt(va * (1 - g) + ratio * ratio * vb)
+    return ratio, float((ratio - half) / (1 - g)), float((ratio + half) / (1 - g))
+
+
 def variant_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (cell, variant) of the ok runs: seed count and the mean of every measurement."""
-    ok = ok_runs(df)
+    """One row per (cell, variant) of the ok runs at the variant's selected rate: seed count and the mean of
+    every measurement."""
+    ok = at_selected_lr(df)
     if ok.empty:
-        return pd.DataFrame(columns=KEYS + ["n", "score", "score_sd"])
+        return pd.DataFrame(columns=KEYS + ["n", "score", "score_sd", "budget", "peak_mem_bytes", "train_runtime_s"])
     grouped = ok.groupby(KEYS, dropna=False, sort=False)
     out = grouped.agg(
         n=("run_id", "size"), seeds=("seed", lambda s: ",".join(str(int(v)) for v in sorted(s.dropna()))),
@@ -69,55 +144,87 @@ def variant_summary(df: pd.DataFrame) -> pd.DataFrame:
         mem_kind=("mem_kind", lambda s: "/".join(sorted(set(s.dropna().astype(str))))),
         adapter_bytes=("adapter_bytes", "mean"), train_tokens_per_s=("train_tokens_per_s", "mean"),
         tokens_per_s_sd=("train_tokens_per_s", "std"), train_runtime_s=("train_runtime_s", "mean"),
-        forgetting=("forgetting", "mean"),
+        forgetting=("forgetting", "mean"), lr=("lr", "first"), val_score=("val_score", "mean"),
+        train_examples=("train_examples", "mean"), max_seq_len=("max_seq_len", "first"),
     ).reset_index()
     out["_order"] = out["method"].ne(FULL)                    # full FT first in each cell, then by method and rank
     out = out.sort_values(["task", "model", "cell", "_order", "method", "r", "targets"], na_position="first")
     return out.drop(columns="_order").reset_index(drop=True)
 
 
-def _reference(summary: pd.DataFrame, cell: str, budget: str) -> pd.Series | None:
-    """The full-FT variant a variant is compared with (same cell; same budget if there is one)."""
+def _reference(summary: pd.DataFrame, cell: str, budget: str) -> tuple[pd.Series | None, bool]:
+    """(the full-FT variant a variant is compared with, whether its budget differs). Same cell; the same budget
+    when there is one, else the full-FT variant trained on the most examples (flagged)."""
     full = summary[(summary["cell"] == cell) & (summary["method"] == FULL)]
     if full.empty:
-        return None
+        return None, False
     same = full[full["budget"] == budget]
-    pool = same if not same.empty else full
-    return pool.sort_values("score", ascending=False).iloc[0]
+    if not same.empty:
+        return same.sort_values("score", ascending=False).iloc[0], False
+    by_size = "train_examples" if "train_examples" in full else "score"
+    return full.sort_values(by_size, ascending=False).iloc[0], True
+
+
+RETENTION_COLUMNS = ["task", "model", "cell", "variant", "label", "method", "r", "targets", "selected_lr",
+                     "lrs_tried", "n_seeds", "val_score", "score_mean", "score_low", "score_high",
+                     "retention_mean", "retention_low", "retention_high", "grid_edge", "budget", "budget_mismatch",
+                     "reference", "ref_n", "ref_score", "primary_metric", "seeds", "collapsed_lrs", "note"]
 
 
 def retention(df: pd.DataFrame) -> pd.DataFrame:
-    """Quality retention of every variant against its full-FT reference (percent; mean and t-interval)."""
-    ok = ok_runs(df)
+    """Every variant at its selected rate: test score with its interval over seeds, and retention against the
+    full-FT reference at that reference's own selected rate, with Fieller's interval (see the module docstring)."""
+    runs = at_selected_lr(df)
     summary = variant_summary(df)
+    sel = selection(df).set_index(["cell", "variant"]) if not summary.empty else None
     rows = []
     for _, var in summary.iterrows():
-        ref = _reference(summary, var["cell"], var["budget"])
-        row = {k: var[k] for k in KEYS} | {"n": int(var["n"]), "seeds": var["seeds"], "score": var["score"],
-                                          "primary_metric": var["primary_metric"]}
+        pick = sel.loc[(var["cell"], var["variant"])]
+        scores = runs[(runs["cell"] == var["cell"]) & (runs["variant"] == var["variant"])]["score"].to_numpy()
+        mean, low, high = t_interval(scores)
+        row = {k: var[k] for k in KEYS} | {
+            "selected_lr": pick["selected_lr"], "lrs_tried": pick["lrs_tried"], "n_seeds": int(var["n"]),
+            "seeds": var["seeds"], "val_score": pick["val_score"], "score_mean": mean, "score_low": low,
+            "score_high": high, "grid_edge": bool(pick["grid_edge"]), "budget": var["budget"],
+            "collapsed_lrs": pick["collapsed_lrs"], "primary_metric": var["primary_metric"], "budget_mismatch": False}
+        notes = [n for n in [pick["selection_note"], "grid edge: widen the grid" if pick["grid_edge"] else ""] if n]
+        ref, mismatch = _reference(summary, var["cell"], var["budget"])
         if ref is None:
-            rows.append(row | {"note": "no full-FT run on this task/model/data"})
+            rows.append(row | {"note": "; ".join(notes + ["no full-FT run on this task/model/data"])})
             continue
-        row |= {"reference": ref["label"], "ref_n": int(ref["n"]), "ref_score": ref["score"]}
+        row |= {"reference": ref["label"], "ref_n": int(ref["n"]), "ref_score": ref["score"], "budget_mismatch": mismatch}
+        if mismatch:
+            notes.append(f"budget differs from full FT's ({var['budget']} vs {ref['budget']})")
         if not ref["score"] > 0:
-            rows.append(row | {"note": f"full-FT score is {ref['score']:.3g}: retention undefined"})
+            rows.append(row | {"note": "; ".join(notes + [f"full-FT score is {ref['score']:.3g}: retention undefined"])})
             continue
-        scores = ok[(ok["cell"] == var["cell"]) & (ok["variant"] == var["variant"])]["score"].to_numpy()
-        mean, low, high = t_interval(100.0 * scores / ref["score"])
-        note = "reference" if var["variant"] == ref["variant"] else ("n=1, no CI" if len(scores) < 2 else "")
-        rows.append(row | {"retention": mean, "ci_low": low, "ci_high": high, "note": note})
-    cols = KEYS + ["n", "seeds", "primary_metric", "score", "reference", "ref_n", "ref_score", "retention",
-                   "ci_low", "ci_high", "note"]
-    return pd.DataFrame(rows, columns=cols)
+        if var["variant"] == ref["variant"]:
+            rows.append(row | {"retention_mean": 100.0, "retention_low": math.nan, "retention_high": math.nan,
+                               "note": "; ".join(["reference"] + notes)})
+            continue
+        ref_scores = runs[(runs["cell"] == ref["cell"]) & (runs["variant"] == ref["variant"])]["score"].to_numpy()
+        ratio, r_low, r_high = fieller_interval(scores, ref_scores)
+        if len(scores) < 2 or len(ref_scores) < 2:
+            notes.append(f"n={len(scores)} vs reference n={len(ref_scores)}: no interval")
+        elif math.isinf(r_low):
+            notes.append("interval unbounded (reference too noisy)")
+        rows.append(row | {"retention_mean": 100 * ratio, "retention_low": 100 * r_low,
+                           "retention_high": 100 * r_high, "note": "; ".join(notes)})
+    return pd.DataFrame(rows, columns=RETENTION_COLUMNS)
 
 
 def format_retention(row: pd.Series) -> str:
-    """"97.1% [93.0, 101.2] n=3", "97.1% (n=1, no CI)", or why there is no number."""
-    if pd.isna(row.get("retention")):
+    """"97.1% [93.0, 101.2] n=3", "97.1% (n=1, no CI)", "100% (reference)", or why there is no number."""
+    value, low = row.get("retention_mean"), row.get("retention_low")
+    if pd.isna(value):
         return str(row.get("note") or "n/a")
-    if pd.isna(row.get("ci_low")):
-        return f"{row['retention']:.1f}% (n={int(row['n'])}, no CI)"
-    return f"{row['retention']:.1f}% [{row['ci_low']:.1f}, {row['ci_high']:.1f}] n={int(row['n'])}"
+    if str(row.get("note") or "").startswith("reference"):
+        return f"{value:.0f}% (reference)"
+    if pd.isna(low):
+        return f"{value:.1f}% (n={int(row['n_seeds'])}, no CI)"
+    if math.isinf(low):
+        return f"{value:.1f}% (unbounded CI) n={int(row['n_seeds'])}"
+    return f"{value:.1f}% [{low:.1f}, {row['retention_high']:.1f}] n={int(row['n_seeds'])}"
 
 
 def retention_pivot(ret: pd.DataFrame, axis: str) -> pd.DataFrame:
@@ -164,7 +271,7 @@ def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
     (training time relative to the full-FT reference of the same cell and budget)."""
     rows = []
     for _, var in summary.iterrows():
-        ref = _reference(summary, var["cell"], var["budget"])
+        ref, _ = _reference(summary, var["cell"], var["budget"])
         rel = var["train_runtime_s"] / ref["train_runtime_s"] if ref is not None and ref["train_runtime_s"] > 0 else math.nan
         rows.append({
             "task": var["task"], "model": var["model"], "cell": var["cell"], "variant": var["label"], "method": var["method"],
@@ -182,16 +289,16 @@ def recommendations(ret: pd.DataFrame, summary: pd.DataFrame, threshold: float =
     merged = ret.merge(summary[["cell", "variant", "peak_mem_bytes", "mem_kind"]], on=["cell", "variant"], how="left")
     rows = []
     for (task, model, cell), part in merged.groupby(["task", "model", "cell"], sort=False):
-        scored = part[part["retention"].notna()]
+        scored = part[part["retention_mean"].notna()]
         if scored.empty:
             why = part["note"].dropna().iloc[0] if part["note"].notna().any() else "no retention"
             rows.append({"task": task, "model": model, "cell": cell, "recommended": "", "note": f"no retention: {why}"})
             continue
-        good = scored[(scored["retention"] >= threshold) & scored["peak_mem_bytes"].notna()]
+        good = scored[(scored["retention_mean"] >= threshold) & scored["peak_mem_bytes"].notna()]
         if good.empty:
             rows.append({"task": task, "model": model, "cell": cell, "recommended": "", "note": "no peak memory recorded"})
             continue
-        best = good.sort_values(["peak_mem_bytes", "retention"], ascending=[True, False]).iloc[0]
+        best = good.sort_values(["peak_mem_bytes", "retention_mean"], ascending=[True, False]).iloc[0]
         full = scored[scored["method"] == FULL]
         full_mem = full["peak_mem_bytes"].min() if not full.empty else math.nan
         rows.append({

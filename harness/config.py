@@ -21,7 +21,10 @@ from harness.errors import AssetError, ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Keys that say where or how a run is reported, not what it is.
-NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun", "seeds")
+NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun", "seeds", "lr_search", "lr_widen", "lr_protocol", "variants")
+# Method keys that say how a method is searched or described, not what a run trains.
+NON_IDENTITY_METHOD_KEYS = ("lr_grid",)
+BUDGET_KEYS = ("train.max_steps", "train.epochs")
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16-mixed")
 TRACKING_MODES = ("auto", "online", "offline", "disabled")
 
@@ -31,6 +34,8 @@ def effective_config(cfg: DictConfig) -> dict[str, Any]:
     keep = [k for k in cfg.keys() if k not in NON_IDENTITY_KEYS]
     eff = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keep), resolve=True)
     method = eff["method"]
+    for key in NON_IDENTITY_METHOD_KEYS:
+        method.pop(key, None)
     if not method.get("has_rank", False):
         eff["r"] = eff["alpha"] = None
     elif method.get("has_alpha", True) is False:  # e.g. VeRA: a rank but no scaling numerator
@@ -102,7 +107,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}; e.g. seed=1")
     train = cfg.train
-    _positive_int(train.max_steps, "train.max_steps", "e.g. train.max_steps=100")
+    check_budget(train)
     _positive_int(train.batch_size, "train.batch_size", "e.g. train.batch_size=8")
     _positive_int(train.grad_accum, "train.grad_accum", "e.g. train.grad_accum=1")
     _positive_int(train.max_seq_len, "train.max_seq_len", "e.g. train.max_seq_len=256")
@@ -112,6 +117,10 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"train.lr={lr} is far too large for fine-tuning; use a value below 1, e.g. train.lr=1e-4")
     if train.precision not in PRECISIONS:
         raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {train.precision!r}")
+    if isinstance(train.eval_every, bool) or not isinstance(train.eval_every, int) or train.eval_every < 0:
+        raise ConfigError(f"train.eval_every must be a non-negative integer (0 = off), got {train.eval_every!r}; "
+                          "e.g. train.eval_every=50")
+    _positive_int(train.eval_subset, "train.eval_subset", "e.g. train.eval_subset=64")
     _positive_int(cfg.task.n_train, "task.n_train", "e.g. task.n_train=500")
     _positive_int(cfg.task.n_eval, "task.n_eval", "e.g. task.n_eval=100")
     if cfg.tracking.mode not in TRACKING_MODES:
@@ -123,6 +132,30 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         except AssetError as err:
             raise ConfigError(str(err)) from None
     return effective_config(cfg)
+
+
+def check_budget(train: Any) -> None:
+    """Exactly one of train.max_steps (optimizer steps) and train.epochs (passes over the training split)."""
+    steps, epochs = train.get("max_steps"), train.get("epochs")
+    if (steps is None) == (epochs is None):
+        given = "both" if steps is not None else "neither"
+        raise ConfigError(f"set exactly one of train.max_steps and train.epochs ({given} set); "
+                          "e.g. train.epochs=2 train.max_steps=null")
+    if steps is not None:
+        _positive_int(steps, "train.max_steps", "e.g. train.max_steps=100")
+    else:
+        _positive_number(epochs, "train.epochs", "e.g. train.epochs=2 or train.epochs=0.5")
+
+
+def with_single_budget(overrides: list[str]) -> list[str]:
+    """A budget given on the command line replaces the default one: `train.epochs=2` alone also nulls
+    train.max_steps (and the reverse), so a user never has to unset the other key. Both given: left as they are,
+    and `check_budget` names the conflict."""
+    given = {key for key in BUDGET_KEYS for o in overrides if o.lstrip("+~").split("=", 1)[0] == key}
+    if len(given) != 1:
+        return overrides
+    (other,) = set(BUDGET_KEYS) - given
+    return [*overrides, f"{other}=null"]
 
 
 def check_writable(path: Path, name: str) -> None:

@@ -77,8 +77,9 @@ def compose_config(overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from harness.config import CONF_DIR, all_keys, config_groups, did_you_mean, group_options
+    from harness.config import CONF_DIR, all_keys, config_groups, did_you_mean, group_options, with_single_budget
 
+    overrides = with_single_budget(list(overrides))
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             known = all_keys(OmegaConf.to_container(compose(config_name="config")))
@@ -97,13 +98,18 @@ def compose_config(overrides: list[str]) -> DictConfig:
 def effective(cfg: DictConfig) -> dict[str, Any]:
     """harness.config's effective config (ignored axes nulled, precision resolved), with the value checks that
     need no model or network."""
-    from harness.config import _positive_int, effective_config
+    from harness.config import _positive_int, check_budget, effective_config
+    from harness.validation import planned_steps
 
     if cfg.method.get("has_rank", False):
         _positive_int(cfg.r, "r", "e.g. r=16")
-    for key in ("batch_size", "grad_accum", "max_seq_len", "max_steps"):
+    for key in ("batch_size", "grad_accum", "max_seq_len"):
         _positive_int(cfg.train[key], f"train.{key}", f"e.g. train.{key}=8")
-    return effective_config(cfg)
+    check_budget(cfg.train)
+    eff = effective_config(cfg)
+    # an epoch budget counts steps over task.n_train rows (the task's pool may hold fewer)
+    eff["train"]["max_steps"] = planned_steps(cfg.train, int(cfg.task.n_train))
+    return eff
 
 
 # ---- the meta-device model -----------------------------------------------------------------------------------

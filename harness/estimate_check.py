@@ -60,7 +60,7 @@ def batch_seq_len(result: dict[str, Any], eff: dict[str, Any], cache: Path | Non
         ds = task.train_dataset(task.splits()["train"], tokenizer, eff["model"]["kind"], train["max_seq_len"])
         return min(max(len(ids) for ids in ds["input_ids"]), train["max_seq_len"]), "longest training example"
     except Exception as err:  # noqa: BLE001 - any failure to rebuild the data falls back to the record
-        samples = train["max_steps"] * train["batch_size"] * train.get("grad_accum", 1)
+        samples = (result.get("train_steps") or train["max_steps"]) * train["batch_size"] * train.get("grad_accum", 1)
         tokens = result.get("train_tokens")
         if not tokens:
             raise ConfigError(f"cannot tell the sequence length of {result.get('run_id')}: {err}") from None

@@ -23,7 +23,10 @@ from harness.models import load_model, load_tokenizer, model_fingerprint
 from harness.results import RESULT_FILE, Status, git_commit, now, versions, write_json_atomic
 from harness.tasks import get_task
 from harness.tracking import Tracker
-from harness.training import DivergenceGuard, build_trainer, last_checkpoint, throughput, training_arguments
+from harness.training import (DivergenceGuard, build_trainer, evaluation_attention, last_checkpoint, throughput,
+                              training_arguments)
+from harness.validation import ValidationCurve, budget_record, collapse_reason, planned_steps
+from harness.base_scores import base_key, cached_base_scores
 from harness.config import identity
 
 log = logging.getLogger("harness")
@@ -41,17 +44,20 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     # 1. data, model and method plan: everything that can reject the config happens before any record.
     task = get_task(cfg.task, cache)
     data = task.splits()
+    steps = planned_steps(cfg.train, len(data["train"]))
     tokenizer = load_tokenizer(cfg.model, cache)
     t0 = time.perf_counter()
     model = load_model(cfg.model, cache, precision=eff["train"]["precision"], tokenizer=tokenizer, labels=task.labels,
                        quantization_config=quantization_config(eff))
     load_s = time.perf_counter() - t0
-    plan = plan_method(model, eff, kind)
+    plan = plan_method(model, with_steps(eff, steps), kind)
     probe = probe_sample() if kind == "causal_lm" else None  # general English for the forgetting probe
 
     result: dict[str, Any] = identity(cfg) | {
         "status": Status.RUNNING.value, "reason": None,
-        "lr": eff["train"]["lr"], "precision": eff["train"]["precision"], "max_steps": cfg.train.max_steps,
+        "lr": eff["train"]["lr"], "precision": eff["train"]["precision"], "max_steps": steps,
+        "epochs": cfg.train.get("epochs"), **budget_record(steps, len(data["train"]), cfg.train),
+        "lr_protocol": cfg.get("lr_protocol"),
         "data_fingerprint": task.fingerprint(),
         "model_fingerprint": model_fingerprint(cfg.model, cache, model),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "started_at": now(),
@@ -62,15 +68,27 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     }
     write_json_atomic(run_dir / RESULT_FILE, result)
 
-    # 2. the untuned model's score on the same held-out split
-    eval_split = data["test"]
-    base_outputs = task.predict(model, tokenizer, eval_split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
-    base_metrics = task.score(base_outputs, list(eval_split))
-    result |= {"base_score": base_metrics[task.primary_metric], "base_metrics": base_metrics}
-    if probe is not None:
-        result["forgetting_before"] = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
+    # 2. the untuned model's scores (test, validation, forgetting probe), computed once per cell and reused
+    test_split, val_split = data["test"], data["validation"]
 
-    # 3. the method, then training
+    def score(split) -> tuple[dict[str, float], list[str]]:
+        outputs = task.predict(model, tokenizer, split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
+        return task.score(outputs, list(split)), outputs
+
+    def base_scores() -> dict[str, Any]:
+        out = {"base_metrics": score(test_split)[0], "base_val_metrics": score(val_split)[0]}
+        if probe is not None:
+            out["forgetting_before"] = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
+        return out
+
+    t0 = time.perf_counter()
+    key = base_key(eff, result["model_fingerprint"], result["data_fingerprint"], result["versions"])
+    base, cached = cached_base_scores(Path(cfg.paths.get("base_scores") or cache / "base-scores"), key, base_scores)
+    result |= base | {"base_score": base["base_metrics"][task.primary_metric],
+                      "base_val_score": base["base_val_metrics"][task.primary_metric],
+                      "base_cached": cached, "base_eval_s": round(time.perf_counter() - t0, 3)}
+
+    # 3. the method, then training (with the validation curve when train.eval_every is set)
     model = apply_method(model, plan)
     total, trainable = count_parameters(model)
     result |= {"params_total": total, "params_trainable": trainable, "trainable_pct": 100.0 * trainable / total,
@@ -81,14 +99,31 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     tracker = Tracker(cfg.tracking, run_dir, rid, eff, tags, cfg.group, cfg.name)
     train_ds = task.train_dataset(data["train"], tokenizer, kind, cfg.train.max_seq_len)
     peak, guard = measure.PeakMemory(), DivergenceGuard()
-    args = training_arguments(cfg.train, eff["train"]["lr"], eff["train"]["precision"], cfg.seed, run_dir / "checkpoints")
-    trainer = build_trainer(model, tokenizer, train_ds, args, kind, [peak, guard, *method_callbacks(model, plan), *tracker.callbacks])
+    callbacks = [peak, guard, *method_callbacks(model, plan), *tracker.callbacks]
+    curve = None
+    if cfg.train.eval_every:
+        subset = val_split.select(range(min(cfg.train.eval_subset, len(val_split))))
+
+        def score_subset() -> float:
+            with evaluation_attention(model):
+                return score(subset)[0][task.primary_metric]
+
+        curve = ValidationCurve(cfg.train.eval_every, score_subset, tracker.log)
+        callbacks.append(curve)
+    args = training_arguments(cfg.train, eff["train"]["lr"], eff["train"]["precision"], cfg.seed,
+                              run_dir / "checkpoints", max_steps=steps)
+    trainer = build_trainer(model, tokenizer, train_ds, args, kind, callbacks)
     resume_from = last_checkpoint(run_dir / "checkpoints")
     if resume_from:
         log.info("resuming from %s", resume_from)
     result["resumed_from"] = resume_from and Path(resume_from).name
     train_output = trainer.train(resume_from_checkpoint=resume_from)
-    result |= throughput(train_output, trainer.state) | peak.result() | {"largest_batch": trainer.data_collator.largest}
+    eval_s = curve.seconds if curve else 0.0
+    result |= throughput(train_output, trainer.state, eval_s) | peak.result() | {
+        "largest_batch": trainer.data_collator.largest, "train_steps_done": trainer.state.global_step,
+        "train_epochs_done": trainer.state.epoch, "train_examples": trainer.data_collator.examples,
+        "eval_s": round(eval_s, 3), "eval_subset": len(subset) if curve else 0,
+        "val_curve": curve.points if curve else []}
     result["loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     if guard.diverged_at is not None:
         result |= {"status": Status.DIVERGED.value, "reason": f"non-finite loss at step {guard.diverged_at}", "finished_at": now()}
@@ -96,26 +131,38 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         tracker.finish(result)
         return result
 
-    # 4. score the tuned model, save what was trained
-    outputs = task.predict(model, tokenizer, eval_split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
-    metrics = task.score(outputs, list(eval_split))
+    # 4. score the tuned model (validation for every choice, test once for the record), save what was trained
+    t0 = time.perf_counter()
+    val_metrics, val_outputs = score(val_split)
+    metrics, outputs = score(test_split)
     if probe is not None:  # forgetting: loss on general text after training minus before
         after = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
         result |= {"forgetting_after": after, "forgetting": after - result["forgetting_before"]}
-    rows = list(eval_split)[:N_SAMPLES]
+    result["final_eval_s"] = round(time.perf_counter() - t0, 3)
+    rows = list(test_split)[:N_SAMPLES]
     samples = [{"input": task.describe(r), "reference": task.target(r), "output": o} for r, o in zip(rows, outputs)]
     saved = run_dir / ("model" if plan.peft_config is None else "adapter")
     save_atomically(model, saved, plan)
     discard_plan_files(plan)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished run
+    collapsed = collapse_reason(result["loss_curve"],
+                                [task.predicted_label(o) for o in val_outputs] if task.labels else None,
+                                [task.target(r) for r in val_split] if task.labels else None)
     result |= {"score": metrics[task.primary_metric], "primary_metric": task.primary_metric, "metrics": metrics,
+               "val_score": val_metrics[task.primary_metric], "val_metrics": val_metrics,
                "samples": samples, "adapter_bytes": measure.dir_bytes(saved), "saved_to": saved.name,
-               "status": Status.OK.value, "finished_at": now()}
+               "status": (Status.COLLAPSED if collapsed else Status.OK).value, "reason": collapsed,
+               "finished_at": now()}
     write_json_atomic(run_dir / RESULT_FILE, result)
     tracker.log_table("samples", ["input", "reference", "output"], [[s["input"], s["reference"], s["output"]] for s in samples])
     tracker.finish(result)
     print_summary(result, run_dir)
     return result
+
+
+def with_steps(eff: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The effective config with the run's resolved step count (what AdaLoRA's rank schedule is sized by)."""
+    return eff | {"train": eff["train"] | {"max_steps": steps}}
 
 
 def save_atomically(model, target: Path, plan=None) -> None:
@@ -151,6 +198,10 @@ def print_summary(result: dict[str, Any], run_dir: Path) -> None:
         f"memory     peak {_bytes(result['peak_mem_bytes'])} ({result['mem_kind']})",
         f"speed      {result['train_tokens_per_s']:.0f} tokens/s (non-padding), {result['train_runtime_s']:.1f} s training",
         f"saved      {_bytes(result['adapter_bytes'])} ({result['saved_to']}/)",
-        f"score      {result['primary_metric']} {result['score']:.3f}  vs base {result['base_score']:.3f}",
+        f"score      {result['primary_metric']} {result['score']:.3f}  vs base {result['base_score']:.3f}"
+        f"  (validation {result['val_score']:.3f})",
+        f"budget     {result['train_steps']} steps = {result['train_epochs']:.2f} epochs of {result['train_rows']} rows",
     ]
+    if result.get("status") != Status.OK.value:
+        lines.append(f"status     {result['status']}: {result['reason']}")
     print("\n".join(lines), flush=True)

@@ -24,15 +24,25 @@ REQUIRED_KEYS = (
 
 
 class Status(str, Enum):
-    """How a run ended. Anything but OK is re-run by a resumed sweep."""
+    """How a run ended. A resumed sweep re-runs all but OK and COLLAPSED (both are results; see `is_done`)."""
 
     RUNNING = "running"          # started; a record still saying this after the process is gone was killed hard
     OK = "ok"
+    COLLAPSED = "collapsed"      # trained to the end, finite, but failed (loss ended above its start, or one-class
+                                 # predictions); scores kept, never selected or averaged
     FAILED = "failed"            # an error in the run (reason recorded)
     INVALID = "invalid"          # the config cannot work (reason recorded); nothing was trained
     OOM = "oom"
     DIVERGED = "diverged"        # NaN / inf loss
     INTERRUPTED = "interrupted"  # SIGINT / SIGTERM
+
+
+DONE_STATUSES = (Status.OK.value, Status.COLLAPSED.value)
+
+
+def is_done(previous: dict[str, Any] | None, config_hash: str) -> bool:
+    """Whether a run folder already holds this config's finished result (re-running it would repeat it exactly)."""
+    return bool(previous) and previous.get("status") in DONE_STATUSES and previous.get("config_hash") == config_hash
 
 
 def now() -> str:
@@ -55,11 +65,15 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def read_result(run_dir: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((Path(run_dir) / RESULT_FILE).read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    return read_json(Path(run_dir) / RESULT_FILE)
 
 
 def versions() -> dict[str, str | None]:

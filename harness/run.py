@@ -24,9 +24,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness import preflight
-from harness.config import CONF_DIR, config_hash, identity, run_id, validate
+from harness.config import CONF_DIR, config_hash, identity, run_id, validate, with_single_budget
 from harness.errors import HarnessError
-from harness.results import RESULT_FILE, Status, now, read_result, write_json_atomic
+from harness.results import RESULT_FILE, Status, is_done, now, read_result, write_json_atomic
 
 log = logging.getLogger("harness")
 
@@ -38,8 +38,8 @@ def main_body(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     eff = validate(cfg)
     rid = run_id(cfg)
     previous = read_result(run_dir)
-    if previous and previous.get("status") == Status.OK and previous.get("config_hash") == config_hash(eff) and not cfg.rerun:
-        log.info("already done: %s (status ok); rerun=true runs it again", run_dir)
+    if is_done(previous, config_hash(eff)) and not cfg.rerun:
+        log.info("already done: %s (status %s); rerun=true runs it again", run_dir, previous["status"])
         return previous
     if previous and previous.get("config_hash") not in (None, config_hash(eff)):
         raise HarnessError(f"{run_dir} holds the result of another config; choose another paths.runs")
@@ -60,7 +60,8 @@ def main(cfg: DictConfig) -> float | None:
     except HarnessError as err:
         return _fail(run_dir, Status.INVALID, str(err), multirun, exit_code=2, cfg=cfg)
     except KeyboardInterrupt as err:
-        return _fail(run_dir, Status.INTERRUPTED, f"interrupted ({err or 'SIGINT'})", multirun, exit_code=130, cfg=cfg)
+        _fail(run_dir, Status.INTERRUPTED, f"interrupted ({err or 'SIGINT'})", multirun, exit_code=130, cfg=cfg)
+        raise  # in a sweep too: an interrupt stops the sweep (its summary still runs), not only the current run
     except Exception as err:  # noqa: BLE001 - recorded, then reported in one line
         (run_dir / "error.txt").write_text(traceback.format_exc())
         status = Status.OOM if _is_oom(err) else Status.FAILED
@@ -101,6 +102,7 @@ def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code:
 
 def cli() -> None:
     """Check the command line before Hydra starts, so a typo costs one line and no run folder."""
+    sys.argv[1:] = with_single_budget(sys.argv[1:])
     preflight.check_or_exit(sys.argv[1:])
     main()
 

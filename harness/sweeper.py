@@ -5,6 +5,13 @@ It replaces Hydra's basic sweeper through `hydra.sweeper._target_` (conf/hydra/d
 launcher (basic, joblib, submitit local / SLURM) runs its jobs unchanged.
 
     make sweep TASK=style ARGS="train.max_steps=20 seeds=2"
+    make sweep TASK=style ARGS="lr_search=3 seeds=3"     # two-phase: 3 rates on seed 0, seeds 1-2 at the best
+
+With `lr_search=N` the sweep runs in two phases within one command: each variant's first seed at N rates of
+its method's grid (harness/selection.py), then its other seeds at the rate with the best validation score:
+N + S - 1 runs per variant instead of N x S. With `lr_widen=K`, a variant whose best search rate is at an end of
+the rates tried gets the next grid rate beyond it, up to K more. Both phases skip what is already done, so an
+interrupted sweep resumes where it stopped; records say which phase ran them (`lr_protocol`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +29,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from harness.config import config_hash, effective_config, run_id
-from harness.results import RESULT_FILE, Status, now, read_result, write_json_atomic
+from harness.selection import at_grid_edge, lr_candidates, select_lr
+from harness.results import DONE_STATUSES, RESULT_FILE, Status, is_done, now, read_result, write_json_atomic
 
 log = logging.getLogger(__name__)
 SUMMARY_COLUMNS = ["run_id", "status", "score", "base_score", "peak_mem_bytes", "train_tokens_per_s", "reason"]
@@ -37,19 +46,35 @@ def _with_seed_range(arguments: list[str]) -> list[str]:
 
 
 class HarnessSweeper(BasicSweeper):
+    """`hydra.sweeper.params`: the Cartesian axes, as in Hydra's basic sweeper. The sweep file's top-level
+    `variants`: an optional list of override lists, e.g. `[[method=full], [method=lora, r=8]]`, each crossed with
+    the axes, for grids that are not a product (LoRA at two ranks beside full FT, which has none)."""
+
     def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
 
-    def plan(self, arguments: list[str]) -> tuple[list[list[str]], list[dict[str, Any]]]:
-        """(jobs to launch, one row per distinct run of the grid with its current status)."""
+    def grid(self, arguments: list[str]) -> list[list[str]]:
+        """Every grid point's overrides: the sweep file's axes, then the command line's (`seeds=N` expanded)."""
         params = self._parse_config() + list(arguments)
+        if not any(a.startswith(("seeds=", "seed=")) for a in params) and int(self.config.get("seeds") or 1) > 1:
+            params.append(f"seeds={int(self.config.seeds)}")  # a sweep file's own `seeds: N`
         if any(a.startswith("seeds=") for a in params):
             params = [p for p in params if not p.startswith("seed=")]
             params = _with_seed_range(params)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        grid = self.split_arguments(parser.parse_overrides(params), None)[0]
+        points = [list(o) for o in self.split_arguments(parser.parse_overrides(params), None)[0]]
+        variants = [list(v) for v in self.config.get("variants") or []]
+        if not variants:
+            return points
+        # a variant's own keys win over the same key on an axis (e.g. the axes' default method)
+        return [[o for o in point if o.split("=", 1)[0] not in {v.split("=", 1)[0] for v in variant}] + variant
+                for variant in variants for point in points]
+
+    def plan(self, arguments: list[str], grid: list[list[str]] | None = None
+             ) -> tuple[list[list[str]], list[dict[str, Any]]]:
+        """(jobs to launch, one row per distinct run of the grid with its current status)."""
         distinct: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        for overrides in grid:
+        for overrides in self.grid(arguments) if grid is None else grid:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             rid = run_id(cfg)
             if rid in distinct:
@@ -58,33 +83,76 @@ class HarnessSweeper(BasicSweeper):
             run_dir = Path(cfg.paths.runs) / rid
             mark_if_killed(run_dir)
             previous = read_result(run_dir)
-            done = bool(previous) and previous.get("status") == Status.OK and \
-                previous.get("config_hash") == config_hash(effective_config(cfg)) and not cfg.rerun
-            distinct[rid] = {"run_id": rid, "overrides": list(overrides), "run_dir": run_dir, "done": done, "duplicates": 0}
+            done = is_done(previous, config_hash(effective_config(cfg))) and not cfg.rerun
+            distinct[rid] = {"run_id": rid, "overrides": list(overrides), "run_dir": run_dir, "done": done,
+                             "duplicates": 0, "cfg": cfg}
         todo = [row["overrides"] for row in distinct.values() if not row["done"]]
         return todo, list(distinct.values())
 
-    def sweep(self, arguments: list[str]) -> Any:
-        todo, runs = self.plan(arguments)
-        merged = sum(r["duplicates"] for r in runs)
-        done = sum(r["done"] for r in runs)
-        log.info("sweep: %d grid points -> %d distinct runs (%d equivalent merged), %d already ok, %d to run",
-                 len(runs) + merged, len(runs), merged, done, len(todo))
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+    def launch(self, todo: list[list[str]], start_idx: int = 0) -> list[Any]:
         returns = []
         batch_size = self.max_batch_size or max(len(todo), 1)
+        for start in range(0, len(todo), batch_size):
+            batch: Sequence[Sequence[str]] = todo[start:start + batch_size]
+            self.validate_batch_is_legal(batch)
+            log.info("sweep: launching runs %d-%d of %d", start + 1, start + len(batch), len(todo))
+            returns.append(self.launcher.launch(batch, initial_job_idx=start_idx + start))
+        return returns
+
+    def sweep(self, arguments: list[str]) -> Any:
+        grid = self.grid(arguments)
+        lr_search = self.lr_search(grid)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        runs: list[dict[str, Any]] = []
+        returns: list[Any] = []
         try:
-            for start in range(0, len(todo), batch_size):
-                batch: Sequence[Sequence[str]] = todo[start:start + batch_size]
-                self.validate_batch_is_legal(batch)
-                log.info("sweep: launching runs %d-%d of %d", start + 1, start + len(batch), len(todo))
-                returns.append(self.launcher.launch(batch, initial_job_idx=start))
+            if lr_search:
+                variants = search_variants(grid, lr_search, self._compose)
+                widen, launched = int(self.config.get("lr_widen") or 0), 0
+                while True:
+                    todo, runs = self.plan(arguments, [o for v in variants for o in v.search_overrides()])
+                    self._log_plan("phase 1 (learning-rate search on the first seed)", runs, todo)
+                    returns += self.launch(todo, start_idx=launched)
+                    launched += len(todo)
+                    if not any([v.widen(runs, widen) for v in variants]):  # every variant, not the first only
+                        break
+                second = seeds_at_selected_rates(variants, runs)
+                todo2, runs2 = self.plan(arguments, second)
+                self._log_plan("phase 2 (the other seeds at each variant's selected rate)", runs2, todo2)
+                runs += runs2
+                returns += self.launch(todo2, start_idx=launched)
+            else:
+                todo, runs = self.plan(arguments, grid)
+                self._log_plan("grid", runs, todo)
+                returns += self.launch(todo)
         finally:  # also when a worker was killed and the launcher gave up: every record tells the truth
             for row in runs:
                 mark_if_killed(row["run_dir"])
             self.report(runs, sweep_dir)
         return returns
+
+    def _compose(self, overrides: list[str]):
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def lr_search(self, grid: list[list[str]]) -> int:
+        """`lr_search=N` (N > 1 = search), unless the grid has its own `train.lr` axis, which wins."""
+        if not grid:
+            return 0
+        n = int(self._compose(grid[0]).get("lr_search") or 0)
+        if n and any(o.startswith("train.lr=") for o in grid[0]):
+            log.warning("sweep: an explicit train.lr axis is given, so lr_search=%d is not applied", n)
+            return 0
+        return n
+
+    @staticmethod
+    def _log_plan(phase: str, runs: list[dict[str, Any]], todo: list[list[str]]) -> None:
+        merged = sum(r["duplicates"] for r in runs)
+        done = [(read_result(r["run_dir"]) or {}).get("status") for r in runs if r["done"]]
+        collapsed = done.count(Status.COLLAPSED.value)
+        log.info("sweep %s: %d grid points -> %d distinct runs (%d equivalent merged), %d already ok%s, %d to run",
+                 phase, len(runs) + merged, len(runs), merged, len(done) - collapsed,
+                 f" and {collapsed} collapsed (not retried)" if collapsed else "", len(todo))
 
     def report(self, runs: list[dict[str, Any]], sweep_dir: Path) -> None:
         table = summary_table([r["run_dir"] for r in runs])
@@ -92,6 +160,103 @@ class HarnessSweeper(BasicSweeper):
         table.to_csv(sweep_dir / f"sweep-{name}.csv", index=False)
         print(f"\nsweep '{name}': {len(table)} runs, " + ", ".join(f"{n} {s}" for s, n in table["status"].value_counts().items()))
         print(table.drop(columns=["reason"]).to_string(index=False), flush=True)
+
+
+def _variant_key(overrides: list[str]) -> tuple[str, ...]:
+    return tuple(o for o in overrides if not o.startswith("seed="))
+
+
+@dataclass
+class SearchVariant:
+    """One variant of an lr_search sweep: its first seed's grid point, the rates searched on it, the other seeds."""
+
+    key: tuple[str, ...]
+    first: list[str]
+    cfg: Any
+    rates: list[float]
+    waiting: list[list[str]]
+    widened: int = 0
+
+    def grid(self) -> list[float]:
+        method, r = self.cfg.method, self.cfg.r if self.cfg.method.get("has_rank") else None
+        return lr_candidates(method, r, len(method.lr_grid["values"]), self.default_lr())
+
+    def default_lr(self) -> float:
+        return float(self.cfg.train.lr if self.cfg.train.lr is not None else self.cfg.method.lr)
+
+    def search_overrides(self) -> list[list[str]]:
+        return [[*self.first, f"train.lr={lr}", "lr_protocol=two-phase-search"] for lr in self.rates]
+
+    def points(self, runs: list[dict[str, Any]]) -> tuple[list[tuple[float, int, float]], list[float]]:
+        """(lr, seed, val) of this variant's usable search runs, and every rate tried (collapsed ones too)."""
+        usable, tried = [], []
+        for row in runs:
+            if _variant_key(_without_search(row["overrides"])) != self.key:
+                continue
+            result = read_result(row["run_dir"]) or {}
+            if result.get("status") in DONE_STATUSES:
+                tried.append(float(row["cfg"].train.lr))
+            if result.get("status") == Status.OK.value:
+                usable.append((float(row["cfg"].train.lr), int(row["cfg"].seed), result.get("val_score")))
+        return usable, tried
+
+    def widen(self, runs: list[dict[str, Any]], limit: int) -> bool:
+        """When the best usable rate is the largest (smallest) of those tried, add the next grid rate above
+        (below) it, up to `limit` extra rates per variant. Returns whether a rate was added."""
+        if self.widened >= limit:
+            return False
+        usable, tried = self.points(runs)
+        chosen = select_lr(usable)[0]
+        if chosen is None or not at_grid_edge(chosen, tried):
+            return False
+        grid = self.grid()
+        above = [lr for lr in grid if lr > max(tried)] if chosen == max(tried) else []
+        below = [lr for lr in grid if lr < min(tried)] if chosen == min(tried) else []
+        step = above[:1] or below[-1:]
+        if not step:
+            return False
+        log.info("sweep: %s is best at %g, the edge of %s: widening to %g", " ".join(self.key) or "(default)",
+                 chosen, ",".join(f"{x:g}" for x in sorted(tried)), step[0])
+        self.rates.append(step[0])
+        self.widened += 1
+        return True
+
+
+def _without_search(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.startswith(("train.lr=", "lr_protocol="))]
+
+
+def search_variants(grid: list[list[str]], n: int, compose) -> list[SearchVariant]:
+    """Phase 1's plan: each variant's first seed at the `n` rates of its method's grid centred on its default;
+    its other seeds wait for the selected rate."""
+    by_variant: OrderedDict[tuple[str, ...], list[tuple[int, list[str], Any]]] = OrderedDict()
+    for overrides in grid:
+        cfg = compose(overrides)
+        by_variant.setdefault(_variant_key(overrides), []).append((int(cfg.seed), overrides, cfg))
+    variants = []
+    for key, points in by_variant.items():
+        points.sort(key=lambda p: p[0])
+        _, first, cfg = points[0]
+        variant = SearchVariant(key, first, cfg, [], [overrides for _, overrides, _ in points[1:]])
+        variant.rates = lr_candidates(cfg.method, cfg.r if cfg.method.get("has_rank") else None, n, variant.default_lr())
+        variants.append(variant)
+    return variants
+
+
+def seeds_at_selected_rates(variants: list[SearchVariant], searched: list[dict[str, Any]]) -> list[list[str]]:
+    """Phase 2: every waiting grid point at its variant's selected rate (best validation score of the search;
+    ties: the smaller rate). A variant none of whose search runs finished usable gets no phase 2."""
+    second: list[list[str]] = []
+    for variant in variants:
+        chosen, means, _ = select_lr(variant.points(searched)[0])
+        if chosen is None:
+            if variant.waiting:
+                log.warning("sweep: no usable search run for %s; its other seeds are not run", " ".join(variant.key))
+            continue
+        log.info("sweep: %s -> train.lr=%g (validation %s)", " ".join(variant.key) or "(default)", chosen,
+                 ", ".join(f"{lr:g}: {m:.4f}" for lr, m in means.items()))
+        second += [[*overrides, f"train.lr={chosen}", "lr_protocol=two-phase-seeds"] for overrides in variant.waiting]
+    return second
 
 
 def mark_if_killed(run_dir: Path) -> None:

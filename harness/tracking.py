@@ -59,6 +59,15 @@ class Tracker:
         """Trainer's own W&B callback (training curves), guarded so a W&B failure never stops training."""
         return [SafeWandbCallback()] if self.run is not None else []
 
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Scalars at a training step (the validation curve), on the same step axis as Trainer's curves."""
+        if self.run is None:
+            return
+        try:
+            self.run.log({**metrics, "train/global_step": step})
+        except Exception as err:  # noqa: BLE001
+            log.warning("W&B log failed: %s", err)
+
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         if self.run is None:
             return

@@ -21,6 +21,7 @@ peft's cache) and models whose forward lacks the arguments. Encoders keep dynami
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -71,14 +72,16 @@ class DivergenceGuard(TrainerCallback):
             control.should_training_stop = True
 
 
-def training_arguments(train: Any, lr: float, precision: str, seed: int, output_dir: Path) -> HarnessTrainingArguments:
+def training_arguments(train: Any, lr: float, precision: str, seed: int, output_dir: Path,
+                       max_steps: int | None = None) -> HarnessTrainingArguments:
+    """`max_steps`: the run's step count when its budget is in epochs (harness.validation.planned_steps)."""
     return HarnessTrainingArguments(
         output_dir=str(output_dir),
         padding_free=bool(train.get("padding_free", False)),
         labelled_logits_only=bool(train.get("labelled_logits_only", False)),
         # batches of similar length waste less on padding when padding_free is off (changes the batch order)
         train_sampling_strategy="group_by_length" if train.get("group_by_length", False) else "random",
-        max_steps=train.max_steps,
+        max_steps=max_steps or train.max_steps,
         per_device_train_batch_size=train.batch_size,
         gradient_accumulation_steps=train.grad_accum,
         learning_rate=lr,
@@ -171,9 +174,11 @@ class BatchShapes:
     def __init__(self, collator) -> None:
         self.collator = collator
         self.largest: dict[str, int] = {}
+        self.examples = 0  # training examples collated (since the start, or since a resume)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(features)
+        self.examples += len(features)
         ids = batch["input_ids"]
         flat = ids.shape[0] == 1 and "position_ids" in batch and len(features) > 1
         rows, longest = (len(features), int(batch["position_ids"].max()) + 1) if flat else tuple(ids.shape)
@@ -281,6 +286,21 @@ class PackedAttention(TrainerCallback):
             self.model.set_attn_implementation(self.previous)
 
 
+@contextlib.contextmanager
+def evaluation_attention(model: torch.nn.Module):
+    """Generation inside training (periodic validation) runs with the model's own attention, not packed rows."""
+    base = _base_model(model)
+    current = getattr(base.config, "_attn_implementation", None)
+    if current != PACKED_ATTENTION:
+        yield
+        return
+    base.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(current)
+
+
 def packs_with_own_attention(model: torch.nn.Module) -> bool:
     """Whether training switches this model's flattened batches to `packed_attention`."""
     config = _base_model(model).config
@@ -310,13 +330,17 @@ def _is_complete(checkpoint: Path) -> bool:
     return True
 
 
-def throughput(train_output: Any, state: Any) -> dict[str, float]:
-    """Non-padding tokens/s and samples/s over the training loop alone (no evaluation ran inside it)."""
-    runtime = float(train_output.metrics["train_runtime"])
+def throughput(train_output: Any, state: Any, eval_s: float = 0.0) -> dict[str, float]:
+    """Non-padding tokens/s and samples/s over the training loop alone: `eval_s`, the time periodic validation
+    took inside the loop, is subtracted from Trainer's runtime."""
+    loop = float(train_output.metrics["train_runtime"])
+    runtime = max(loop - eval_s, 1e-9)
+    samples = float(train_output.metrics["train_samples_per_second"]) * loop
     return {
         "train_runtime_s": runtime,
+        "train_loop_s": loop,
         "train_tokens": int(state.num_input_tokens_seen),
         "train_tokens_per_s": state.num_input_tokens_seen / runtime if runtime > 0 else None,
-        "train_samples_per_s": float(train_output.metrics["train_samples_per_second"]),
+        "train_samples_per_s": samples / runtime,
         "train_loss": float(train_output.metrics.get("train_loss", float("nan"))),
     }

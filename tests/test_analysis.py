@@ -84,23 +84,28 @@ def _row(ret: pd.DataFrame, **where) -> pd.Series:
 def test_retention_with_seeds_matches_hand_computation(df: pd.DataFrame) -> None:
     ret = tables.retention(df)
     lora = _row(ret, task="classify", label="lora r=16 qv", model="m")
-    per_seed = np.array([0.76, 0.78, 0.80]) / 0.80 * 100          # [95, 97.5, 100]
-    half = T_975_DF2 * per_seed.std(ddof=1) / math.sqrt(3)
-    assert lora["n"] == 3 and lora["ref_n"] == 3 and lora["ref_score"] == pytest.approx(0.80)
-    assert lora["retention"] == pytest.approx(97.5)
-    assert (lora["ci_low"], lora["ci_high"]) == pytest.approx((97.5 - half, 97.5 + half))
-    assert tables.format_retention(lora) == f"97.5% [{97.5 - half:.1f}, {97.5 + half:.1f}] n=3"
+    a, b = np.array([0.76, 0.78, 0.80]), np.array([0.80, 0.82, 0.78])
+    # Fieller's interval for mean(a) / mean(b): the roots of (a - q b)^2 = t^2 (var(a)/n + q^2 var(b)/n)
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
+    q = np.sort(np.roots([b.mean() ** 2 - T_975_DF2 ** 2 * vb, -2 * a.mean() * b.mean(),
+                          a.mean() ** 2 - T_975_DF2 ** 2 * va])) * 100
+    assert lora["n_seeds"] == 3 and lora["ref_n"] == 3 and lora["ref_score"] == pytest.approx(0.80)
+    assert lora["retention_mean"] == pytest.approx(97.5)
+    assert (lora["retention_low"], lora["retention_high"]) == pytest.approx(tuple(q))
+    assert tables.format_retention(lora) == f"97.5% [{q[0]:.1f}, {q[1]:.1f}] n=3"
+    half = T_975_DF2 * a.std(ddof=1) / math.sqrt(3)
+    assert (lora["score_low"], lora["score_high"]) == pytest.approx((0.78 - half, 0.78 + half))
     one = _row(ret, label="lora r=4 qv")
-    assert one["retention"] == pytest.approx(90.0) and math.isnan(one["ci_low"]) and one["note"] == "n=1, no CI"
-    assert tables.format_retention(one) == "90.0% (n=1, no CI)"
+    assert one["retention_mean"] == pytest.approx(90.0) and math.isnan(one["retention_low"])
+    assert "no interval" in one["note"] and tables.format_retention(one) == "90.0% (n=1, no CI)"
     full = ret[ret["label"].eq("full") & ret["cell"].str.contains("|d1|", regex=False)].iloc[0]
-    assert full["retention"] == pytest.approx(100.0) and full["note"] == "reference"
+    assert full["retention_mean"] == pytest.approx(100.0) and full["note"] == "reference"
 
 
 def test_missing_partner_and_other_data_are_never_divided(df: pd.DataFrame) -> None:
     ret = tables.retention(df)
     style = _row(ret, task="style")
-    assert math.isnan(style["retention"]) and "no full-FT run" in style["note"]
+    assert math.isnan(style["retention_mean"]) and "no full-FT run" in style["note"]
     assert tables.format_retention(style) == "no full-FT run on this task/model/data"
     # the full run on other data is its own reference (100%), and did not become d1's reference (0.40)
     assert set(ret.loc[ret["task"].eq("classify") & ret["method"].ne("full"), "ref_score"].round(6)) == {0.8}
@@ -125,9 +130,15 @@ def test_duplicate_run_id_keeps_the_ok_record(tmp_path: Path) -> None:
 
 
 def test_same_label_different_config_is_told_apart() -> None:
-    rows = [runs_mod.record_to_row(rec("lora", 0, 0.7, r=8, targets="qv", lr=lr), "x") for lr in (1e-4, 3e-4)]
-    df = runs_mod.frame(rows)
+    records = [rec("lora", 0, 0.7, r=8, targets="qv") for _ in range(2)]
+    for i, r in enumerate(records):
+        r["run_id"] += f"_{i}"
+        r["config"]["method"]["peft_kwargs"] = {"lora_dropout": 0.05 * i}
+    df = runs_mod.frame([runs_mod.record_to_row(r, "x") for r in records])
     assert df["label"].nunique() == 2 and all(lbl.startswith("lora r=8 qv #") for lbl in df["label"])
+    # two learning rates of one config are one variant (its rate is selected), so they share a label
+    same = runs_mod.frame([runs_mod.record_to_row(rec("lora", 0, 0.7, r=8, targets="qv", lr=lr), "x") for lr in (1e-4, 3e-4)])
+    assert same["label"].tolist() == ["lora r=8 qv"] * 2 and same["variant"].nunique() == 1
 
 
 def test_retention_by_rank_and_by_targets(df: pd.DataFrame) -> None:

@@ -38,17 +38,24 @@ def test_every_sweep_file_composes_with_its_grid(name: str, tmp_path: Path) -> N
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         base = compose(config_name="config", overrides=[])
     sweep_cfg = __import__("omegaconf").OmegaConf.load(REPO / "sweeps" / f"{name}.yaml")
-    params = sweep_cfg.hydra.sweeper.params
-    assert {"method", "seed"} <= set(params), f"sweeps/{name}.yaml must sweep method and seed"
+    params = (sweep_cfg.get("hydra") or {}).get("sweeper", {}).get("params") or {}
+    variants = [list(v) for v in sweep_cfg.get("variants") or []]
+    assert "method" in params or (variants and all(any(o.startswith("method=") for o in v) for v in variants)), \
+        f"sweeps/{name}.yaml must sweep method (an axis, or in every variant)"
+    assert "seed" in params or int(sweep_cfg.get("seeds") or 1) > 1, f"sweeps/{name}.yaml must sweep seed (or set seeds)"
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     with initialize_config_dir(config_dir=str(tmp_path / "conf"), version_base="1.3"):
-        # every value of every axis composes (a typo in a method or targets name fails here)
+        # every value of every axis, and every variant, composes (a typo in a method or targets name fails here)
         for o in parsed:
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
             for v in values:
                 cfg = compose(config_name=name, overrides=[f"{o.key_or_group}={v}"])
                 assert cfg.group == name
                 effective_config(cfg)
+        for variant in variants:
+            cfg = compose(config_name=name, overrides=variant)
+            assert cfg.group == name
+            effective_config(cfg)
     assert base.group is None
 
 

@@ -138,6 +138,10 @@ class Task:
         return self.labels.index(self.target(row))
 
     # ---- scoring ----
+    def predicted_label(self, output: str) -> str:
+        """The class an answer names (classification tasks; used to detect one-class collapse)."""
+        return output
+
     def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
         """Metrics dict that includes `self.primary_metric`."""
         raise NotImplementedError

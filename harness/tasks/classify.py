@@ -90,6 +90,9 @@ class ClassifyTask(Task):
     def encoder_text(self, row: dict[str, Any]) -> str:
         return row["text"]
 
+    def predicted_label(self, output: str) -> str:
+        return parse_label(output)
+
     def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
         metric = load_metric("classification")
         predictions = [parse_label(o) for o in outputs]

@@ -1,0 +1,55 @@
+"""The untuned model's scores, computed once per cell and reused by every run that starts from the same weights.
+
+Every run of a sweep scores the same untuned model on the same splits: the seeds and learning rates of one
+variant, and every method that loads the base alike. The scores are stored under
+`paths.base_scores/<key>.json` (default `<cache>/base-scores/`), where the key hashes everything they depend on: the weights' fingerprint, how
+they were loaded (precision, quantisation), the data fingerprint and task config, the evaluation settings, the
+scoring code and the library versions. For encoders the key also holds the seed: their classification head is
+freshly initialised from it. Written atomically, so parallel launchers at worst compute a key twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.results import read_json, write_json_atomic
+
+HARNESS_DIR = Path(__file__).resolve().parent
+# The code whose change changes a base score (the task modules, the metric modules, the probe).
+SCORING_SOURCES = ("tasks/*.py", "metrics/*/*.py", "forgetting.py", "base_scores.py")
+
+
+def scoring_code_hash() -> str:
+    digest = hashlib.sha256()
+    for pattern in SCORING_SOURCES:
+        for path in sorted(HARNESS_DIR.glob(pattern)):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def base_key(eff: dict[str, Any], model_fingerprint: str, data_fingerprint: str, versions: dict[str, Any]) -> str:
+    train = eff["train"]
+    key = {
+        "model": model_fingerprint, "model_config": eff["model"], "precision": train["precision"],
+        "quantization": eff["method"].get("quantization"), "data": data_fingerprint, "task": eff["task"],
+        "eval": {k: train.get(k) for k in ("eval_batch_size", "max_seq_len")},
+        "seed": eff["seed"] if eff["model"].get("kind") != "causal_lm" else None,
+        "code": scoring_code_hash(), "versions": {k: versions.get(k) for k in ("torch", "transformers", "peft", "bitsandbytes")},
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def cached_base_scores(folder: Path, key: str, compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """(scores, whether they came from the cache); `compute` runs only on a miss."""
+    path = Path(folder) / f"{key}.json"
+    stored = read_json(path)
+    if stored is not None and stored.get("key") == key:
+        return stored["scores"], True
+    scores = compute()
+    write_json_atomic(path, {"key": key, "scores": scores})
+    return scores, False

@@ -1,0 +1,302 @@
+"""Fair comparisons: budgets in epochs, the validation curve and its time, learning-rate grids and selection on
+validation, Fieller intervals only with two or more seeds, grid-edge and budget flags, collapse detection, the
+base-score cache, and a two-phase lr_search sweep that runs each effective run once and resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from scipy import stats
+
+from analysis import runs as runs_mod, tables
+from conftest import TINY, compose, run_cli, run_inprocess
+from harness.config import validate, with_single_budget
+from harness.errors import ConfigError
+from harness.selection import at_grid_edge, lr_candidates, select_lr
+from harness.validation import collapse_reason, planned_steps
+
+
+# ---- budget ----
+
+def test_epochs_become_steps_the_way_trainer_counts_them() -> None:
+    def train(**kw):
+        return OmegaConf.create({"max_steps": None, "epochs": 2, "batch_size": 16, "grad_accum": 1} | kw)
+
+    assert planned_steps(train(), 3200) == 400
+    assert planned_steps(train(epochs=0.5), 3200) == 100
+    assert planned_steps(train(epochs=1, batch_size=7), 100) == 15      # ceil(100 / 7) batches
+    assert planned_steps(train(epochs=1, grad_accum=4), 3200) == 50
+    assert planned_steps(train(epochs=None, max_steps=33), 3200) == 33
+
+
+def test_exactly_one_budget_is_set() -> None:
+    assert with_single_budget(["train.epochs=2"]) == ["train.epochs=2", "train.max_steps=null"]
+    assert with_single_budget(["train.max_steps=5"]) == ["train.max_steps=5", "train.epochs=null"]
+    assert with_single_budget(["train.max_steps=5", "train.epochs=2"]) == ["train.max_steps=5", "train.epochs=2"]
+    with pytest.raises(ConfigError, match="exactly one of train.max_steps and train.epochs .both set"):
+        validate(compose(["train.epochs=2"]))
+    with pytest.raises(ConfigError, match="neither set"):
+        validate(compose(["train.max_steps=null"]))
+    with pytest.raises(ConfigError, match="train.epochs must be a positive number"):
+        validate(compose(["train.epochs=0", "train.max_steps=null"]))
+    assert validate(compose(["train.epochs=1.5", "train.max_steps=null"]))["train"]["epochs"] == 1.5
+
+
+def test_budget_conflict_is_one_line_on_the_command_line() -> None:
+    proc = run_cli(["train.epochs=1", "train.max_steps=3", "tracking=none"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: set exactly one of train.max_steps and train.epochs (both set); e.g. train.epochs=2 train.max_steps=null"]
+
+
+def test_epoch_budget_run_records_its_budget_and_validation_curve(runs: Path) -> None:
+    overrides = ["model=tiny-llama", *[o for o in TINY if not o.startswith("train.max_steps")], "train.max_steps=null",
+                 "train.epochs=2", "train.eval_every=2", "train.eval_subset=4"]
+    result, _ = run_inprocess(overrides, runs)
+    assert result["train_steps"] == result["train_steps_done"] == 8          # 2 x ceil(16 / 4)
+    assert result["train_epochs"] == 2.0 and result["train_examples"] == 32 and result["budget_unit"] == "epochs"
+    assert result["train_tokens"] > 0
+    curve = result["val_curve"]
+    assert [p["step"] for p in curve] == [2, 4, 6, 8]
+    assert all(set(p) == {"step", "epoch", "tokens", "val_score", "train_loss"} for p in curve)
+    assert curve[-1]["tokens"] == result["train_tokens"] and curve[0]["epoch"] == pytest.approx(0.5)
+    # evaluation time is measured and taken out of the training time tokens/s divides by
+    assert result["eval_s"] > 0 and result["eval_subset"] == 4
+    assert result["train_runtime_s"] == pytest.approx(result["train_loop_s"] - result["eval_s"], abs=2e-3)
+    assert result["train_tokens_per_s"] == pytest.approx(result["train_tokens"] / result["train_runtime_s"])
+    assert "val_score" in result and "val_metrics" in result and "base_val_score" in result
+
+
+# ---- base scores computed once ----
+
+def test_base_scores_are_cached_per_cell_and_missed_on_any_change(runs: Path, tmp_path: Path) -> None:
+    base = ["model=tiny-llama", *TINY, f"paths.base_scores={tmp_path / 'base'}"]
+    first, _ = run_inprocess([*base, "train.lr=1e-3"], runs)
+    second, _ = run_inprocess([*base, "train.lr=3e-3"], runs)           # same cell, another rate: a hit
+    other_data, _ = run_inprocess([*base, "task.n_eval=6"], runs)        # evaluation set changed: a miss
+    other_precision, _ = run_inprocess([*base, "train.precision=fp32"], runs)  # other weights: a miss
+    assert (first["base_cached"], second["base_cached"]) == (False, True)
+    assert other_data["base_cached"] is False and other_precision["base_cached"] is False
+    assert second["base_score"] == first["base_score"] and second["forgetting_before"] == first["forgetting_before"]
+    assert len(list((tmp_path / "base").glob("*.json"))) == 3
+
+
+# ---- learning-rate grids and selection ----
+
+def test_lr_candidates_are_centred_on_the_default_and_follow_rank_scaling() -> None:
+    lora = compose(["method=lora"]).method
+    assert lr_candidates(lora, 16, 3, 2e-4) == [6e-5, 2e-4, 6e-4]
+    assert lr_candidates(lora, 64, 3, 2e-4) == [6e-5, 2e-4, 6e-4]            # alpha = 2r: rank-free
+    assert lr_candidates(lora, 16, 5, 2e-4) == [2e-5, 6e-5, 2e-4, 6e-4, 2e-3]
+    assert lr_candidates(lora, 16, 3, 6e-3) == [6e-4, 2e-3, 6e-3]             # clipped at the grid's end
+    rslora = compose(["method=rslora"]).method
+    assert lr_candidates(rslora, 16, 3, 2e-4) == [1.5e-5, 5e-5, 1.5e-4]      # LoRA's rates / sqrt(16)
+    full = compose(["method=full"]).method
+    assert lr_candidates(full, None, 3, 5e-5) == [1.5e-5, 5e-5, 1.5e-4]
+    for name in ("full", "lora", "rslora", "dora", "qlora", "adalora", "ia3", "prefix", "prompt", "pissa", "loha",
+                 "lokr", "vera"):
+        method = compose([f"method={name}"]).method
+        values = sorted(method.lr_grid["values"])
+        ratios = np.diff(np.log(values))
+        assert np.allclose(ratios, ratios[0], rtol=0.1), f"{name}: grid not log-spaced"
+        assert values[0] < method.lr < values[-1], f"{name}: default rate not inside its grid"
+
+
+def test_selection_follows_validation_compares_common_seeds_and_breaks_ties_low() -> None:
+    # (lr, seed, val): 1e-3 is best on seed 0, the seed every rate has; its extra seeds must not count against it
+    points = [(1e-4, 0, 0.70), (1e-3, 0, 0.80), (1e-2, 0, 0.75), (1e-3, 1, 0.60), (1e-3, 2, 0.62)]
+    chosen, means, seeds = select_lr(points)
+    assert chosen == 1e-3 and seeds == [0] and means[1e-3] == pytest.approx(0.80)
+    assert select_lr([(1e-3, 0, 0.8), (1e-4, 0, 0.8)])[0] == 1e-4
+    assert select_lr([(1e-3, 0, 0.8), (1e-4, 0, 0.7), (1e-3, 1, 0.7), (1e-4, 1, 0.9)])[0] == 1e-4  # means 0.75 < 0.8
+    assert select_lr([])[0] is None
+    assert at_grid_edge(1e-2, [1e-4, 1e-3, 1e-2]) and not at_grid_edge(1e-3, [1e-4, 1e-3, 1e-2])
+    assert not at_grid_edge(1e-3, [1e-3])
+
+
+def rec(method: str, seed: int, lr: float, val: float, test: float, *, r: int | None = None, status: str = "ok",
+        steps: int = 10, cell: str = "d1") -> dict:
+    cfg = {"task": {"name": "classify", "n_eval": 100}, "model": {"name": "m"}, "method": {"name": method}, "r": r,
+           "targets": {"name": "qv"} if r else None, "seed": seed,
+           "train": {"max_steps": steps, "batch_size": 8, "grad_accum": 1, "max_seq_len": 128, "lr": lr}}
+    return {"run_id": f"{method}_r{r}_s{seed}_{lr:g}_{steps}", "status": status, "task": "classify", "model": "m",
+            "method": method, "r": r, "targets": "qv" if r else None, "seed": seed, "primary_metric": "accuracy",
+            "score": test, "val_score": val, "base_score": 0.3, "data_fingerprint": cell, "config": cfg, "lr": lr,
+            "train_steps": steps, "peak_mem_bytes": 1e9, "train_runtime_s": 10.0, "finished_at": "2026"}
+
+
+def frame(records: list[dict], tmp_path: Path) -> pd.DataFrame:
+    for r in records:
+        folder = tmp_path / r["run_id"]
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps(r))
+    return runs_mod.load_folders([tmp_path])
+
+
+def two_phase(method: str, rates: dict[float, tuple[float, float]], seeds: list[tuple[float, float]], **kw) -> list[dict]:
+    """Seed 0 at every rate (val, test); seeds 1.. at the rate with the best validation score."""
+    out = [rec(method, 0, lr, val, test, **kw) for lr, (val, test) in rates.items()]
+    best = max(rates, key=lambda lr: rates[lr][0])
+    return out + [rec(method, i + 1, best, val, test, **kw) for i, (val, test) in enumerate(seeds)]
+
+
+def test_selection_uses_validation_when_test_disagrees_and_intervals_need_two_seeds(tmp_path: Path) -> None:
+    records = [
+        # full FT: validation prefers 5e-5; the test split would have preferred 1.5e-4 (0.95)
+        *two_phase("full", {1.5e-5: (0.70, 0.70), 5e-5: (0.82, 0.80), 1.5e-4: (0.78, 0.95)}, [(0.80, 0.82), (0.81, 0.78)]),
+        # LoRA: best validation at the grid's top rate -> grid edge
+        *two_phase("lora", {6e-5: (0.60, 0.62), 2e-4: (0.70, 0.70), 6e-4: (0.79, 0.76)}, [(0.78, 0.78), (0.77, 0.80)], r=16),
+        # DoRA: one seed only -> a mean without an interval; its top rate collapsed
+        rec("dora", 0, 2e-4, 0.75, 0.72, r=16), rec("dora", 0, 6e-5, 0.70, 0.74, r=16),
+        rec("dora", 0, 6e-4, 0.33, 0.33, r=16, status="collapsed"),
+    ]
+    ret = tables.retention(frame(records, tmp_path))
+    full = ret[ret["method"] == "full"].iloc[0]
+    assert full["selected_lr"] == 5e-5 and full["n_seeds"] == 3 and full["lrs_tried"] == "1.5e-05,5e-05,0.00015"
+    assert full["score_mean"] == pytest.approx(0.80) and full["retention_mean"] == 100 and not full["grid_edge"]
+    t = stats.t.ppf(0.975, 2)
+    assert (full["score_low"], full["score_high"]) == pytest.approx((0.80 - t * 0.02 / math.sqrt(3), 0.80 + t * 0.02 / math.sqrt(3)))
+    lora = ret[ret["method"] == "lora"].iloc[0]
+    assert lora["selected_lr"] == 6e-4 and lora["grid_edge"] and "grid edge: widen the grid" in lora["note"]
+    a, b = np.array([0.76, 0.78, 0.80]), np.array([0.80, 0.82, 0.78])
+    ratio, low, high = tables.fieller_interval(a, b)
+    assert lora["retention_mean"] == pytest.approx(100 * a.mean() / b.mean())
+    assert (lora["retention_low"], lora["retention_high"]) == pytest.approx((100 * low, 100 * high))
+    # Fieller by hand: roots of (a - q b)^2 = t^2 (va + q^2 vb)
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
+    roots = np.roots([b.mean() ** 2 - t * t * vb, -2 * a.mean() * b.mean(), a.mean() ** 2 - t * t * va])
+    assert sorted(roots) == pytest.approx([low, high])
+    dora = ret[ret["method"] == "dora"].iloc[0]
+    assert dora["selected_lr"] == 2e-4 and dora["n_seeds"] == 1 and dora["collapsed_lrs"] == "0.0006"
+    assert math.isnan(dora["score_low"]) and math.isnan(dora["retention_low"]) and "no interval" in dora["note"]
+    assert tables.format_retention(dora) == f"{100 * 0.72 / 0.80:.1f}% (n=1, no CI)"
+    assert set(tables.RETENTION_COLUMNS) >= {"task", "model", "variant", "method", "r", "targets", "selected_lr",
+                                             "lrs_tried", "n_seeds", "val_score", "score_mean", "score_low",
+                                             "score_high", "retention_mean", "retention_low", "retention_high",
+                                             "grid_edge"}
+
+
+def test_a_variant_with_another_budget_is_flagged_not_silently_compared(tmp_path: Path) -> None:
+    records = [rec("full", s, 5e-5, 0.8, 0.8 + 0.01 * s, steps=20) for s in range(2)] + \
+              [rec("lora", s, 2e-4, 0.7, 0.7 + 0.01 * s, r=16, steps=10) for s in range(2)]
+    lora = tables.retention(frame(records, tmp_path)).query("method == 'lora'").iloc[0]
+    assert lora["budget_mismatch"] and "budget differs from full FT's" in lora["note"]
+
+
+def test_fieller_interval_edge_cases() -> None:
+    assert math.isnan(tables.fieller_interval([0.8], [0.8, 0.9])[1])
+    # no spread in the denominator: the interval is the numerator's t-interval divided by the constant
+    half = stats.t.ppf(0.975, 1) * 0.05 / 0.5
+    assert tables.fieller_interval([0.8, 0.9], [0.5, 0.5]) == pytest.approx((1.7, 1.7 - half, 1.7 + half))
+    noisy = tables.fieller_interval([0.5, 0.6], [0.01, 0.9])
+    assert noisy[1] == -math.inf and noisy[2] == math.inf
+
+
+# ---- collapse ----
+
+def test_collapse_is_a_rising_loss_or_one_class_predictions() -> None:
+    assert collapse_reason([(10, 1.1), (20, 0.9), (30, 2.0), (40, 2.2)]).startswith("training loss ended at 2.1000")
+    assert collapse_reason([(10, 1.10), (20, 1.09), (30, 1.11), (40, 1.12)]) is None   # flat: not collapsed
+    refs = ["negative", "neutral", "positive"] * 20
+    assert "onto one class ('neutral' for 100%" in collapse_reason([], ["neutral"] * 60, refs)
+    assert collapse_reason([], ["neutral"] * 58 + ["positive"] * 2, refs) is not None
+    assert collapse_reason([], ["neutral"] * 40 + ["positive"] * 20, refs) is None     # weak, not collapsed
+    assert collapse_reason([], [""] * 60, refs) is None                                # never answers: a miss
+    assert collapse_reason([], ["neutral"] * 8, refs[:8]) is None                      # too few rows to call
+
+
+# ---- the sweep ----
+
+def test_lr_search_sweep_runs_two_phases_once_and_resumes(tmp_path: Path) -> None:
+    args = ["-m", "model=tiny-llama", *TINY, "method=full,lora", "lr_search=2", "seeds=2", f"paths.runs={tmp_path}"]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in tmp_path.glob("*/result.json")]
+    assert len(records) == 2 * (2 + 1)                       # per variant: 2 rates on seed 0, seed 1 at the best
+    by = {(r["method"], r["seed"], r["lr"]) for r in records}
+    assert {(m, 0) for m in ("full", "lora")} == {(m, s) for m, s, _ in by if s == 0}
+    assert sorted(lr for m, s, lr in by if m == "full" and s == 0) == [5e-5, 1.5e-4]
+    assert sorted(lr for m, s, lr in by if m == "lora" and s == 0) == [2e-4, 6e-4]
+    for method in ("full", "lora"):
+        search = [r for r in records if r["method"] == method and r["seed"] == 0 and r["status"] == "ok"]
+        chosen = select_lr([(r["lr"], 0, r["val_score"]) for r in search])[0]
+        (second,) = [r for r in records if r["method"] == method and r["seed"] == 1]
+        assert second["lr"] == chosen and second["lr_protocol"] == "two-phase-seeds"
+        assert {r["lr_protocol"] for r in search} == {"two-phase-search"}
+    again = run_cli(args)
+    assert again.returncode == 0
+    out = again.stdout + again.stderr
+    assert "4 distinct runs (0 equivalent merged), 4 already ok, 0 to run" in out
+    assert "2 distinct runs (0 equivalent merged), 2 already ok, 0 to run" in out
+
+
+def test_report_draws_sensitivity_and_lists_collapsed_runs(tmp_path: Path) -> None:
+    from analysis import report
+
+    records = [*two_phase("full", {1.5e-5: (0.70, 0.70), 5e-5: (0.82, 0.80)}, [(0.80, 0.82)]),
+               *two_phase("lora", {2e-4: (0.70, 0.70), 6e-4: (0.79, 0.76)}, [(0.78, 0.78)], r=16),
+               rec("lora", 0, 2e-3, 0.33, 0.33, r=16, status="collapsed")]
+    for r in records:
+        r["val_curve"] = [{"step": 5, "epoch": 0.5, "tokens": 100, "val_score": 0.5, "train_loss": 1.0},
+                          {"step": 10, "epoch": 1.0, "tokens": 200, "val_score": r["val_score"], "train_loss": 0.8}]
+    df = frame(records, tmp_path / "runs")
+    written = report.build(df, tmp_path / "rep")
+    assert {"lr_sensitivity", "validation_curves"} <= set(written)
+    table = pd.read_csv(tmp_path / "rep" / "tables" / "retention.csv")
+    lora = table[table["method"] == "lora"].iloc[0]
+    # 2e-3 collapsed: not selected, and it bounds the search, so the best usable 6e-4 is not at the grid's edge
+    assert lora["selected_lr"] == 6e-4 and not bool(lora["grid_edge"]) and lora["collapsed_lrs"] == "0.002"
+    assert lora["lrs_tried"] == "0.0002,0.0006,0.002"
+    full = table[table["method"] == "full"].iloc[0]
+    assert full["selected_lr"] == 5e-5 and bool(full["grid_edge"])
+    failures = pd.read_csv(tmp_path / "rep" / "tables" / "failures.csv")
+    assert failures["status"].tolist() == ["collapsed"]
+    assert "grid edge" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_explicit_lr_axis_wins_and_variants_cross_the_axes(tmp_path: Path) -> None:
+    sweep = tmp_path / "conf"
+    sweep.mkdir()
+    (sweep / "pairs.yaml").write_text("defaults:\n  - config\n  - _self_\n\nvariants:\n  - [method=full]\n"
+                                      "  - [method=lora, r=4]\n")
+    args = ["-m", "--config-dir", str(sweep), "--config-name", "pairs", "model=tiny-llama", *TINY, "lr_search=3",
+            "train.lr=1e-3,2e-3", f"paths.runs={tmp_path / 'runs'}"]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "explicit train.lr axis is given, so lr_search=3 is not applied" in proc.stderr + proc.stdout
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/result.json")]
+    assert sorted((r["method"], r["r"], r["lr"]) for r in records) == [
+        ("full", None, 1e-3), ("full", None, 2e-3), ("lora", 4, 1e-3), ("lora", 4, 2e-3)]
+
+
+def test_widening_adds_the_next_grid_rate_beyond_an_edge_until_bracketed(tmp_path: Path) -> None:
+    from harness.sweeper import SearchVariant
+
+    cfg = compose(["method=lora", "r=16", "seed=0"])
+    variant = SearchVariant(("method=lora", "r=16"), ["method=lora", "r=16", "seed=0"], cfg, [6e-5, 2e-4, 6e-4], [])
+
+    def rows(results: dict[float, tuple[str, float]]) -> list[dict]:
+        out = []
+        for lr, (status, val) in results.items():
+            folder = tmp_path / f"lr{lr:g}"
+            folder.mkdir(exist_ok=True)
+            (folder / "result.json").write_text(json.dumps({"status": status, "val_score": val}))
+            out.append({"overrides": [*variant.first, f"train.lr={lr}", "lr_protocol=two-phase-search"],
+                        "run_dir": folder, "cfg": compose(["method=lora", "r=16", "seed=0", f"train.lr={lr}"])})
+        return out
+
+    assert variant.widen(rows({6e-5: ("ok", 0.5), 2e-4: ("ok", 0.6), 6e-4: ("ok", 0.7)}), limit=2)
+    assert variant.rates == [6e-5, 2e-4, 6e-4, 2e-3]
+    # the new top rate collapsed: the best usable rate is now bracketed, nothing more is added
+    assert not variant.widen(rows({6e-5: ("ok", 0.5), 2e-4: ("ok", 0.6), 6e-4: ("ok", 0.7),
+                                   2e-3: ("collapsed", 0.33)}), limit=2)
+    low = SearchVariant(variant.key, variant.first, cfg, [6e-5, 2e-4, 6e-4], [])
+    assert low.widen(rows({6e-5: ("ok", 0.8), 2e-4: ("ok", 0.6), 6e-4: ("ok", 0.5)}), limit=1)
+    assert low.rates[-1] == 2e-5
+    assert not low.widen(rows({2e-5: ("ok", 0.9), 6e-5: ("ok", 0.8), 2e-4: ("ok", 0.6), 6e-4: ("ok", 0.5)}), limit=1)
