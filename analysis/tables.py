@@ -187,7 +187,9 @@ def retention(df: pd.DataFrame) -> pd.DataFrame:
             "seeds": var["seeds"], "val_score": pick["val_score"], "score_mean": mean, "score_low": low,
             "score_high": high, "grid_edge": bool(pick["grid_edge"]), "budget": var["budget"],
             "collapsed_lrs": pick["collapsed_lrs"], "primary_metric": var["primary_metric"], "budget_mismatch": False}
-        notes = [n for n in [pick["selection_note"], "grid edge: widen the grid" if pick["grid_edge"] else ""] if n]
+        # (the selection's own note, e.g. "one rate tried", is in the selection table; lrs_tried shows it here)
+        selection_note = pick["selection_note"] if pick["selection_note"] != "one rate tried" else ""
+        notes = [n for n in [selection_note, "grid edge: widen the grid" if pick["grid_edge"] else ""] if n]
         ref, mismatch = _reference(summary, var["cell"], var["budget"])
         if ref is None:
             rows.append(row | {"note": "; ".join(notes + ["no full-FT run on this task/model/data"])})

@@ -27,8 +27,11 @@ log = logging.getLogger("harness")
 # answer is too likely by chance to call. An answer naming no class is a miss, not a class.
 ONE_CLASS_SHARE = 0.95
 MIN_ROWS = 30
-# The training loss must end this much (relative) above its start: a flat loss wanders by less.
+# The training loss must end this much (relative) above its start: a flat loss wanders by less. Start and end are
+# means over the first and last third of the logged losses, and need at least LOSS_POINTS of them: one logged
+# batch's loss swings by more than that from batch to batch.
 LOSS_RISE = 0.05
+LOSS_POINTS = 6
 
 
 def steps_per_epoch(n_rows: int, batch_size: int, grad_accum: int) -> int:
@@ -90,13 +93,14 @@ def collapse_reason(loss_curve: list[tuple[int, float]], predictions: list[str] 
                     references: list[str] | None = None) -> str | None:
     """Why a finished, finite run counts as collapsed, or None.
 
-    - its training loss ended above where it started (the mean of the last two logged losses more than
-      LOSS_RISE above the first);
+    - its training loss ended above where it started (the mean of the last third of the logged losses more than
+      LOSS_RISE above the mean of the first third);
     - a classifier's validation predictions fell onto one class while the references are not one class.
     A run that merely fails to beat the untuned model is not collapsed: that is a result."""
     losses = [loss for _, loss in loss_curve if loss is not None and math.isfinite(loss)]
-    if len(losses) >= 3:
-        start, end = losses[0], sum(losses[-2:]) / 2
+    if len(losses) >= LOSS_POINTS:
+        third = len(losses) // 3
+        start, end = sum(losses[:third]) / third, sum(losses[-third:]) / third
         if end > start * (1 + LOSS_RISE):
             return f"training loss ended at {end:.4f}, above its start {start:.4f}"
     named = [p for p in predictions or [] if p]

@@ -201,8 +201,10 @@ def test_fieller_interval_edge_cases() -> None:
 # ---- collapse ----
 
 def test_collapse_is_a_rising_loss_or_one_class_predictions() -> None:
-    assert collapse_reason([(10, 1.1), (20, 0.9), (30, 2.0), (40, 2.2)]).startswith("training loss ended at 2.1000")
-    assert collapse_reason([(10, 1.10), (20, 1.09), (30, 1.11), (40, 1.12)]) is None   # flat: not collapsed
+    rising = [(10, 1.1), (20, 0.9), (30, 1.0), (40, 1.6), (50, 2.0), (60, 2.2)]
+    assert collapse_reason(rising).startswith("training loss ended at 2.1000, above its start 1.0000")
+    assert collapse_reason([(i, 1.10 + 0.01 * (i % 3)) for i in range(12)]) is None    # flat: not collapsed
+    assert collapse_reason(rising[:5]) is None                                        # too few points to call
     refs = ["negative", "neutral", "positive"] * 20
     assert "onto one class ('neutral' for 100%" in collapse_reason([], ["neutral"] * 60, refs)
     assert collapse_reason([], ["neutral"] * 58 + ["positive"] * 2, refs) is not None
@@ -251,7 +253,7 @@ def test_report_draws_sensitivity_and_lists_collapsed_runs(tmp_path: Path) -> No
     table = pd.read_csv(tmp_path / "rep" / "tables" / "retention.csv")
     lora = table[table["method"] == "lora"].iloc[0]
     # 2e-3 collapsed: not selected, and it bounds the search, so the best usable 6e-4 is not at the grid's edge
-    assert lora["selected_lr"] == 6e-4 and not bool(lora["grid_edge"]) and lora["collapsed_lrs"] == "0.002"
+    assert lora["selected_lr"] == 6e-4 and not bool(lora["grid_edge"]) and float(lora["collapsed_lrs"]) == 0.002
     assert lora["lrs_tried"] == "0.0002,0.0006,0.002"
     full = table[table["method"] == "full"].iloc[0]
     assert full["selected_lr"] == 5e-5 and bool(full["grid_edge"])
