@@ -177,9 +177,15 @@ class SearchVariant:
     waiting: list[list[str]]
     widened: int = 0
 
+    def rank(self) -> int | None:
+        return self.cfg.r if self.cfg.method.get("has_rank") else None
+
+    def candidates(self, n: int) -> list[float]:
+        """The method's `n` grid rates centred on its default, at this variant's rank."""
+        return lr_candidates(self.cfg.method, self.rank(), n, self.default_lr())
+
     def grid(self) -> list[float]:
-        method, r = self.cfg.method, self.cfg.r if self.cfg.method.get("has_rank") else None
-        return lr_candidates(method, r, len(method.lr_grid["values"]), self.default_lr())
+        return self.candidates(len(self.cfg.method.lr_grid["values"]))
 
     def default_lr(self) -> float:
         return float(self.cfg.train.lr if self.cfg.train.lr is not None else self.cfg.method.lr)
@@ -238,7 +244,7 @@ def search_variants(grid: list[list[str]], n: int, compose) -> list[SearchVarian
         points.sort(key=lambda p: p[0])
         _, first, cfg = points[0]
         variant = SearchVariant(key, first, cfg, [], [overrides for _, overrides, _ in points[1:]])
-        variant.rates = lr_candidates(cfg.method, cfg.r if cfg.method.get("has_rank") else None, n, variant.default_lr())
+        variant.rates = variant.candidates(n)
         variants.append(variant)
     return variants
 
