@@ -121,6 +121,12 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"train.eval_every must be a non-negative integer (0 = off), got {train.eval_every!r}; "
                           "e.g. train.eval_every=50")
     _positive_int(train.eval_subset, "train.eval_subset", "e.g. train.eval_subset=64")
+    if train.get("gradient_checkpointing") and cfg.method.get("peft_type") == "PREFIX_TUNING":
+        # Trainer switches checkpointing on after peft has wrapped the model; peft's prefix then meets the
+        # recomputed attention with the wrong key/value length and fails with a shape error at the first step
+        raise ConfigError("method=prefix cannot train with train.gradient_checkpointing=true (peft's prefix tuning "
+                          "fails at the first step when checkpointing is switched on after wrapping, as Trainer "
+                          "does); drop train.gradient_checkpointing=true or pick another method")
     _positive_int(cfg.task.n_train, "task.n_train", "e.g. task.n_train=500")
     _positive_int(cfg.task.n_eval, "task.n_eval", "e.g. task.n_eval=100")
     if cfg.tracking.mode not in TRACKING_MODES:

@@ -73,26 +73,12 @@ class Estimate:
 # ---- config --------------------------------------------------------------------------------------------------
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """The run config harness.run would compose for these overrides (Hydra's compose API over conf/)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    """The run config harness.run would compose for these overrides, through the same override check
+    (harness/preflight.py), so the estimator accepts exactly what a run accepts."""
+    from harness.config import with_single_budget
+    from harness.preflight import compose_checked
 
-    from harness.config import CONF_DIR, all_keys, config_groups, did_you_mean, group_options, with_single_budget
-
-    overrides = with_single_budget(list(overrides))
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            known = all_keys(OmegaConf.to_container(compose(config_name="config")))
-            for key, _, value in (o.partition("=") for o in overrides):
-                if key in config_groups() and value not in group_options(key):
-                    options = group_options(key)
-                    raise ConfigError(f"unknown {key} '{value}'{did_you_mean(value, options)}; choose one of: {', '.join(options)}")
-                if key and not key.startswith("+") and key not in known and key not in config_groups():
-                    raise ConfigError(f"unknown config key '{key}'{did_you_mean(key, known)}; "
-                                      f"`python -m harness.run --cfg job` lists every key")
-            return compose(config_name="config", overrides=overrides)
-    except HydraException as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
+    return compose_checked(with_single_budget(list(overrides)))
 
 
 def effective(cfg: DictConfig) -> dict[str, Any]:

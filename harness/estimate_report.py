@@ -137,9 +137,14 @@ def run(argv: list[str]) -> str:
     if args.table:
         base = [o for o in overrides if not o.startswith("method=")]
         rows: list[tuple[str, Any]] = []
-        for name in method_names():
+        # every method at the configured precision, plus full FT in pure bf16 (bf16 weights, gradients and AdamW
+        # states, ~8 bytes a parameter): the recipe behind the commonly quoted "~70 GB to fine-tune a 7B model"
+        variants = [(name, [f"method={name}"]) for name in method_names()]
+        variants.insert(next(i for i, (n, _) in enumerate(variants) if n == "full") + 1,
+                        ("full (pure bf16)", ["method=full", "train.precision=bf16"]))
+        for name, extra in variants:
             try:
-                eff = effective(compose_config(base + [f"method={name}"]))
+                eff = effective(compose_config([o for o in base if not (name.startswith("full (") and o.startswith("train.precision="))] + extra))
                 rows.append((name, estimate(eff, device=args.device, seq_len=args.seq_len, **opts)))
             except HarnessError as err:
                 rows.append((name, f"n/a: {err}"))

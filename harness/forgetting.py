@@ -1,10 +1,18 @@
-"""Forgetting probe: mean per-token loss of a causal LM on a fixed sample of general English, before vs after
-training (the LoRA-vs-full-fine-tuning literature measures forgetting this way).
+"""Forgetting probes on a fixed sample of general English, before vs after training.
+
+Causal LMs: mean per-token loss on the sample (the LoRA-vs-full-fine-tuning literature measures forgetting this
+way). `forgetting = loss_after - loss_before` (positive: the run made the model worse at general text).
+
+Encoders: the bundled encoder (all-MiniLM-L6-v2) was pre-trained to embed sentences, mean-pooled, so that cosine
+similarity ranks related text high. What fine-tuning can make it forget is that ranking, so the probe embeds the
+sample before and after and compares the two matrices of pairwise cosine similarities:
+`forgetting = 1 - Spearman's rho` between them (0: the same ranking of every pair; 1: unrelated), with
+`embedding_drift = 1 - mean cos(before_i, after_i)` beside it (how far each passage's vector moved, which a
+rotation of the whole space would show without any loss of ranking).
 
 The text is Debian's `fortunes` collection (/usr/share/games/fortunes: quotations, jokes, aphorisms), which no
 task uses. The sample is fixed: N_PASSAGES passages of moderate length, picked with a fixed seed from the sorted
 files, each cut to MAX_TOKENS tokens, so every run of a model sees the same tokens and the numbers compare.
-`forgetting = loss_after - loss_before` (positive: the run made the model worse at general text).
 """
 
 from __future__ import annotations
@@ -75,3 +83,39 @@ def probe_loss(model, tokenizer, passages: list[str], batch_size: int = 16, max_
         tokenizer.padding_side = side
         model.train(was_training)
     return total / max(count, 1)
+
+
+@torch.no_grad()
+def sentence_embeddings(model, tokenizer, passages: list[str], batch_size: int = 16,
+                        max_tokens: int = MAX_TOKENS) -> torch.Tensor:
+    """(n, hidden) float32: each passage's last hidden state mean-pooled over its tokens (the pooling the bundled
+    sentence encoder was trained with). Works on a plain or peft-wrapped sequence classifier."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    try:
+        for start in range(0, len(passages), batch_size):
+            enc = tokenizer(passages[start:start + batch_size], truncation=True, max_length=max_tokens,
+                            padding=True, return_tensors="pt").to(device)
+            hidden = model(**enc, output_hidden_states=True).hidden_states[-1].float()
+            hidden = hidden[:, -enc["input_ids"].shape[1]:]  # prompt tuning prepends virtual tokens
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            rows.append(((hidden * mask).sum(1) / mask.sum(1)).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(rows)
+
+
+def similarity_forgetting(before: torch.Tensor, after: torch.Tensor) -> dict[str, float]:
+    """How much of the untuned encoder's similarity ranking of the sample survives (see the module docstring)."""
+    from scipy.stats import spearmanr
+
+    def pairwise(e: torch.Tensor):
+        e = torch.nn.functional.normalize(e.double(), dim=-1)
+        i, j = torch.triu_indices(len(e), len(e), offset=1)
+        return (e @ e.T)[i, j].numpy()
+
+    rho = float(spearmanr(pairwise(before), pairwise(after)).statistic)
+    drift = 1.0 - float(torch.nn.functional.cosine_similarity(before.double(), after.double(), dim=-1).mean())
+    return {"forgetting": 1.0 - rho, "embedding_drift": drift, "forgetting_probe": "sentence-similarity"}

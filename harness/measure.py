@@ -1,7 +1,10 @@
 """Measurements as the field takes them: peak memory during training, non-padding tokens/s, size on disk.
 
 - CUDA: `torch.cuda.max_memory_allocated` and `max_memory_reserved` after `reset_peak_memory_stats` at the
-  start of training (the allocator's figures, not nvidia-smi's).
+  start of training (the allocator's figures), and, when pynvml (`pip install nvidia-ml-py`) is there, the
+  driver's figure for this process, the one nvidia-smi shows and users compare against (it adds the CUDA context
+  and whatever the caching allocator holds): `peak_driver_bytes`, sampled every 0.1 s during training.
+  `PYTORCH_CUDA_ALLOC_CONF`, which changes reserved and driver figures, is recorded as `cuda_alloc_conf`.
 - CPU: the process's peak resident set size (VmHWM) during training, reset at the start of training through
   /proc/self/clear_refs; it includes the model, optimizer states, activations and the Python process itself.
   Just before the reset, glibc's malloc_trim hands back heap that earlier phases freed but the allocator kept
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,56 @@ def release_freed_heap() -> int | None:
     return before - psutil.Process().memory_info().rss
 
 
+def driver_process_bytes(nvml: Any, device_index: int, pid: int) -> int | None:
+    """GPU memory the driver attributes to `pid` on one device (nvidia-smi's "process memory"), None when the
+    driver does not report it (e.g. inside some containers)."""
+    handle = nvml.nvmlDeviceGetHandleByIndex(device_index)
+    for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+        if proc.pid == pid and proc.usedGpuMemory is not None:
+            return int(proc.usedGpuMemory)
+    return None
+
+
+class DriverMemorySampler:
+    """Peak of `driver_process_bytes` over a period, sampled on a thread; inert without pynvml or CUDA."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval, self.peak, self.nvml = interval, None, None
+        self._stop, self._thread = threading.Event(), None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+        except Exception:  # noqa: BLE001 - no pynvml or no driver: the allocator's figures stand alone
+            self.nvml = None
+
+    def start(self, device_index: int) -> None:
+        if self.nvml is None:
+            return
+        pid = os.getpid()
+
+        def sample() -> None:
+            while True:
+                try:
+                    used = driver_process_bytes(self.nvml, device_index, pid)
+                except Exception:  # noqa: BLE001 - a driver query that fails ends sampling, not the run
+                    return
+                if used is not None:
+                    self.peak = max(self.peak or 0, used)
+                if self._stop.wait(self.interval):
+                    return
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int | None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return self.peak
+
+
 class PeakMemory(TrainerCallback):
     """Peak memory between on_train_begin and on_train_end; `result()` gives the result.json fields."""
 
@@ -76,6 +130,8 @@ class PeakMemory(TrainerCallback):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.train_begin = current_memory()
+            self._driver = DriverMemorySampler()
+            self._driver.start(torch.cuda.current_device())
             return
         released = release_freed_heap()
         self.train_begin = current_memory() | {"heap_released": released}
@@ -91,10 +147,14 @@ class PeakMemory(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+            driver = self._driver.stop()
             self.peak = {
                 "peak_mem_bytes": torch.cuda.max_memory_allocated(),
                 "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
                 "mem_kind": "cuda_allocated",
+                "peak_driver_bytes": driver,
+                "driver_mem_kind": "nvml_process_used_sampled_0.1s" if driver is not None else None,
+                "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
             }
         elif self._sampler is not None:
             self._stop.set()

@@ -7,9 +7,14 @@ Merging is peft's `merge_and_unload`; `merge.json` records the base it went into
 4-bit weights it trained against, de-quantised (not the original float weights, which it never saw). Combining
 is peft's `add_weighted_adapter`; `--eval` scores the base, each run's own adapter, each combined adapter (and
 `--union`, one run trained on all the tasks) on every run's task into `merge_table.json` / `.md`, with retention
-= combined (or union) score / own-adapter score. peft's `linear`, `ties`, `dare_*` and `magnitude_prune` combine
-the A and B factors separately (cheap; the products carry cross terms between adapters); the `*_svd` variants
-combine the full updates B@A and re-factor them by SVD, closer to the TIES / DARE papers.
+= combined (or union) score / own-adapter score.
+
+The names mean what the papers mean: `linear`, `ties`, `dare_ties`, `dare_linear` and `magnitude_prune` combine
+the task vectors, i.e. each adapter's full update B@A (linear exactly, by concatenating the factors: peft's `cat`;
+the others through peft's `*_svd` forms, which re-factor the result by SVD). peft's own `linear`, `ties`,
+`dare_*` and `magnitude_prune` combine the A and B factors separately, so their product carries cross terms
+between adapters and sign election acts on factors, not on the update; they stay available as
+`<name>_factors` and are labelled as such in the table.
 """
 
 from __future__ import annotations
@@ -31,10 +36,19 @@ from harness.assets import cache_dir
 from harness.errors import ConfigError, HarnessError
 from harness.results import RESULT_FILE, Status, now, write_json_atomic
 
-COMBINE_TYPES = ("linear", "cat", "svd", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd",
-                 "dare_linear_svd", "magnitude_prune", "magnitude_prune_svd")
-SAME_RANK_TYPES = ("linear", "ties", "dare_ties", "dare_linear", "magnitude_prune")  # peft needs equal r for these
-NEEDS_DENSITY = tuple(t for t in COMBINE_TYPES if t.startswith(("ties", "dare", "magnitude")))
+# the harness's name -> (peft's combination_type, what it combines)
+TASK_VECTORS, FACTORS = "task vectors (B@A)", "factor-wise (A and B separately)"
+COMBINE_FORMS = {
+    "linear": ("cat", TASK_VECTORS), "cat": ("cat", TASK_VECTORS), "svd": ("svd", TASK_VECTORS),
+    "ties": ("ties_svd", TASK_VECTORS), "ties_svd": ("ties_svd", TASK_VECTORS),
+    "dare_ties": ("dare_ties_svd", TASK_VECTORS), "dare_ties_svd": ("dare_ties_svd", TASK_VECTORS),
+    "dare_linear": ("dare_linear_svd", TASK_VECTORS), "dare_linear_svd": ("dare_linear_svd", TASK_VECTORS),
+    "magnitude_prune": ("magnitude_prune_svd", TASK_VECTORS), "magnitude_prune_svd": ("magnitude_prune_svd", TASK_VECTORS),
+    **{f"{name}_factors": (name, FACTORS) for name in ("linear", "ties", "dare_ties", "dare_linear", "magnitude_prune")},
+}
+COMBINE_TYPES = tuple(COMBINE_FORMS)
+SAME_RANK_TYPES = tuple(n for n, (_, form) in COMBINE_FORMS.items() if form == FACTORS)  # peft needs equal r
+NEEDS_DENSITY = tuple(n for n, (peft_type, _) in COMBINE_FORMS.items() if peft_type.startswith(("ties", "dare", "magnitude")))
 MERGE_FILE, TABLE_JSON, TABLE_MD = "merge.json", "merge_table.json", "merge_table.md"
 
 
@@ -144,33 +158,59 @@ def logits(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return out[mask.bool()] if out.dim() == 3 else out  # padded positions are not compared
 
 
-def merge_run(run: Run, out: Path) -> dict[str, Any]:
-    """merge_and_unload into a plain model folder (+ tokenizer, merge.json); checks logits against the adapter."""
+def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    """How closely two sets of logits (positions x vocabulary, or rows x labels) agree."""
+    return {"max_abs_logit_diff": (reference - other).abs().max().item(), "max_abs_logit": reference.abs().max().item(),
+            "argmax_agreement": (reference.argmax(-1) == other.argmax(-1)).float().mean().item(),
+            "positions": int(reference.shape[0])}
+
+
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def merge_run(run: Run, out: Path, dtype: str = "float32") -> dict[str, Any]:
+    """merge_and_unload in float32 into a plain model folder (+ tokenizer, merge.json), saved in `dtype`.
+
+    The merge is done in float32 because a bf16 weight cannot hold an update smaller than its rounding step, which
+    a short run's update mostly is. `check` compares the saved model with the
+    unmerged adapter at the saved precision: against the float32 base for a float32 save; for a bf16 / fp16 save,
+    against the adapter as trained (on the base in its training dtype), so merge.json says what the lower-precision
+    save loses (argmax agreement, max logit difference)."""
     from peft import PeftConfig, PeftModel
 
+    from harness.methods import load_trained
+
     require_adapter(run, "merging")
+    if dtype not in SAVE_DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(SAVE_DTYPES)} (float32 keeps every update)")
     if PeftConfig.from_pretrained(str(run.saved)).is_prompt_learning:
         raise ConfigError(f"run {run.name} ({run.result['method']}) learned virtual tokens, not weight updates; "
                           f"there is nothing to merge into the base (serve it with its adapter)")
     t0 = time.perf_counter()
     base, tokenizer, record = load_base(run, dequantize=True)
-    peft_model = PeftModel.from_pretrained(base, str(run.saved))
     inputs = probe_inputs(run, tokenizer)
-    before = logits(peft_model, inputs)
+    as_trained = logits(load_trained(load_base(run)[0], run.saved), inputs)  # what the run itself evaluated
+    peft_model = PeftModel.from_pretrained(base.float(), str(run.saved))
+    unmerged32 = logits(peft_model, inputs)
     merged = peft_model.merge_and_unload()
-    after = logits(merged, inputs)
+    at_float32 = agreement(unmerged32, logits(merged, inputs))
+    if dtype != "float32":
+        merged = merged.to(SAVE_DTYPES[dtype])
+    saved_logits = logits(merged, inputs)
     info = {
         "run": run.name, "run_dir": str(run.path), "method": run.result["method"], "task": run.result["task"],
-        "merged_into": record, "saved_dtype": str(next(merged.parameters()).dtype).removeprefix("torch."),
-        "check": {"max_abs_logit_diff": (before - after).abs().max().item(),
-                  "max_abs_logit": before.abs().max().item(), "positions": int(before.shape[0])},
+        "merged_into": record, "merged_in": "float32", "saved_dtype": dtype,
+        "check": agreement(unmerged32 if dtype == "float32" else as_trained, saved_logits),
+        "check_float32_merge": at_float32,
+        "check_vs_adapter_as_trained": agreement(as_trained, saved_logits),
         "merge_s": round(time.perf_counter() - t0, 3), "created_at": now(),
     }
-    if run.quantization:  # also against the adapter on the 4-bit base it trained on: the cost of de-quantising
-        from harness.methods import load_trained
-
-        as_trained = logits(load_trained(load_base(run)[0], run.saved), inputs)
-        info["check"]["max_abs_logit_diff_vs_quantized"] = (as_trained - after).abs().max().item()
+    if dtype != "float32":
+        info["note"] = (f"saved in {dtype}: updates smaller than a weight's rounding step are lost; argmax agrees with "
+                        f"the unmerged adapter at {100 * info['check']['argmax_agreement']:.1f}% of positions "
+                        f"(float32 keeps them: --dtype float32)")
+    if run.quantization:  # the adapter on the 4-bit base it trained on, against the merged de-quantised model
+        info["check"]["max_abs_logit_diff_vs_quantized"] = info["check_vs_adapter_as_trained"]["max_abs_logit_diff"]
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)
@@ -211,8 +251,8 @@ def check_combinable(runs: list[Run], combine: list[str]) -> None:
     ranks = {r.name: r.adapter_config.get("r") for r in runs}
     fixed = [c for c in combine if c in SAME_RANK_TYPES]
     if fixed and len(set(ranks.values())) > 1:
-        raise ConfigError(f"--combine {','.join(fixed)} needs equal ranks, got {ranks}; use svd, ties_svd, "
-                          f"dare_ties_svd or cat for mixed ranks")
+        raise ConfigError(f"--combine {','.join(fixed)} needs equal ranks, got {ranks}; the task-vector forms "
+                          f"(linear, ties, dare_ties, svd, ...) take mixed ranks")
 
 
 def combine_runs(runs: list[Run], combine: list[str], density: float, weights: list[float] | None,
@@ -233,7 +273,7 @@ def combine_runs(runs: list[Run], combine: list[str], density: float, weights: l
     timings = {}
     for kind in combine:
         t0 = time.perf_counter()
-        model.add_weighted_adapter(names, weights, adapter_name=f"merged_{kind}", combination_type=kind,
+        model.add_weighted_adapter(names, weights, adapter_name=f"merged_{kind}", combination_type=COMBINE_FORMS[kind][0],
                                    density=density if kind in NEEDS_DENSITY else None)
         timings[kind] = round(time.perf_counter() - t0, 3)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,6 +283,7 @@ def combine_runs(runs: list[Run], combine: list[str], density: float, weights: l
                   "method": r.result["method"], "r": r.adapter_config.get("r"), "weight": w}
                  for n, r, w in zip(names, runs, weights)],
         "base": record, "combine": combine, "density": density, "combine_s": timings,
+        "combine_forms": {k: {"peft_combination_type": COMBINE_FORMS[k][0], "combines": COMBINE_FORMS[k][1]} for k in combine},
         "adapters_dir": str(out / "adapters"), "created_at": now(), "rows": [],
     }
     if evaluate:
@@ -335,7 +376,9 @@ def markdown_table(table: dict[str, Any]) -> str:
     """The multi-task table: per task, each column's score; retention (combined / own) in brackets."""
     lines = [f"# Combined adapters on {table['base']['model']} ({table['base']['base']})", "",
              "Runs: " + ", ".join(f"`{r['run_id']}` (w={r['weight']})" for r in table["runs"]),
-             f"Combine: {', '.join(table['combine'])}; density {table['density']}.", ""]
+             f"Combine: {', '.join(table['combine'])}; density {table['density']}.",
+             "Forms: " + "; ".join(f"{k} = {f['combines']} (peft `{f['peft_combination_type']}`)"
+                                   for k, f in table.get("combine_forms", {}).items()) + ".", ""]
     if not table["rows"]:
         return "\n".join(lines + ["(not scored: pass --eval)", ""])
     has_union = "union" in table["rows"][0]
@@ -362,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", action="store_true", help="score base, own, combined (and --union) on every task")
     parser.add_argument("--n-eval", type=int, help="score only the first N test rows of each task (default: all)")
     parser.add_argument("--union", type=Path, help="a run trained on all the tasks (e.g. task=multitask), scored too")
+    parser.add_argument("--dtype", default="float32", help="precision the merged model is saved in (float32, "
+                        "bfloat16, float16; default float32, which keeps every update; merge.json says what less loses)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     try:
@@ -370,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(runs) > 1:
                 raise ConfigError("several runs need --combine (e.g. --combine ties); one run merges into its base")
             out = args.out or runs[0].path / "merged"
-            info = merge_run(runs[0], out)
+            info = merge_run(runs[0], out, args.dtype)
             print(f"merged {info['run']} into {info['merged_into']['base']} -> {out} "
                   f"(max |logit diff| vs adapter {info['check']['max_abs_logit_diff']:.2e})")
             return 0

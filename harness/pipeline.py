@@ -16,15 +16,16 @@ from omegaconf import DictConfig
 
 from harness import measure
 from harness.assets import cache_dir
-from harness.forgetting import probe_loss, probe_sample
+from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, similarity_forgetting
 from harness.methods import (apply_method, count_parameters, discard_plan_files, method_callbacks, plan_method,
                              quantization_config, quantization_record, save_trained)
-from harness.models import load_model, load_tokenizer, model_fingerprint
-from harness.results import RESULT_FILE, Status, git_commit, now, versions, write_json_atomic
+from harness.models import load_model, load_tokenizer, model_fingerprint, model_path
+from harness.results import RESULT_FILE, Status, code_fingerprint, git_commit, now, versions, write_json_atomic
 from harness.tasks import get_task
 from harness.tracking import Tracker
-from harness.training import (DivergenceGuard, build_trainer, evaluation_attention, last_checkpoint, throughput,
-                              training_arguments)
+from harness.training import (DivergenceGuard, LogToFile, build_trainer, evaluation_attention, last_checkpoint,
+                              throughput, training_arguments)
+from harness.update_check import UpdateCheck, stuck_reason
 from harness.validation import ValidationCurve, budget_record, collapse_reason, planned_steps
 from harness.base_scores import base_key, cached_base_scores
 from harness.config import identity
@@ -51,7 +52,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
                        quantization_config=quantization_config(eff))
     load_s = time.perf_counter() - t0
     plan = plan_method(model, with_steps(eff, steps), kind)
-    probe = probe_sample() if kind == "causal_lm" else None  # general English for the forgetting probe
+    probe = probe_sample()  # general English for the forgetting probe (loss for causal LMs, similarity for encoders)
 
     result: dict[str, Any] = identity(cfg) | {
         "status": Status.RUNNING.value, "reason": None,
@@ -62,11 +63,13 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         "model_fingerprint": model_fingerprint(cfg.model, cache, model),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "started_at": now(),
         "pid": os.getpid(), "host": socket.gethostname(), "config": eff,
-        "versions": versions(), "git_commit": git_commit(), "model_load_s": round(load_s, 3),
+        "versions": versions(), "git_commit": git_commit(), "code_fingerprint": code_fingerprint(), "model_load_s": round(load_s, 3),
         "mem_after_load": measure.current_memory(),
         "weight_footprint_bytes": model.get_memory_footprint(), "quantization": quantization_record(model),
     }
     write_json_atomic(run_dir / RESULT_FILE, result)
+    log.info("run %s: %s loaded in %.1f s (%s); %d training rows, %d steps", rid, cfg.model.name, load_s,
+             eff["train"]["precision"], len(data["train"]), steps)
 
     # 2. the untuned model's scores (test, validation, forgetting probe), computed once per cell and reused
     test_split, val_split = data["test"], data["validation"]
@@ -77,7 +80,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
 
     def base_scores() -> dict[str, Any]:
         out = {"base_metrics": score(test_split)[0], "base_val_metrics": score(val_split)[0]}
-        if probe is not None:
+        if kind == "causal_lm":
             out["forgetting_before"] = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
         return out
 
@@ -87,6 +90,11 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     result |= base | {"base_score": base["base_metrics"][task.primary_metric],
                       "base_val_score": base["base_val_metrics"][task.primary_metric],
                       "base_cached": cached, "base_eval_s": round(time.perf_counter() - t0, 3)}
+    log.info("untuned model: %s %.4f on test, %.4f on validation (%s, %.1f s)", task.primary_metric,
+             result["base_score"], result["base_val_score"], "cached" if cached else "computed", result["base_eval_s"])
+
+    # the encoder probe compares embeddings, not one number, so it is taken here (a second's work) rather than cached
+    probe_before = sentence_embeddings(model, tokenizer, probe, cfg.train.eval_batch_size) if kind == "encoder" else None
 
     # 3. the method, then training (with the validation curve when train.eval_every is set)
     model = apply_method(model, plan)
@@ -98,8 +106,8 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
             f"r:{eff['r']}", f"targets:{result['targets']}"]
     tracker = Tracker(cfg.tracking, run_dir, rid, eff, tags, cfg.group, cfg.name)
     train_ds = task.train_dataset(data["train"], tokenizer, kind, cfg.train.max_seq_len)
-    peak, guard = measure.PeakMemory(), DivergenceGuard()
-    callbacks = [peak, guard, *method_callbacks(model, plan), *tracker.callbacks]
+    peak, guard, update = measure.PeakMemory(), DivergenceGuard(), UpdateCheck(model)
+    callbacks = [peak, guard, update, LogToFile(), *method_callbacks(model, plan), *tracker.callbacks]
     curve = None
     if cfg.train.eval_every:
         subset = val_split.select(range(min(cfg.train.eval_subset, len(val_split))))
@@ -125,8 +133,12 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         "eval_s": round(eval_s, 3), "eval_subset": len(subset) if curve else 0,
         "val_curve": curve.points if curve else []}
     result["loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    if guard.diverged_at is not None:
-        result |= {"status": Status.DIVERGED.value, "reason": f"non-finite loss at step {guard.diverged_at}", "finished_at": now()}
+    result["update_check"], stuck = update.report()
+    if guard.diverged_at is not None or stuck:  # nothing worth scoring or saving
+        reason = f"non-finite loss at step {guard.diverged_at}" if guard.diverged_at is not None else \
+            stuck_reason(stuck, result["update_check"])
+        status = Status.DIVERGED if guard.diverged_at is not None else Status.FAILED
+        result |= {"status": status.value, "reason": reason, "finished_at": now()}
         write_json_atomic(run_dir / RESULT_FILE, result)
         tracker.finish(result)
         return result
@@ -135,13 +147,19 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     t0 = time.perf_counter()
     val_metrics, val_outputs = score(val_split)
     metrics, outputs = score(test_split)
-    if probe is not None:  # forgetting: loss on general text after training minus before
+    if kind == "causal_lm":  # forgetting: loss on general text after training minus before
         after = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
-        result |= {"forgetting_after": after, "forgetting": after - result["forgetting_before"]}
+        result |= {"forgetting_after": after, "forgetting": after - result["forgetting_before"],
+                   "forgetting_probe": "lm-loss"}
+    else:
+        result |= similarity_forgetting(probe_before, sentence_embeddings(model, tokenizer, probe, cfg.train.eval_batch_size))
     result["final_eval_s"] = round(time.perf_counter() - t0, 3)
+    log.info("tuned model: %s %.4f on test, %.4f on validation (%.1f s)", task.primary_metric,
+             metrics[task.primary_metric], val_metrics[task.primary_metric], result["final_eval_s"])
     rows = list(test_split)[:N_SAMPLES]
     samples = [{"input": task.describe(r), "reference": task.target(r), "output": o} for r, o in zip(rows, outputs)]
     saved = run_dir / ("model" if plan.peft_config is None else "adapter")
+    result["base_model"] = name_base_model(model, cfg.model, cache)
     save_atomically(model, saved, plan)
     discard_plan_files(plan)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished run
@@ -158,6 +176,17 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     tracker.finish(result)
     print_summary(result, run_dir)
     return result
+
+
+def name_base_model(model, model_cfg: DictConfig, cache: Path) -> dict[str, Any]:
+    """Name the base in `adapter_config.json` the way the ecosystem does, the hub id (null for a tiny random
+    model), so PeftModel.from_pretrained, serving engines and a hub upload find it; the local folder the run
+    loaded goes in the record beside it (peft would otherwise write that machine's absolute path)."""
+    hub_id = model_cfg.get("hub_id") if model_cfg.source != "tiny" else None
+    for config in (getattr(model, "peft_config", None) or {}).values():
+        config.base_model_name_or_path = hub_id
+    local = model_path(model_cfg, cache) if model_cfg.source == "bundled" else None
+    return {"hub_id": hub_id, "local_path": local, "source": model_cfg.source}
 
 
 def with_steps(eff: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -205,3 +234,4 @@ def print_summary(result: dict[str, Any], run_dir: Path) -> None:
     if result.get("status") != Status.OK.value:
         lines.append(f"status     {result['status']}: {result['reason']}")
     print("\n".join(lines), flush=True)
+    logging.getLogger("harness.log_file").info("summary\n%s", "\n".join(lines))

@@ -19,18 +19,16 @@ def _compose(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def check(argv: list[str]) -> None:
-    flags = [a for a in argv if a.startswith("-")]
-    if any(f in ("--help", "-h", "--hydra-help", "--info", "-i", "--version") for f in flags):
-        return
-    overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.") and "=" in a]
+def check_overrides(overrides: list[str]) -> bool:
+    """Unknown group options and keys as one line each (with a "did you mean"); True when the overrides sweep.
+    The one override check of the harness: `harness.run` calls it before Hydra starts, `harness.estimate`
+    through `compose_checked`, so both accept exactly the same overrides (method-specific keys included)."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         raise ConfigError(f"cannot parse the overrides: {str(err).splitlines()[0]}") from None
     groups = config_groups()
     known_keys = all_keys(OmegaConf.to_container(_compose([])))
-    sweeping = any(o.is_sweep_override() for o in parsed)
     for o in parsed:
         key = o.key_or_group
         if key in groups and not o.is_delete():
@@ -46,13 +44,28 @@ def check(argv: list[str]) -> None:
             same_leaf = sorted((k for k in known_keys if k.endswith("." + key)), key=lambda k: k.split(".")[0] in groups and k.split(".")[0] != "train")
             hint = f" (did you mean '{same_leaf[0]}'?)" if same_leaf else did_you_mean(key, known_keys)
             raise ConfigError(f"unknown config key '{key}'{hint}; `python -m harness.run --cfg job` lists every key")
-    if sweeping or any(f in ("-m", "--multirun") for f in flags):
-        return  # each run of a sweep is validated (and recorded) on its own
+    return any(o.is_sweep_override() for o in parsed)
+
+
+def compose_checked(overrides: list[str]):
+    """The run config for these overrides after `check_overrides`; a Hydra error becomes one line."""
+    if check_overrides(overrides):
+        raise ConfigError("a sweep (a=1,2) is not one configuration; give one value per key")
     try:
-        cfg = _compose(overrides)
+        return _compose(overrides)
     except HydraException as err:
         raise ConfigError(str(err).splitlines()[0]) from None
-    validate(cfg)
+
+
+def check(argv: list[str]) -> None:
+    flags = [a for a in argv if a.startswith("-")]
+    if any(f in ("--help", "-h", "--hydra-help", "--info", "-i", "--version") for f in flags):
+        return
+    overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.") and "=" in a]
+    sweeping = check_overrides(overrides)
+    if sweeping or any(f in ("-m", "--multirun") for f in flags):
+        return  # each run of a sweep is validated (and recorded) on its own
+    validate(compose_checked(overrides))
 
 
 def check_or_exit(argv: list[str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -24,7 +26,8 @@ REQUIRED_KEYS = (
 
 
 class Status(str, Enum):
-    """How a run ended. A resumed sweep re-runs all but OK and COLLAPSED (both are results; see `is_done`)."""
+    """How a run ended. A resumed sweep re-runs all but OK and COLLAPSED (both are results; see `is_done`), and
+    INVALID when the same config was rejected by the same code (`rejected_before`)."""
 
     RUNNING = "running"          # started; a record still saying this after the process is gone was killed hard
     OK = "ok"
@@ -43,6 +46,22 @@ DONE_STATUSES = (Status.OK.value, Status.COLLAPSED.value)
 def is_done(previous: dict[str, Any] | None, config_hash: str) -> bool:
     """Whether a run folder already holds this config's finished result (re-running it would repeat it exactly)."""
     return bool(previous) and previous.get("status") in DONE_STATUSES and previous.get("config_hash") == config_hash
+
+
+def rejected_before(previous: dict[str, Any] | None, config_hash: str) -> bool:
+    """Whether a run folder records this config as `invalid` under this code: a retry would be rejected again."""
+    return (bool(previous) and previous.get("status") == Status.INVALID.value
+            and previous.get("config_hash") == config_hash and previous.get("code_fingerprint") == code_fingerprint())
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 (16 hex) of the harness's code and configs: what decides whether a config is accepted."""
+    digest = hashlib.sha256()
+    for pattern in ("harness/**/*.py", "conf/**/*.yaml", "hydra_plugins/**/*.py"):
+        for path in sorted(REPO_ROOT.glob(pattern)):
+            digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def now() -> str:

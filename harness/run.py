@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from harness import preflight
 from harness.config import CONF_DIR, config_hash, identity, run_id, validate, with_single_budget
 from harness.errors import HarnessError
-from harness.results import RESULT_FILE, Status, is_done, now, read_result, write_json_atomic
+from harness.results import RESULT_FILE, Status, code_fingerprint, is_done, now, read_result, write_json_atomic
 
 log = logging.getLogger("harness")
 
@@ -93,7 +93,8 @@ def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code:
                 result = identity(cfg)
             except Exception:  # noqa: BLE001 - a config too broken to identify still gets its status
                 result = {"run_id": run_dir.name}
-        write_json_atomic(run_dir / RESULT_FILE, {**result, "status": status.value, "reason": reason, "finished_at": now()})
+        write_json_atomic(run_dir / RESULT_FILE, {**result, "status": status.value, "reason": reason, "finished_at": now(),
+                                                  "code_fingerprint": code_fingerprint()})
     print(f"error: {reason}" if status == Status.INVALID else f"run {status.value}: {reason} ({run_dir})", file=sys.stderr)
     if not multirun:
         sys.exit(exit_code)

@@ -30,10 +30,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from harness.config import config_hash, effective_config, run_id
 from harness.selection import at_grid_edge, lr_candidates, select_lr
-from harness.results import DONE_STATUSES, RESULT_FILE, Status, is_done, now, read_result, write_json_atomic
+from harness.results import (DONE_STATUSES, RESULT_FILE, Status, is_done, now, read_result, rejected_before,
+                             write_json_atomic)
 
 log = logging.getLogger(__name__)
 SUMMARY_COLUMNS = ["run_id", "status", "score", "base_score", "peak_mem_bytes", "train_tokens_per_s", "reason"]
+
+
+def _seed_of(overrides: list[str]) -> int:
+    return next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("seed=")), 0)
 
 
 def _with_seed_range(arguments: list[str]) -> list[str]:
@@ -64,11 +69,12 @@ class HarnessSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         points = [list(o) for o in self.split_arguments(parser.parse_overrides(params), None)[0]]
         variants = [list(v) for v in self.config.get("variants") or []]
-        if not variants:
-            return points
-        # a variant's own keys win over the same key on an axis (e.g. the axes' default method)
-        return [[o for o in point if o.split("=", 1)[0] not in {v.split("=", 1)[0] for v in variant}] + variant
-                for variant in variants for point in points]
+        if variants:  # a variant's own keys win over the same key on an axis (e.g. the axes' default method)
+            points = [[o for o in point if o.split("=", 1)[0] not in {v.split("=", 1)[0] for v in variant}] + variant
+                      for variant in variants for point in points]
+        # seed-major: every grid point at the first seed before any at the next, so an interrupted sweep has the
+        # whole grid at fewer seeds rather than part of it at all seeds
+        return sorted(points, key=_seed_of)
 
     def plan(self, arguments: list[str], grid: list[list[str]] | None = None
              ) -> tuple[list[list[str]], list[dict[str, Any]]]:
@@ -83,7 +89,8 @@ class HarnessSweeper(BasicSweeper):
             run_dir = Path(cfg.paths.runs) / rid
             mark_if_killed(run_dir)
             previous = read_result(run_dir)
-            done = is_done(previous, config_hash(effective_config(cfg))) and not cfg.rerun
+            digest = config_hash(effective_config(cfg))
+            done = (is_done(previous, digest) or rejected_before(previous, digest)) and not cfg.rerun
             distinct[rid] = {"run_id": rid, "overrides": list(overrides), "run_dir": run_dir, "done": done,
                              "duplicates": 0, "cfg": cfg}
         todo = [row["overrides"] for row in distinct.values() if not row["done"]]
@@ -149,10 +156,11 @@ class HarnessSweeper(BasicSweeper):
     def _log_plan(phase: str, runs: list[dict[str, Any]], todo: list[list[str]]) -> None:
         merged = sum(r["duplicates"] for r in runs)
         done = [(read_result(r["run_dir"]) or {}).get("status") for r in runs if r["done"]]
-        collapsed = done.count(Status.COLLAPSED.value)
+        collapsed, invalid = done.count(Status.COLLAPSED.value), done.count(Status.INVALID.value)
+        skipped = (f" and {collapsed} collapsed (not retried)" if collapsed else "") + \
+            (f" and {invalid} invalid under the same config and code (not retried; rerun=true retries)" if invalid else "")
         log.info("sweep %s: %d grid points -> %d distinct runs (%d equivalent merged), %d already ok%s, %d to run",
-                 phase, len(runs) + merged, len(runs), merged, len(done) - collapsed,
-                 f" and {collapsed} collapsed (not retried)" if collapsed else "", len(todo))
+                 phase, len(runs) + merged, len(runs), merged, len(done) - collapsed - invalid, skipped, len(todo))
 
     def report(self, runs: list[dict[str, Any]], sweep_dir: Path) -> None:
         table = summary_table([r["run_dir"] for r in runs])

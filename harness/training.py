@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 import math
 import shutil
 import sys
@@ -70,6 +71,18 @@ class DivergenceGuard(TrainerCallback):
         if loss is not None and not math.isfinite(loss):
             self.diverged_at = state.global_step
             control.should_training_stop = True
+
+
+class LogToFile(TrainerCallback):
+    """Trainer's logged values (loss, learning rate, gradient norm, ...) as lines of the run folder's `run.log`
+    (logger `harness.log_file`, file only: the console already shows Trainer's own printout)."""
+
+    def __init__(self) -> None:
+        self.log = logging.getLogger("harness.log_file")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in (logs or {}).items()}
+        self.log.info("step %d/%d: %s", state.global_step, state.max_steps, shown)
 
 
 def training_arguments(train: Any, lr: float, precision: str, seed: int, output_dir: Path,

@@ -15,8 +15,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
-# Small enough for seconds per run, large enough to change weights.
-TINY = ["train.max_steps=2", "train.batch_size=4", "task.n_train=16", "task.n_eval=8", "tracking=none",
+# Small enough for seconds per run, large enough to change weights: 3 steps, because the first runs at the warmup's
+# learning rate 0 and LoRA's A gets its first gradient only once B has moved (harness/update_check.py checks it).
+TINY = ["train.max_steps=3", "train.batch_size=4", "task.n_train=16", "task.n_eval=8", "tracking=none",
         "train.logging_steps=1"]
 
 

@@ -28,6 +28,29 @@ def test_smollm2_lora_run_is_complete_and_learns(tmp_path: Path) -> None:
     first_loss, last_loss = result["loss_curve"][0][1], result["loss_curve"][-1][1]
     assert last_loss < first_loss, result["loss_curve"]
     assert "score      accuracy" in proc.stdout
+    # the adapter loads without the harness (README: "Load an adapter without the harness"), naming the hub base
+    adapter = record_file.parent / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "HuggingFaceTB/SmolLM2-135M-Instruct" == result["base_model"]["hub_id"]
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = result["base_model"]["local_path"]  # the converted bundled weights (the hub id's model, offline)
+    tokenizer = AutoTokenizer.from_pretrained(local)
+    base = AutoModelForCausalLM.from_pretrained(local, dtype=torch.bfloat16)
+    inputs = tokenizer(["Classify the sentiment: I love this!"], return_tensors="pt")
+    with torch.no_grad():
+        plain = base(**inputs).logits
+        tuned = PeftModel.from_pretrained(base, str(adapter))(**inputs).logits
+    assert not torch.allclose(plain, tuned)  # the adapter is applied, not silently dropped
+    from harness import merge
+    from harness.methods import load_trained
+
+    run = merge.load_run(record_file.parent)
+    with torch.no_grad():
+        harness_logits = load_trained(merge.load_base(run)[0], adapter)(**inputs).logits
+    torch.testing.assert_close(tuned, harness_logits)  # the same model the harness evaluated
 
 
 def test_minilm_full_finetuning_run_is_complete(tmp_path: Path) -> None:

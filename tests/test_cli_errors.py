@@ -20,6 +20,8 @@ CASES = {
     "lr too large": (["train.lr=3"], "train.lr=3"),
     "bad precision": (["train.precision=int3"], "train.precision must be one of"),
     "runs under a file": (["paths.runs=/etc/hostname/runs"], "paths.runs=/etc/hostname/runs is not writable"),
+    "prefix with checkpointing": (["method=prefix", "train.gradient_checkpointing=true"],
+                                  "method=prefix cannot train with train.gradient_checkpointing=true"),
 }
 
 

@@ -431,3 +431,40 @@ def test_bundled_run_training_tensors_match_the_profiler(method: str, runs, monk
     live_peak = max(allocated) - allocated[0]
     row = check_run(run_dir)
     assert row["growth_predicted_bytes"] == pytest.approx(live_peak, rel=0.05), (row["breakdown"], live_peak)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method=prefix", "method.peft_kwargs.num_virtual_tokens=200"],
+    ["method=adalora", "method.init_r_factor=2"],
+    ["train.epochs=2"],
+])
+def test_estimator_accepts_every_override_a_run_accepts(overrides: list[str]) -> None:
+    from harness import preflight
+    from harness.estimate import compose_config
+
+    preflight.check_overrides(overrides)  # what harness.run checks before Hydra starts
+    cfg = compose_config(overrides)
+    key, _, value = overrides[-1].partition("=")
+    assert str(__import__("omegaconf").OmegaConf.select(cfg, key)) == value
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["trian.lr=3"], "did you mean 'train.lr'"), (["method=lorra"], "unknown method 'lorra'"),
+    (["r=4,8"], "a sweep (a=1,2) is not one configuration"),
+])
+def test_estimator_rejects_what_a_run_rejects(overrides: list[str], message: str) -> None:
+    from harness.estimate import compose_config
+
+    with pytest.raises(ConfigError, match=__import__("re").escape(message)):
+        compose_config(overrides)
+
+
+def test_table_puts_pure_bf16_full_finetuning_beside_mixed_precision() -> None:
+    from harness.estimate_report import run
+
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in run(["model=llama-2-7b", "--table"]).splitlines() if line.startswith("| ") and "---" not in line}
+    mixed, pure = rows["full"], rows["full (pure bf16)"]
+    assert mixed[0] == pure[0] == "6,738,415,616"                          # same trainable parameters
+    assert (mixed[1], mixed[2], mixed[3]) == ("27.0 GB", "27.0 GB", "53.9 GB")  # fp32 weights, grads, 2 moments
+    assert (pure[1], pure[2], pure[3]) == ("13.5 GB", "13.5 GB", "27.0 GB")     # 2 + 2 + 4 bytes a parameter

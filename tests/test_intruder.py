@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.intruder import analyse_pairs, count_intruders, effective_rank, intruder_section, weight_pairs, load_run
+from analysis.intruder import intruder_section, load_run, weight_pairs
+from analysis.intruder_svd import analyse_pairs, count_intruders, effective_rank
 from conftest import REPO, TINY, run_inprocess
 
 ROWS, COLS = 64, 16  # a tall W0: its 16 left singular vectors leave 48 directions of R^64 untouched
@@ -124,11 +125,12 @@ def test_tiny_lora_and_full_runs_end_to_end(runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     figures, summary = intruder_section([runs], out, k=5, epsilons=[0.3, 0.5, 0.9], ks=[1, 5, 10])
     assert {p.name for p in figures} == {"intruders_vs_epsilon.png", "intruders_vs_rank.png", "intruders_per_layer.png",
-                                         "update_spectrum.png", "intruders_vs_forgetting.png", "intruders_vs_k.png"}
+                                         "update_spectrum.png", "intruders_vs_forgetting.png", "intruders_vs_k.png",
+                                         "intruders_vs_k_fraction.png", "intruders_vs_update_norm.png"}
     assert all(p.stat().st_size > 5000 for p in figures)
     by_method = summary.set_index("method")
     assert by_method.loc["lora", "n_matrices"] == 4 and by_method.loc["full", "n_matrices"] == 4  # full FT on q, v only
-    assert by_method.loc["lora", "label"] == "lora r=2"
+    assert by_method.loc["lora", "label"] == "lora r=2 lr=0.02"  # runs sharing a label differ only in seed
     lora_result = json.loads((lora_dir / "result.json").read_text())
     assert by_method.loc["lora", "forgetting"] == pytest.approx(lora_result["forgetting"])  # read from the run
     full_table = pd.read_csv(full_dir / "intruders.csv")
@@ -149,7 +151,7 @@ def test_tiny_lora_and_full_runs_end_to_end(runs: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "analysis.intruder", str(lora_dir), str(full_dir), "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "lora r=2" in proc.stdout and "2 runs analysed" in proc.stdout
+    assert "lora r=2 lr=0.02" in proc.stdout and "2 runs analysed" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "analysis.intruder", str(tmp_path / "nowhere")], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1

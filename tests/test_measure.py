@@ -3,6 +3,8 @@ training started from."""
 
 from __future__ import annotations
 
+import os
+
 import psutil
 import pytest
 
@@ -40,3 +42,33 @@ def test_train_begin_record_says_what_the_process_held() -> None:
     else:
         assert begin["rss"] > 0 and "heap_released" in begin
         assert result["peak_mem_bytes"] >= begin["rss"] + 60 * 2**20
+
+
+def test_driver_figure_is_this_process_on_this_device_and_its_peak() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from harness.measure import DriverMemorySampler, driver_process_bytes
+
+    readings = iter([100, 300, 200] + [200] * 1000)
+
+    class FakeNvml:  # pynvml's calls the sampler makes, answering for two processes
+        @staticmethod
+        def nvmlDeviceGetHandleByIndex(index):
+            return f"gpu{index}"
+
+        @staticmethod
+        def nvmlDeviceGetComputeRunningProcesses(handle):
+            assert handle == "gpu1"
+            return [SimpleNamespace(pid=1, usedGpuMemory=999), SimpleNamespace(pid=os.getpid(), usedGpuMemory=next(readings))]
+
+    assert driver_process_bytes(FakeNvml, 1, 12345) is None  # a process the driver does not list
+    sampler = DriverMemorySampler(interval=0.001)
+    sampler.nvml = FakeNvml
+    sampler.start(1)
+    time.sleep(0.2)
+    assert sampler.stop() == 300
+    inert = DriverMemorySampler()
+    inert.nvml = None
+    inert.start(0)
+    assert inert.stop() is None

@@ -27,7 +27,7 @@ CASES = [(m, method, []) for m in ("tiny-llama", "tiny-bert") for method in METH
          if not (m == "tiny-bert" and method in ENCODER_UNSUPPORTED)]
 CASES += [("tiny-llama", method, ["train.precision=fp32"]) for method in ("adalora", "pissa")]
 # r=8 on all-linear: every module kind is targeted; a large lr makes two steps visible in bf16 logits.
-OVERRIDES = ["r=8", "targets=all-linear", "train.lr=1e-2", "train.max_steps=2", "train.batch_size=4",
+OVERRIDES = ["r=8", "targets=all-linear", "train.lr=1e-2", "train.max_steps=3", "train.batch_size=4",
              "task.n_train=8", "task.n_eval=8", "tracking=none", "train.warmup_ratio=0"]
 
 
@@ -303,3 +303,18 @@ def test_ignored_axes_share_a_run_id(method: str, varied: list[str], same: bool)
 def test_different_methods_with_the_same_peft_type_get_different_ids() -> None:
     ids = {run_id(compose([f"method={m}"])) for m in ("lora", "rslora", "dora", "qlora", "pissa")}
     assert len(ids) == 5
+
+
+@pytest.mark.parametrize(("model_name", "expected"), [
+    ("tiny-llama", {"self_attn.k_proj", "self_attn.v_proj", "mlp.down_proj"}),
+    ("tiny-bert", {"attention.self.key", "attention.self.value", "output.dense"}),
+])
+def test_ia3_targets_are_keys_values_and_the_mlp_output(model_name: str, expected: set[str], runs: Path) -> None:
+    result, _ = run_inprocess([f"model={model_name}", "method=ia3", "targets=ia3", *TINY], runs)
+    assert result["status"] == "ok"
+    layer_names = {n.split(".layers.")[-1].split(".layer.")[-1].split(".", 1)[1] for n in result["target_modules"]}
+    assert layer_names == expected
+    adapter = json.loads((runs / result["run_id"] / "adapter" / "adapter_config.json").read_text())
+    feedforward = set(adapter["feedforward_modules"])  # scaled at its input: the (IA)^3 paper's l_ff
+    assert feedforward and all(n.endswith(("down_proj", "output.dense")) for n in feedforward)
+    assert not any("attention.output" in n for n in feedforward)

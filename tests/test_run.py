@@ -105,6 +105,11 @@ def test_cli_run_creates_its_own_folder_and_skips_a_finished_one(tmp_path: Path)
     assert len(folders) == 1 and folders[0].name.startswith("classify_tiny-llama_lora_r16_qv_s0_")
     assert (folders[0] / ".hydra" / "config.yaml").exists()
     assert "score      accuracy" in first.stdout
+    # run.log holds the run's log: what was loaded, the untuned score, every logged step, the summary
+    log_text = (folders[0] / "run.log").read_text()
+    for expected in ("tiny-llama loaded", "untuned model: accuracy", "step 1/3: {'loss':", "step 3/3:",
+                     "tuned model: accuracy", "summary", "score      accuracy"):
+        assert expected in log_text, (expected, log_text[-2000:])
     mtime = (folders[0] / "result.json").stat().st_mtime
     again = run_cli(args)
     assert again.returncode == 0 and "already done" in again.stderr + again.stdout

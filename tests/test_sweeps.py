@@ -33,12 +33,14 @@ def test_every_sweep_file_composes_with_its_grid(name: str, tmp_path: Path) -> N
 
     # `make sweep` puts sweeps/ on the search path next to conf/ (--config-dir); a merged copy does the same here
     shutil.copytree(CONF_DIR, tmp_path / "conf")
-    shutil.copy(REPO / "sweeps" / f"{name}.yaml", tmp_path / "conf" / f"{name}.yaml")
+    for sweep_file in (REPO / "sweeps").glob("*.yaml"):  # a sweep file may build on another (defaults: [intruder])
+        shutil.copy(sweep_file, tmp_path / "conf" / sweep_file.name)
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         base = compose(config_name="config", overrides=[])
-    sweep_cfg = __import__("omegaconf").OmegaConf.load(REPO / "sweeps" / f"{name}.yaml")
-    params = (sweep_cfg.get("hydra") or {}).get("sweeper", {}).get("params") or {}
+    with initialize_config_dir(config_dir=str(tmp_path / "conf"), version_base="1.3"):
+        sweep_cfg = compose(config_name=name, return_hydra_config=True)
+    params = dict(sweep_cfg.hydra.sweeper.get("params") or {})
     variants = [list(v) for v in sweep_cfg.get("variants") or []]
     assert "method" in params or (variants and all(any(o.startswith("method=") for o in v) for v in variants)), \
         f"sweeps/{name}.yaml must sweep method (an axis, or in every variant)"
@@ -82,6 +84,12 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path: Path) -> None:
     assert len(bad) == 1 and "r=100000 exceeds" in bad[0]["reason"], statuses
     assert sum(r["status"] == "ok" for r in runs.values()) == 2
     assert "2 ok, 1 invalid" in proc.stdout
+    # resumed: the invalid run is not tried again while its config and the code that rejected it are unchanged
+    again = run_cli(["-m", *TINY_SWEEP, "r=4,100000,8", f"paths.runs={tmp_path}"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 already ok and 1 invalid under the same config and code (not retried; rerun=true retries), 0 to run" \
+        in again.stderr + again.stdout
+    assert folders(tmp_path)[next(n for n, r in runs.items() if r["status"] == "invalid")] == bad[0]  # untouched
 
 
 def test_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
@@ -151,10 +159,12 @@ def test_load_fifty_runs_with_failures_and_a_killed_worker(tmp_path: Path) -> No
     assert counted["missing"] == 52 - len(first)
     ok_before = {name for name, r in first.items() if r["status"] == "ok"}
     mtimes = {name: (tmp_path / name / "result.json").stat().st_mtime_ns for name in ok_before}
-    # re-run: only what is missing or not ok runs again
+    # re-run: only what is missing, interrupted or failed runs again (an invalid config stays rejected, unretried)
+    invalid_before = sum(r["status"] == "invalid" for r in first.values())
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"{len(ok_before)} already ok, {52 - len(ok_before)} to run" in again.stdout + again.stderr
+    assert (f"{len(ok_before)} already ok and {invalid_before} invalid under the same config and code (not retried; "
+            f"rerun=true retries), {52 - len(ok_before) - invalid_before} to run") in again.stdout + again.stderr
     final = folders(tmp_path)
     assert len(final) == 52
     assert sum(r["status"] == "ok" for r in final.values()) == 39
