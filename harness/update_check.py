@@ -35,8 +35,10 @@ def group_of(name: str) -> str:
 
 @torch.no_grad()
 def _moments(t: torch.Tensor) -> tuple[float, float]:
-    x = t.detach().double()
-    return float(x.sum()), float((x * x).sum())
+    """(sum, sum of squares) accumulated in float64 without a float64 copy of the tensor (a 7B model's
+    embedding would need a gigabyte)."""
+    x = t.detach()
+    return float(x.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(x, dtype=torch.float64) ** 2)
 
 
 class UpdateCheck(TrainerCallback):

@@ -364,7 +364,9 @@ def test_table_lists_every_method() -> None:
 
     out = run(["model=llama-2-7b", "--table"])
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| method")]
-    assert [r.split("|")[1].strip() for r in rows] == method_names()
+    names = method_names()
+    expected = names[:names.index("full") + 1] + ["full (pure bf16)"] + names[names.index("full") + 1:]
+    assert [r.split("|")[1].strip() for r in rows] == expected  # every method, pure-bf16 full FT beside full
     assert not [r for r in rows if "n/a" in r]
 
 
