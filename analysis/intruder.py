@@ -110,36 +110,41 @@ def collect_runs(paths: Sequence[Path]) -> list[Run]:
     return runs
 
 
+def tuned_model(trained, base) -> tuple[Any, list[str]]:
+    """The run's model with its changes merged (adapters merged into `base`, full FT loaded as saved, float32),
+    and the names of the linear matrices it changed. `trained` is a harness.merge run folder."""
+    from torch import nn
+
+    from harness.config import CONF_DIR
+    from harness.methods import resolve_targets
+
+    if not trained.is_adapter:
+        names = resolve_targets(base, OmegaConf.load(CONF_DIR / "targets" / "all-linear.yaml"))
+        return type(base).from_pretrained(trained.saved, dtype=torch.float32), names
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = PeftModel.from_pretrained(base.float(), trained.saved)
+    names = [n.removeprefix("base_model.model.") for n, m in model.named_modules()
+             if isinstance(m, BaseTunerLayer) and isinstance(m.get_base_layer(), nn.Linear)]
+    if not names:
+        raise ConfigError(f"{trained.name}: method {trained.result['method']} changes no linear weight; "
+                          "the intruder analysis needs a LoRA-family or full fine-tuning run")
+    return model.merge_and_unload(), names
+
+
 def weight_pairs(run: Run) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(W0, W) per changed matrix. W0 is the base exactly as the run trained from it, loaded by the same code as
     `harness.merge` (harness/merge.py `load_base`): in the record's precision (a full-FT run at bf16-mixed trained
     float32 weights), and for a QLoRA run the NF4 weights it trained against, de-quantised. Adapters are merged in
     float32, so the merge adds no rounding of its own."""
-    from torch import nn
-
     from harness import merge
-    from harness.config import CONF_DIR
-    from harness.methods import resolve_targets
 
     trained = merge.load_run(run.run_dir)
     base, _, _ = merge.load_base(trained, dequantize=True)
-    if not trained.is_adapter:
-        names = resolve_targets(base, OmegaConf.load(CONF_DIR / "targets" / "all-linear.yaml"))
-        tuned = dict(type(base).from_pretrained(trained.saved, dtype=torch.float32).named_modules())
-        return {n: (base.get_submodule(n).weight.detach(), tuned[n].weight.detach()) for n in names}
-    from peft import PeftModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    dtype = next(base.parameters()).dtype
-    model = PeftModel.from_pretrained(base.float(), trained.saved)
-    layers = {n.removeprefix("base_model.model."): m for n, m in model.named_modules()
-              if isinstance(m, BaseTunerLayer) and isinstance(m.get_base_layer(), nn.Linear)}
-    if not layers:
-        raise ConfigError(f"{run.run_dir.name}: method {run.result['method']} changes no linear weight; "
-                          "the intruder analysis needs a LoRA-family or full fine-tuning run")
-    w0 = {n: m.get_base_layer().weight.detach().to(dtype, copy=True) for n, m in layers.items()}
-    merged = model.merge_and_unload()
-    return {n: (w0[n], merged.get_submodule(n).weight.detach()) for n in w0}
+    w0 = {n: m.weight.detach().clone() for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    model, names = tuned_model(trained, base)
+    return {n: (w0[n], model.get_submodule(n).weight.detach()) for n in names}
 
 
 def analyse_run(run: Run, device: torch.device, recompute: bool = False) -> dict[str, np.ndarray]:

@@ -45,31 +45,11 @@ def scale_intruders(u0: torch.Tensor, w: torch.Tensor, k: int = 10, epsilon: flo
     return w.float() + (lam - 1.0) * (u[:, idx] * s[idx]) @ vh[idx], int(idx.numel())
 
 
-def _tuned_model(trained, base):
-    """The run's model in float32 with its changes merged, and the names of the linear matrices it changed."""
-    from torch import nn
-
-    from omegaconf import OmegaConf
-
-    from harness.config import CONF_DIR
-    from harness.methods import resolve_targets
-
-    if not trained.is_adapter:
-        names = resolve_targets(base, OmegaConf.load(CONF_DIR / "targets" / "all-linear.yaml"))
-        return type(base).from_pretrained(trained.saved, dtype=torch.float32), names
-    from peft import PeftModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    model = PeftModel.from_pretrained(base, trained.saved)
-    names = [n.removeprefix("base_model.model.") for n, m in model.named_modules()
-             if isinstance(m, BaseTunerLayer) and isinstance(m.get_base_layer(), nn.Linear)]
-    return model.merge_and_unload(), names
-
-
 def scaling_rows(run_dir: Path, lambdas: Sequence[float], k: int, epsilon: float, label: str,
                  device: torch.device, only: set[str] | None = None) -> list[dict[str, Any]]:
     """One row per lambda for one run folder: directions scaled, intruders left, scores and forgetting. `only`
     restricts the scaling to those matrices (full FT: the ones the LoRA runs of its model changed, as counted)."""
+    from analysis.intruder import tuned_model
     from analysis.intruder_svd import pretrained_bases
     from harness import merge
     from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, similarity_forgetting
@@ -87,7 +67,7 @@ def scaling_rows(run_dir: Path, lambdas: Sequence[float], k: int, epsilon: float
     else:
         before = probe_loss(base, tokenizer, probe, train["eval_batch_size"])
     w0 = {n: m.weight.detach().clone() for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
-    model, names = _tuned_model(trained, base)
+    model, names = tuned_model(trained, base)
     names = [n for n in names if only is None or n in only]
     w0 = {n: w0[n] for n in names}
     fingerprint = trained.result.get("model_fingerprint")
