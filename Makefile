@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test test-fast sweep report bench clean-cache
+.PHONY: setup run test test-fast sweep report bench clean-cache study claims
 
 setup: $(VENV)/.installed .cache/.assets-ready
 
@@ -49,6 +49,30 @@ run: setup
 sweep: setup
 	$(PY) -m harness.run --multirun --config-dir sweeps --config-name $(TASK) \
 	  hydra/launcher=$(if $(filter slurm,$(LAUNCHER)),submitit_slurm,$(LAUNCHER)) $(ARGS)
+
+# The study behind the claims ledger (issue 17): its sweeps one after another, each resumable, their analyses, the
+# records copied without weights to results/study/<sweep>/, then the ledger and results/REPORT.md.
+# SCALE=gpu: the same sweeps on larger hub presets (roberta-base for the encoder sweeps, qwen2.5-0.5b for the
+# causal-LM ones) into runs/study-gpu and results/study-gpu, for a CUDA machine.
+STUDY_SWEEPS ?= fair-classify fair-style intruder intruder-selected intruder-lm continual
+SCALE ?= cpu
+STUDY := study$(if $(filter gpu,$(SCALE)),-gpu,)
+study: setup
+	set -e; for s in $(STUDY_SWEEPS); do \
+	  extra=""; if [ "$(SCALE)" = gpu ]; then case $$s in fair-classify|intruder|intruder-selected) extra="model=roberta-base";; \
+	    *) extra="model=qwen2.5-0.5b";; esac; fi; \
+	  $(PY) -m harness.run --multirun --config-dir sweeps --config-name $$s hydra/launcher=$(LAUNCHER) \
+	    paths.runs=runs/$(STUDY)/$$s $$extra $(ARGS); \
+	  case $$s in intruder*|continual) $(PY) -m analysis.intruder runs/$(STUDY)/$$s --out results/$(STUDY)/$$s/report;; esac; \
+	  case $$s in continual) $(PY) -m analysis.continual runs/$(STUDY)/$$s --out results/$(STUDY)/$$s/report;; esac; \
+	  $(PY) -m analysis.records runs/$(STUDY)/$$s results/$(STUDY)/$$s/runs; \
+	  case $$s in fair-*) $(PY) -m analysis.report --runs results/$(STUDY)/$$s/runs --out results/$(STUDY)/$$s/report;; esac; \
+	done
+	$(MAKE) claims STUDY=$(STUDY)
+
+# the claims ledger and results/REPORT.md, from the committed records alone
+claims: $(VENV)/.installed
+	$(PY) -m analysis.claims --runs results/$(STUDY) --out results/$(STUDY)/claims --report results/REPORT$(if $(filter gpu,$(SCALE)),-gpu,).md
 
 # make report [REPORT_RUNS=runs NAME=all ARGS="--source wandb --project P --group G"] -> reports/$(NAME)/
 report: $(VENV)/.installed

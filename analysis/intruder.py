@@ -111,26 +111,17 @@ def collect_runs(paths: Sequence[Path]) -> list[Run]:
 
 
 def tuned_model(trained, base) -> tuple[Any, list[str]]:
-    """The run's model with its changes merged (adapters merged into `base`, full FT loaded as saved, float32),
-    and the names of the linear matrices it changed. `trained` is a harness.merge run folder."""
-    from torch import nn
+    """The run's model with its changes merged into `base` in float32 (adapters merged, full FT's weights
+    loaded), and the names of the linear matrices it changed. A continual stage (`init_from`) carries every
+    earlier stage's change too, root first, so its W - W0 is the whole chain's (harness/lineage.py).
+    `trained` is a harness.merge run folder."""
+    from harness.lineage import ancestry, apply_chain
 
-    from harness.config import CONF_DIR
-    from harness.methods import resolve_targets
-
-    if not trained.is_adapter:
-        names = resolve_targets(base, OmegaConf.load(CONF_DIR / "targets" / "all-linear.yaml"))
-        return type(base).from_pretrained(trained.saved, dtype=torch.float32), names
-    from peft import PeftModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    model = PeftModel.from_pretrained(base.float(), trained.saved)
-    names = [n.removeprefix("base_model.model.") for n, m in model.named_modules()
-             if isinstance(m, BaseTunerLayer) and isinstance(m.get_base_layer(), nn.Linear)]
+    model, names = apply_chain(base.float(), ancestry(trained.path))
     if not names:
         raise ConfigError(f"{trained.name}: method {trained.result['method']} changes no linear weight; "
                           "the intruder analysis needs a LoRA-family or full fine-tuning run")
-    return model.merge_and_unload(), names
+    return model, names
 
 
 def weight_pairs(run: Run) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -1,5 +1,6 @@
 """A W&B Report for one sweep group, built with the `wandb-workspaces` reports API: parallel coordinates over
-method / rank / targets -> score, score vs peak memory, and bar charts of saved size and tokens/s.
+method / rank / targets -> score, score vs peak memory, bar charts of saved size and tokens/s, and the claims
+ledger and retention-with-interval tables that `analysis.claims --wandb-project` logs into the group.
 
     python -m analysis.wandb_report --project peft-harness --group classify     # publish (needs `wandb login`)
     python -m analysis.wandb_report --project peft-harness --group classify --offline   # only write the definition
@@ -65,6 +66,14 @@ def build_report(project: str, group: str | None, entity: str = "", title: str |
                  "the run's measured peak during training (GPU: PyTorch peak allocated; CPU: peak resident memory). "
                  "The retention tables with confidence intervals are in `python -m analysis.report`."),
             wr.PanelGrid(runsets=[runset], panels=panels),
+            wr.H1("Claims ledger and retention with intervals"),
+            wr.P("Logged by `python -m analysis.claims --wandb-project ... --wandb-group ...` (the study's group): each "
+                 "claim's verdict under its stated rule, and each variant's retention vs full FT at its "
+                 "validation-selected learning rate with a 95% Fieller interval."),
+            wr.PanelGrid(runsets=[runset], panels=[
+                wr.WeavePanelSummaryTable(table_name="claims_ledger", layout=wr.Layout(x=0, y=0, w=24, h=12)),
+                wr.WeavePanelSummaryTable(table_name="retention", layout=wr.Layout(x=0, y=12, w=24, h=10)),
+            ]),
         ],
     )
 

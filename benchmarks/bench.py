@@ -17,6 +17,15 @@ that model count by the measured matmul rate for the dtype the matmuls run in. T
 where a label is (train.labelled_logits_only), so it executes fewer FLOPs than the model count; the "executed"
 column (HFU) counts the lm_head only on labelled positions.
 
+Time to a verdict (issue 18), in the same invocation:
+- evaluation: the harness scorer against a plain one-prompt-at-a-time `model.generate` loop over the same prompts
+  (benchmarks/eval_bench.py): examples/s, generated tokens/s, and the ratio (target >= 1.5x);
+- per-run overhead ratio = (wall time - training time) / training time of a default run
+  (`python -m harness.run`, timed from outside the process, start to exit): cold (its cell's base scores not
+  cached yet), warm (the next seed: base scores cached; target <= 0.15), and warm with periodic validation on.
+- The matmul limit is read before and after every timed job (bf16 2048^3); an invocation whose readings spread by
+  more than 20% is flagged too noisy to quote.
+
 Writes benchmarks/results/bench-<time>.{json,md} and latest.{json,md}.
 """
 
@@ -106,6 +115,65 @@ def sweep_overhead(a: argparse.Namespace, work: Path, n_runs: int) -> dict[str, 
     first_start = t["python_startup_s"] + t["phases_s"].get("imports", 0.0)
     return {"runs": per_run, "process_start_and_imports_s": first_start,
             "fixed_overhead_s_median": _median([r["fixed_overhead_s"] for r in per_run])}
+
+
+def run_overhead(a: argparse.Namespace, work: Path, tag: str, base_scores: Path, seed: int,
+                 extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A default run timed from outside its process, start to exit, against its own training time."""
+    runs, log = work / f"runs-{tag}", work / f"{tag}.log"
+    cmd = [sys.executable, "-m", "harness.run", f"model={a.model}", "tracking=none", f"paths.runs={runs}",
+           f"paths.base_scores={base_scores}", f"seed={seed}", "rerun=true", *extra, *a.harness_args]
+    t0 = time.perf_counter()
+    rc = _run(cmd, {}, log)
+    wall = time.perf_counter() - t0
+    results = list(runs.glob("*/result.json"))
+    if rc != 0 or not results:
+        return {"error": f"exit {rc}, see {log}", "log_tail": log.read_text()[-2000:]}
+    r = json.loads(results[0].read_text())
+    train = r["train_runtime_s"]
+    return {"tag": tag, "wall_s": round(wall, 2), "train_runtime_s": train, "overhead_ratio": (wall - train) / train,
+            "base_cached": r.get("base_cached"), "base_eval_s": r.get("base_eval_s"), "eval_s": r.get("eval_s"),
+            "final_eval_s": r.get("final_eval_s"), "model_load_s": r.get("model_load_s"), "extra": list(extra)}
+
+
+def run_eval_bench(a: argparse.Namespace, work: Path) -> list[dict[str, Any]] | dict[str, Any]:
+    out, log = work / "eval.json", work / "eval.log"
+    rc = _run([sys.executable, "-m", "benchmarks.eval_bench", f"--model={a.model}", f"--tasks={a.eval_tasks}",
+               f"--n={a.eval_n}", f"--out={out}"], {}, log)
+    if rc != 0 or not out.exists():
+        return {"error": f"exit {rc}, see {log}", "log_tail": log.read_text()[-2000:]}
+    return json.loads(out.read_text())
+
+
+class Limits:
+    """The bf16 matmul limit read around every timed job: its spread says whether the invocation was quiet."""
+
+    def __init__(self) -> None:
+        self.readings: list[dict[str, Any]] = []
+
+    def read(self, label: str) -> None:
+        import torch
+
+        from benchmarks.matmul import matmul_gflops
+
+        rate = matmul_gflops(2048, 2048, 2048, torch.bfloat16, repeats=3)["gflops_median"]
+        self.readings.append({"at": label, "gflops": rate})
+
+    def summary(self) -> dict[str, Any]:
+        rates = [r["gflops"] for r in self.readings]
+        if not rates:
+            return {}
+        spread = (max(rates) - min(rates)) / statistics.median(rates)
+        return {"readings": self.readings, "median": statistics.median(rates), "min": min(rates), "max": max(rates),
+                "spread": spread, "too_noisy": spread > 0.20}
+
+
+def timed(limits: Limits, label: str, fn, *args):
+    limits.read(f"before {label}")
+    try:
+        return fn(*args)
+    finally:
+        limits.read(f"after {label}")
 
 
 def run_reference(method: str, a: argparse.Namespace, work: Path, tag: str) -> dict[str, Any]:
@@ -202,6 +270,35 @@ def markdown(rows: list[dict[str, Any]], matmul: dict[str, Any], meta: dict[str,
     return "\n".join(lines) + "\n"
 
 
+def verdict_markdown(overhead: list[dict[str, Any]], evaluation, limit: dict[str, Any]) -> str:
+    lines = ["", "## Time to a verdict", ""]
+    if limit:
+        lines.append(f"Matmul limit around the timed jobs (bf16 2048^3, {len(limit['readings'])} readings): median "
+                     f"{limit['median']:.0f} GFLOP/s, {limit['min']:.0f}-{limit['max']:.0f}, spread {limit['spread']:.0%}"
+                     + (" - TOO NOISY TO QUOTE (> 20%)." if limit["too_noisy"] else "."))
+    if overhead:
+        lines += ["", "| default run | wall s | training s | overhead ratio (target <= 0.15 warm) | base cached | "
+                  "final scoring s | validation s |", "|---|---:|---:|---:|---|---:|---:|"]
+        for r in overhead:
+            if "error" in r:
+                lines.append(f"| {r['case']} | error: {r['error']} | | | | | |")
+                continue
+            lines.append(f"| {r['case']} | {r['wall_s']:.1f} | {r['train_runtime_s']:.1f} | {r['overhead_ratio']:.2f} | "
+                         f"{r['base_cached']} | {r['final_eval_s']} | {r['eval_s']} |")
+    rows = evaluation if isinstance(evaluation, list) else []
+    if rows:
+        lines += ["", "| evaluation | examples | harness ex/s | plain ex/s | harness gen tok/s | plain gen tok/s | "
+                  "speedup (target >= 1.5x) | same answers |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['task']} ({r['precision']}, batch {r['batch_size']}) | {r['examples']} | "
+                         f"{r['harness_examples_per_s']:.2f} | {r['plain_examples_per_s']:.2f} | "
+                         f"{r['harness_generated_tokens_per_s']:.0f} | {r['plain_generated_tokens_per_s']:.0f} | "
+                         f"{r['speedup']:.2f}x | {r['same_answers']}/{r['examples']} |")
+    elif evaluation:
+        lines.append(f"evaluation benchmark: {evaluation.get('error')}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     available = [m for m in METHODS if (REPO / "conf" / "method" / f"{m}.yaml").exists()]
@@ -215,19 +312,24 @@ def main() -> None:
     parser.add_argument("--matmul-repeats", type=int, default=10)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--sweep-runs", type=int, default=3, help="runs of the in-process sweep that times per-run overhead; 0 skips")
+    parser.add_argument("--overhead", action=argparse.BooleanOptionalAction, default=True,
+                        help="time default runs from outside (cold, warm, warm with validation)")
+    parser.add_argument("--eval-tasks", default="extract,classify", help="tasks of the evaluation benchmark; '' skips")
+    parser.add_argument("--eval-n", type=int, default=48)
     parser.add_argument("--lock", default="/tmp/harness-cpu.lock", help="flock file for heavy runs; '' for none")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("harness_args", nargs="*", help="extra harness overrides, e.g. train.padding_free=false")
     a = parser.parse_args()
     lock = hold_lock(a.lock) if a.lock else None  # noqa: F841 - held until exit
     work = Path(tempfile.mkdtemp(prefix="harness-bench-"))
-    methods = a.methods.split(",")
+    methods = [m for m in a.methods.split(",") if m]
     print(f"bench: methods {methods}, {a.steps} steps x batch {a.batch_size}, {a.repeats} repeats; logs in {work}", flush=True)
 
     mm = subprocess.run([sys.executable, "-m", "benchmarks.matmul", f"--repeats={a.matmul_repeats}"],
                         cwd=REPO, capture_output=True, text=True, check=True)
     matmul = json.loads(mm.stdout)
-    raw: dict[str, dict[str, list]] = {m: {"harness": [], "reference": []} for m in methods}
+    limits = Limits()
+    raw: dict[str, dict[str, list]] = {m: {"harness": [], "reference": []} for m in methods if m}
     for rep in range(a.repeats):
         for method in methods:
             order = ["harness", "reference"] if rep % 2 == 0 else ["reference", "harness"]
@@ -236,14 +338,26 @@ def main() -> None:
                     continue
                 t0 = time.time()
                 fn = run_harness if side == "harness" else run_reference
-                res = fn(method, a, work, f"{side}-{method}-{rep}")
+                res = timed(limits, f"{side} {method} {rep}", fn, method, a, work, f"{side}-{method}-{rep}")
                 raw[method][side].append(res)
                 note = res.get("error") or f"{res['train_tokens_per_s']:.0f} tokens/s"
                 print(f"  [{rep}] {method:6s} {side:9s} {note}  ({time.time() - t0:.0f} s)", flush=True)
 
-    sweep = sweep_overhead(a, work, a.sweep_runs) if a.sweep_runs else None
+    sweep = timed(limits, "sweep", sweep_overhead, a, work, a.sweep_runs) if a.sweep_runs else None
     if sweep:
         print(f"  sweep   per-run fixed overhead {sweep.get('fixed_overhead_s_median')}", flush=True)
+    overhead = []
+    if a.overhead:
+        cache = work / "base-scores"  # a fresh cache: the first run is cold, the next seeds find its scores
+        cases = [("cold", 0, ()), ("warm", 1, ()), ("warm, validation every 20 steps", 2, ("train.eval_every=20",))]
+        for label, seed, extra in cases:
+            res = timed(limits, f"overhead {label}", run_overhead, a, work, f"overhead-{seed}", cache, seed, extra)
+            overhead.append(res | {"case": label})
+            print(f"  run     {label}: " + (res.get("error") or f"overhead ratio {res['overhead_ratio']:.2f} "
+                  f"({res['wall_s']:.0f} s wall, {res['train_runtime_s']:.0f} s training)"), flush=True)
+    evaluation = timed(limits, "evaluation", run_eval_bench, a, work) if a.eval_tasks else []
+    for row in evaluation if isinstance(evaluation, list) else [evaluation]:
+        print(f"  eval    " + (row.get("error") or f"{row['task']}: {row['speedup']:.2f}x the plain generate loop"), flush=True)
     head = 49152 * 576 if a.model == "smollm2-135m" else 0  # lm_head (tied embedding) parameters
     meta = {"model": a.model, "steps": a.steps, "batch_size": a.batch_size, "repeats": a.repeats,
             "labelled_fraction": labelled_fraction(a.model, a.batch_size), "harness_args": a.harness_args,
@@ -251,8 +365,10 @@ def main() -> None:
     rows = summarise(raw, matmul, meta["labelled_fraction"], head)
     a.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    payload = {"meta": meta, "matmul": matmul, "rows": rows, "sweep": sweep, "raw": raw}
-    md = markdown(rows, matmul, meta, sweep)
+    limit = limits.summary()
+    payload = {"meta": meta, "matmul": matmul, "rows": rows, "sweep": sweep, "raw": raw, "overhead": overhead,
+               "evaluation": evaluation, "limit_readings": limit}
+    md = markdown(rows, matmul, meta, sweep) + verdict_markdown(overhead, evaluation, limit)
     for name in (f"bench-{stamp}", "latest"):
         (a.out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
         (a.out / f"{name}.md").write_text(md)

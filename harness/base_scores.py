@@ -41,6 +41,8 @@ def base_key(eff: dict[str, Any], model_fingerprint: str, data_fingerprint: str,
         "seed": eff["seed"] if eff["model"].get("kind") != "causal_lm" else None,
         "code": scoring_code_hash(), "versions": {k: versions.get(k) for k in ("torch", "transformers", "peft", "bitsandbytes")},
     }
+    if eff.get("init_from"):  # a continual stage's untuned model is its parent's trained one
+        key["init_from"] = eff["init_from"]
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

@@ -21,7 +21,7 @@ from harness.errors import AssetError, ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Keys that say where or how a run is reported, not what it is.
-NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun", "seeds", "lr_search", "lr_widen", "lr_protocol", "variants")
+NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun", "seeds", "lr_search", "lr_widen", "lr_protocol", "variants", "stages")
 # Method keys that say how a method is searched or described, not what a run trains.
 NON_IDENTITY_METHOD_KEYS = ("lr_grid",)
 BUDGET_KEYS = ("train.max_steps", "train.epochs")
@@ -46,6 +46,14 @@ def effective_config(cfg: DictConfig) -> dict[str, Any]:
         eff["targets"] = None
     if eff["train"].get("lr") is None:
         eff["train"]["lr"] = method.get("lr")
+    if not eff.get("init_from"):
+        eff.pop("init_from", None)  # absent, not null: runs that start from the base keep their identity
+    else:  # the chain, not where its folders happen to lie (harness/lineage.py)
+        from harness.lineage import parent_run_id
+
+        eff["init_from"] = parent_run_id(eff["init_from"])
+        if eff["train"].get("precision") == "auto":  # an earlier stage's merged update must not round away
+            eff["train"]["precision"] = "bf16-mixed"
     if eff["train"].get("precision") == "auto":
         # Trained weights keep float32 masters: in pure bf16 an AdamW step smaller than ~1/256 of a weight rounds
         # away (seen here: full FT at lr 5e-5 changed only ~6% of the weights). A frozen base can sit in bf16.
@@ -132,6 +140,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.tracking.mode not in TRACKING_MODES:
         raise ConfigError(f"tracking.mode must be one of {', '.join(TRACKING_MODES)}, got {cfg.tracking.mode!r}")
     check_writable(Path(cfg.paths.runs), "paths.runs")
+    from harness.lineage import check_parent
+
+    check_parent(cfg)
     if cfg.model.source == "hub":
         try:
             check_hub_model(cfg.model.name, cfg.model.hub_id)

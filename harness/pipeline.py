@@ -25,6 +25,7 @@ from harness.tasks import get_task
 from harness.tracking import Tracker
 from harness.training import (DivergenceGuard, LogToFile, build_trainer, evaluation_attention, last_checkpoint,
                               throughput, training_arguments)
+from harness.lineage import score_earlier_tasks, start_from
 from harness.update_check import UpdateCheck, stuck_reason
 from harness.validation import ValidationCurve, budget_record, collapse_reason, planned_steps
 from harness.base_scores import base_key, cached_base_scores
@@ -50,6 +51,9 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     t0 = time.perf_counter()
     model = load_model(cfg.model, cache, precision=eff["train"]["precision"], tokenizer=tokenizer, labels=task.labels,
                        quantization_config=quantization_config(eff))
+    init = None
+    if cfg.get("init_from"):  # a continual stage: the base with every earlier stage's change applied
+        model, init = start_from(model, cfg.init_from)
     load_s = time.perf_counter() - t0
     plan = plan_method(model, with_steps(eff, steps), kind)
     probe = probe_sample()  # general English for the forgetting probe (loss for causal LMs, similarity for encoders)
@@ -58,7 +62,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         "status": Status.RUNNING.value, "reason": None,
         "lr": eff["train"]["lr"], "precision": eff["train"]["precision"], "max_steps": steps,
         "epochs": cfg.train.get("epochs"), **budget_record(steps, len(data["train"]), cfg.train),
-        "lr_protocol": cfg.get("lr_protocol"),
+        "lr_protocol": cfg.get("lr_protocol"), "init_from": init,
         "data_fingerprint": task.fingerprint(),
         "model_fingerprint": model_fingerprint(cfg.model, cache, model),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "started_at": now(),
@@ -154,6 +158,21 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     else:
         result |= similarity_forgetting(probe_before, sentence_embeddings(model, tokenizer, probe, cfg.train.eval_batch_size))
     result["final_eval_s"] = round(time.perf_counter() - t0, 3)
+    if init is not None:  # forgetting of the earlier stages' tasks, and of general text since the root's base
+        t0 = time.perf_counter()
+
+        def score_task(task_cfg) -> tuple[dict[str, float], str]:
+            earlier = get_task(task_cfg, cache)
+            split = earlier.splits()["test"]
+            outputs = earlier.predict(model, tokenizer, split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
+            return earlier.score(outputs, list(split)), earlier.primary_metric
+
+        result["earlier_tasks"] = score_earlier_tasks(init, score_task)
+        if kind == "causal_lm" and init.get("root_forgetting_before") is not None:
+            result["forgetting_total"] = result["forgetting_after"] - init["root_forgetting_before"]
+        result["earlier_eval_s"] = round(time.perf_counter() - t0, 3)
+        log.info("earlier tasks: %s (%.1f s)", ", ".join(f"{e['task']} {e['score_now']:.4f} (was {e['score_at_stage']:.4f})"
+                                                         for e in result["earlier_tasks"]), result["earlier_eval_s"])
     log.info("tuned model: %s %.4f on test, %.4f on validation (%.1f s)", task.primary_metric,
              metrics[task.primary_metric], val_metrics[task.primary_metric], result["final_eval_s"])
     rows = list(test_split)[:N_SAMPLES]

@@ -12,6 +12,9 @@ its method's grid (harness/selection.py), then its other seeds at the rate with 
 N + S - 1 runs per variant instead of N x S. With `lr_widen=K`, a variant whose best search rate is at an end of
 the rates tried gets the next grid rate beyond it, up to K more. Both phases skip what is already done, so an
 interrupted sweep resumes where it stopped; records say which phase ran them (`lr_protocol`).
+
+With `stages: [[task=classify], [task=extract], ...]` (sweeps/continual.yaml) every grid point runs the stages
+one after another, each starting from the previous stage's run (`init_from`, harness/lineage.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from harness.config import config_hash, effective_config, run_id
+from harness.errors import ConfigError
 from harness.selection import at_grid_edge, lr_candidates, select_lr
 from harness.results import (DONE_STATUSES, RESULT_FILE, Status, is_done, now, read_result, rejected_before,
                              write_json_atomic)
@@ -113,8 +117,14 @@ class HarnessSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         runs: list[dict[str, Any]] = []
         returns: list[Any] = []
+        stages = [list(stage) for stage in self.config.get("stages") or []]
+        if stages and lr_search:
+            raise ConfigError("a sweep with stages cannot also search learning rates (lr_search); give each "
+                              "variant its rate (train.lr in variants) or search on the first stage alone")
         try:
-            if lr_search:
+            if stages:
+                returns += self.sweep_stages(arguments, grid, stages, runs)
+            elif lr_search:
                 variants = search_variants(grid, lr_search, self._compose)
                 widen, launched = int(self.config.get("lr_widen") or 0), 0
                 while True:
@@ -137,6 +147,34 @@ class HarnessSweeper(BasicSweeper):
             for row in runs:
                 mark_if_killed(row["run_dir"])
             self.report(runs, sweep_dir)
+        return returns
+
+    def sweep_stages(self, arguments: list[str], grid: list[list[str]], stages: list[list[str]],
+                     runs: list[dict[str, Any]]) -> list[Any]:
+        """Continual learning: every grid point runs the stages in order, stage k starting from the same point's
+        stage k-1 run (`init_from`, harness/lineage.py). A point whose stage did not finish ok stops there.
+        Appends each stage's rows to `runs`; returns the launcher's results."""
+        returns: list[Any] = []
+        launched = 0
+        parents: dict[int, Path] = {}  # grid point -> its previous stage's run folder
+        for k, stage in enumerate(stages, 1):
+            keys = {o.split("=", 1)[0] for o in stage}
+            index = [i for i in range(len(grid)) if k == 1 or i in parents]
+            points = [[o for o in grid[i] if o.split("=", 1)[0] not in keys] + stage
+                      + ([f"init_from={parents[i]}"] if k > 1 else []) for i in index]
+            todo, rows = self.plan(arguments, points)
+            self._log_plan(f"stage {k} of {len(stages)} ({' '.join(stage)})", rows, todo)
+            runs += rows
+            returns += self.launch(todo, start_idx=launched)
+            launched += len(todo)
+            parents = {}
+            for i, point in zip(index, points):
+                cfg = self._compose(point)
+                run_dir = (Path(cfg.paths.runs) / run_id(cfg)).resolve()
+                if (read_result(run_dir) or {}).get("status") == Status.OK.value:
+                    parents[i] = run_dir
+                else:
+                    log.warning("sweep: %s did not finish ok; its later stages are not run", run_dir.name)
         return returns
 
     def _compose(self, overrides: list[str]):

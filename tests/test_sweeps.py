@@ -54,10 +54,11 @@ def test_every_sweep_file_composes_with_its_grid(name: str, tmp_path: Path) -> N
                 cfg = compose(config_name=name, overrides=[f"{o.key_or_group}={v}"])
                 assert cfg.group == name
                 effective_config(cfg)
-        for variant in variants:
-            cfg = compose(config_name=name, overrides=variant)
-            assert cfg.group == name
-            effective_config(cfg)
+        for variant in variants or [[]]:
+            for stage in [list(st) for st in sweep_cfg.get("stages") or []] or [[]]:  # continual stages too
+                cfg = compose(config_name=name, overrides=variant + stage)
+                assert cfg.group == name
+                effective_config(cfg)
     assert base.group is None
 
 

@@ -181,31 +181,49 @@ class Task:
 
     # ---- answering ----
     @torch.no_grad()
-    def predict(self, model, tokenizer, split: datasets.Dataset, kind: str, batch_size: int, max_len: int) -> list[str]:
-        """Greedy, batched answers for a causal LM; arg-max labels for an encoder."""
+    def predict(self, model, tokenizer, split: datasets.Dataset, kind: str, batch_size: int, max_len: int,
+                by_length: bool = True) -> list[str]:
+        """Greedy, batched answers for a causal LM (`answers`); arg-max labels for an encoder."""
         model.eval()
         rows = list(split)
-        outputs: list[str] = []
         device = next(model.parameters()).device
+        if kind == "causal_lm":
+            return self.answers(model, tokenizer, rows, device, batch_size, max_len, by_length=by_length)
+        outputs: list[str] = []
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
-            if kind == "causal_lm":
-                outputs += self._generate(model, tokenizer, batch, device, max_len)
-            else:
-                enc = tokenizer([self.encoder_text(r) for r in batch], truncation=True, max_length=max_len,
-                                padding=True, return_tensors="pt").to(device)
-                ids = model(**enc).logits.argmax(-1).tolist()
-                outputs += [self.labels[i] for i in ids]
+            enc = tokenizer([self.encoder_text(r) for r in batch], truncation=True, max_length=max_len,
+                            padding=True, return_tensors="pt").to(device)
+            ids = model(**enc).logits.argmax(-1).tolist()
+            outputs += [self.labels[i] for i in ids]
         return outputs
 
-    def _generate(self, model, tokenizer, batch, device, max_len: int, max_new_tokens: int | None = None) -> list[str]:
-        prompts = [self.prompt_ids(tokenizer, r)[-max_len:] for r in batch]
-        width = max(len(p) for p in prompts)
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        generated = model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
-            do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-        )
-        return [tokenizer.decode(g[width:], skip_special_tokens=True).strip() for g in generated]
+    def answers(self, model, tokenizer, rows: list[dict[str, Any]], device, batch_size: int, max_len: int,
+                max_new_tokens: int | None = None, by_length: bool = True) -> list[str]:
+        """Greedy answers in the rows' order. With `by_length` the prompts are batched longest first, so a batch
+        holds prompts of similar length and little left padding (the first batch is the largest, so a memory
+        problem shows at once); within a batch each sequence stops at its EOS, generation ends once every one
+        has, and the KV cache is used. Outputs equal the prompt-order batching's (tests/test_scoring.py)."""
+        prompts = [self.prompt_ids(tokenizer, r)[-max_len:] for r in rows]
+        order = sorted(range(len(rows)), key=lambda i: -len(prompts[i])) if by_length else list(range(len(rows)))
+        outputs = [""] * len(rows)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            texts = generate_greedy(model, tokenizer, [prompts[i] for i in chunk], device,
+                                    max_new_tokens or self.cfg.max_new_tokens)
+            for i, text in zip(chunk, texts):
+                outputs[i] = text
+        return outputs
+
+
+def generate_greedy(model, tokenizer, prompts: list[list[int]], device, max_new_tokens: int) -> list[str]:
+    """One left-padded batch through `model.generate`: greedy, KV cache on, stopping at EOS."""
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    generated = model.generate(
+        input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
+        use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+    )
+    return [tokenizer.decode(g[width:], skip_special_tokens=True).strip() for g in generated]

@@ -88,7 +88,8 @@ class MixtureTask(Task):
         return f"[{row['task']}] {task.describe(sub)}"
 
     @torch.no_grad()
-    def predict(self, model, tokenizer, split: datasets.Dataset, kind: str, batch_size: int, max_len: int) -> list[str]:
+    def predict(self, model, tokenizer, split: datasets.Dataset, kind: str, batch_size: int, max_len: int,
+                by_length: bool = True) -> list[str]:
         """Greedy answers, generated per component so each keeps its own `max_new_tokens` budget."""
         if kind != "causal_lm":
             raise ConfigError(f"task '{self.name}' needs a causal LM (generation); model kind is {kind}")
@@ -98,11 +99,10 @@ class MixtureTask(Task):
         device = next(model.parameters()).device
         for name, task in self.components.items():
             index = [i for i, r in enumerate(rows) if r["task"] == name]
-            for start in range(0, len(index), batch_size):
-                chunk = index[start:start + batch_size]
-                answers = self._generate(model, tokenizer, [rows[i] for i in chunk], device, max_len, task.cfg.max_new_tokens)
-                for i, answer in zip(chunk, answers):
-                    outputs[i] = answer
+            answers = self.answers(model, tokenizer, [rows[i] for i in index], device, batch_size, max_len,
+                                   task.cfg.max_new_tokens, by_length=by_length)
+            for i, answer in zip(index, answers):
+                outputs[i] = answer
         return outputs
 
     def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -1,0 +1,53 @@
+"""Copy a study's records out of its run folders, without weights, so they can be committed and re-analysed.
+
+    python -m analysis.records runs/study results/study       # what `make study` does after each sweep
+
+For every run folder under SRC (a folder holding result.json) it copies the record and the small per-run files
+the analyses write (`RECORD_FILES`) to the same relative place under DST; adapters, models, checkpoints and logs
+stay behind. Existing copies are replaced, so re-running after more runs finish brings DST up to date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from harness.results import RESULT_FILE
+
+RECORD_FILES = (RESULT_FILE, "intruders.csv", "merge.json", "serve_bench.json")
+MAX_BYTES = 2 * 2**20  # a record bigger than this is not a record
+
+
+def copy_records(src: Path, dst: Path) -> int:
+    """Copy every run folder's records from `src` to `dst`; returns how many run folders were copied."""
+    copied = 0
+    for result in sorted(Path(src).rglob(RESULT_FILE)):
+        folder = result.parent
+        target = Path(dst) / folder.relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in RECORD_FILES:
+            path = folder / name
+            if path.is_file() and path.stat().st_size <= MAX_BYTES:
+                shutil.copy2(path, target / name)
+        copied += 1
+    return copied
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.records", description=__doc__.splitlines()[0])
+    parser.add_argument("src", type=Path, help="a folder of run folders, e.g. runs/study")
+    parser.add_argument("dst", type=Path, help="where the records go, e.g. results/study")
+    args = parser.parse_args(argv)
+    if not args.src.is_dir():
+        print(f"error: {args.src} is not a folder; pass the folder the study's runs went to, e.g. runs/study",
+              file=sys.stderr)
+        return 2
+    n = copy_records(args.src, args.dst)
+    print(f"copied the records of {n} run folders from {args.src} to {args.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The claims ledger: every decision rule on hand-made evidence (supported, refuted, inconclusive, not run), and
+the committed report rebuilds from the committed records."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.claims import (INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, CLAIMS, Evidence, ledger, markdown)
+
+CELL = "classify|m|d|b"
+
+
+def row(method: str, r=None, targets="all-linear", task="classify", cell=CELL, ret=None, n=3, lrs="1e-4,3e-4",
+        variant=None, **extra) -> dict:
+    mean, low, high = ret if ret is not None else (math.nan, math.nan, math.nan)
+    label = method + (f" r={r}" if r else "") + (f" {targets}" if targets else "")
+    return {"task": task, "model": "m", "cell": cell, "variant": variant or label, "label": label, "method": method,
+            "r": r, "targets": targets, "lrs_tried": lrs, "n_seeds": n, "retention_mean": mean, "retention_low": low,
+            "retention_high": high, "grid_edge": False, "primary_metric": "accuracy", **extra}
+
+
+def evidence(rows: list[dict], scores: dict[str, list[float]] | None = None, **kw) -> Evidence:
+    runs = [{"cell": r["cell"], "variant": r["variant"], "method": r["method"], "r": r["r"], "score": s,
+             "params_trainable": r.get("params", 1000)}
+            for r in rows for s in (scores or {}).get(r["variant"], [0.8, 0.81, 0.79])]
+    return Evidence(retention=pd.DataFrame(rows), runs=pd.DataFrame(runs), **kw)
+
+
+def verdict(number: int, ev: Evidence):
+    return next(run for n, _, run in CLAIMS if n == number)(ev)
+
+
+def test_every_claim_is_not_run_without_evidence() -> None:
+    empty = Evidence(retention=pd.DataFrame(columns=["task", "method", "cell", "n_seeds", "lrs_tried", "r",
+                                                     "targets", "retention_mean", "retention_low", "retention_high"]),
+                     runs=pd.DataFrame(columns=["cell", "variant", "method", "r", "score", "params_trainable"]))
+    verdicts = ledger(empty)
+    assert [v.claim for v in verdicts] == list(range(1, 16))
+    assert all(v.verdict == NOT_RUN and v.missing for v in verdicts), [(v.claim, v.verdict) for v in verdicts]
+    assert all(v.rule for v in verdicts)  # every rule is stated (its docstring)
+
+
+@pytest.mark.parametrize("retentions,expected", [
+    ([(99, 96, 102), (98, 95.5, 101)], SUPPORTED),
+    ([(99, 96, 102), (90, 85, 94)], REFUTED),
+    ([(99, 96, 102), (97, 93, 101)], INCONCLUSIVE),
+])
+def test_claim_2_needs_every_narrow_cell_above_95(retentions, expected) -> None:
+    rows = [row("full", targets=None, cell="a", ret=(100, math.nan, math.nan)), row("lora", 16, cell="a", ret=retentions[0]),
+            row("full", targets=None, cell="b", task="style", ret=(100, math.nan, math.nan)),
+            row("lora", 16, cell="b", task="style", ret=retentions[1])]
+    v = verdict(2, evidence(rows))
+    assert v.verdict == expected and "instruct, extract" in v.missing
+
+
+def test_unfair_rows_do_not_count() -> None:
+    one_rate = [row("lora", 16, ret=(99, 96, 102), lrs="2e-4")]
+    two_seeds = [row("lora", 16, ret=(99, 96, 102), n=2)]
+    assert verdict(2, evidence(one_rate)).verdict == NOT_RUN
+    assert verdict(2, evidence(two_seeds)).verdict == NOT_RUN
+
+
+@pytest.mark.parametrize("cells,expected", [
+    ([(95, 91, 99), (93, 90.5, 96), (80, 70, 95)], SUPPORTED),
+    ([(85, 80, 89), (86, 84, 88), (99, 95, 101)], REFUTED),
+    ([(95, 85, 99), (86, 84, 88), (99, 95, 101)], INCONCLUSIVE),
+])
+def test_claim_1_counts_a_majority_of_cells(cells, expected) -> None:
+    rows = [row("lora", 16, cell=f"c{i}", ret=c) for i, c in enumerate(cells)]
+    assert verdict(1, evidence(rows)).verdict == expected
+    assert verdict(1, evidence(rows[:1])).verdict == NOT_RUN  # one cell is not "most tasks"
+
+
+@pytest.mark.parametrize("ret,expected", [((90, 85, 94), SUPPORTED), ((99, 96, 103), REFUTED), ((95, 90, 100), INCONCLUSIVE)])
+def test_claim_3_reads_the_knowledge_cells(ret, expected) -> None:
+    rows = [row("lora", 16, task="knowledge", ret=ret)]
+    assert verdict(3, evidence(rows)).verdict == expected
+
+
+@pytest.mark.parametrize("ret,expected", [((86, 82, 90), SUPPORTED), ((70, 60, 78), REFUTED), ((86, 76, 96), INCONCLUSIVE)])
+def test_claims_4_and_7_are_thresholds_on_their_rows(ret, expected) -> None:
+    assert verdict(4, evidence([row("qlora", 16, ret=ret)])).verdict == expected
+    shifted = tuple(x + 15 for x in ret)  # r=64 against 95%
+    assert verdict(7, evidence([row("lora", 64, ret=shifted)])).verdict == expected
+
+
+@pytest.mark.parametrize("dora,expected", [
+    ([0.90, 0.91, 0.89], SUPPORTED), ([0.70, 0.71, 0.69], REFUTED), ([0.81, 0.75, 0.86], INCONCLUSIVE)])
+def test_paired_claims_use_the_welch_interval(dora, expected) -> None:
+    rows = [row("dora", 16, ret=(100, 95, 105)), row("lora", 16, ret=(100, 95, 105))]
+    scores = {"dora r=16 all-linear": dora, "lora r=16 all-linear": [0.80, 0.81, 0.79]}
+    v = verdict(5, evidence(rows, scores))
+    assert v.verdict == expected and len(v.evidence) == 1
+    # the same rule for all-linear vs q,v (claim 8) and AdaLoRA (claim 9)
+    rows8 = [row("lora", 16, ret=(100, 95, 105), variant="all"), row("lora", 16, targets="qv", ret=(100, 95, 105), variant="qv")]
+    assert verdict(8, evidence(rows8, {"all": dora, "qv": [0.80, 0.81, 0.79]})).verdict == expected
+    rows9 = [row("adalora", 16, ret=(100, 95, 105)), row("lora", 16, ret=(100, 95, 105))]
+    assert verdict(9, evidence(rows9, {"adalora r=16 all-linear": dora, "lora r=16 all-linear": [0.80, 0.81, 0.79]})).verdict == expected
+
+
+def test_claim_6_compares_only_high_ranks() -> None:
+    low = [row("rslora", 16, ret=(100, 95, 105)), row("lora", 16, ret=(100, 95, 105))]
+    assert verdict(6, evidence(low)).verdict == NOT_RUN
+    high = [row("rslora", 64, ret=(100, 95, 105)), row("lora", 64, ret=(80, 75, 85))]
+    assert verdict(6, evidence(high, {"rslora r=64 all-linear": [0.9, 0.91, 0.89],
+                                      "lora r=64 all-linear": [0.7, 0.72, 0.71]})).verdict == SUPPORTED
+
+
+@pytest.mark.parametrize("share,expected", [(0.04, SUPPORTED), (0.8, REFUTED), (0.2, INCONCLUSIVE)])
+def test_claim_10_is_the_trainable_share(share, expected) -> None:
+    rows = [row("ia3", ret=(99, 95, 103), params=int(1000 * share)), row("lora", 16, ret=(99, 95, 103), params=1000)]
+    assert verdict(10, evidence(rows)).verdict == expected
+
+
+def _intruders(low_rank: tuple[float, float, float], rho_f: float, p_f: float, counts: list[int]) -> Evidence:
+    groups = pd.DataFrame([
+        {"label": "full", "method": "full", "r": np.nan, "intruders_mean": 0.0, "intruders_low": 0.0, "intruders_high": 0.0},
+        {"label": "lora r=1", "method": "lora", "r": 1, "intruders_mean": low_rank[0], "intruders_low": low_rank[1],
+         "intruders_high": low_rank[2]}])
+    summary = pd.DataFrame({"method": ["lora"] * 6, "r": [1, 1, 8, 8, 64, 64], "intruders": counts})
+    return evidence([], intruder_groups=groups, intruder_summary=summary,
+                    intruder_correlations={"forgetting": {"rho": rho_f, "p": p_f, "n": 9}})
+
+
+@pytest.mark.parametrize("case,expected", [
+    (((8, 4, 12), 0.8, 0.01, [9, 8, 3, 2, 0, 0]), SUPPORTED),
+    (((8, 4, 12), -0.8, 0.01, [9, 8, 3, 2, 0, 0]), REFUTED),
+    (((8, 4, 12), 0.2, 0.5, [9, 8, 3, 2, 0, 0]), INCONCLUSIVE),
+])
+def test_claim_11_has_three_parts(case, expected) -> None:
+    v = verdict(11, _intruders(*case))
+    assert v.verdict == expected and len(v.evidence) == 3
+
+
+@pytest.mark.parametrize("merged,unmerged,expected", [(1.02, 1.10, SUPPORTED), (1.2, 1.3, REFUTED), (1.07, 1.1, INCONCLUSIVE)])
+def test_claim_12_reads_serve_bench(merged, unmerged, expected) -> None:
+    serve = [{"run_id": "x", "modes": [{"mode": "base", "ms_per_token": 10.0}, {"mode": "merged", "ms_per_token": 10 * merged},
+                                       {"mode": "unmerged", "ms_per_token": 10 * merged * unmerged}]}]
+    assert verdict(12, evidence([], serve=serve)).verdict == expected
+
+
+@pytest.mark.parametrize("share,expected", [(0.95, SUPPORTED), (0.6, REFUTED), (0.8, INCONCLUSIVE)])
+def test_claim_13_uses_task_vector_merges_only(share, expected) -> None:
+    merges = [{"mean_retention": {"ties_svd": share, "dare_ties_svd": share, "ties_factors": 0.1, "cat": 1.0}}]
+    assert verdict(13, evidence([], merges=merges)).verdict == expected
+
+
+@pytest.mark.parametrize("qlora_gb,expected", [(12, SUPPORTED), (30, REFUTED), (19, INCONCLUSIVE)])
+def test_claim_14_compares_the_estimates_with_the_quotes(qlora_gb, expected) -> None:
+    est = {k: {"memory": {"peak": gb * 1e9}} for k, gb in
+           {"7b-full-bf16": 66, "7b-lora": 27, "7b-qlora": qlora_gb, "70b-full": 1200}.items()}
+    assert verdict(14, evidence([], estimates=est)).verdict == expected
+
+
+@pytest.mark.parametrize("n,expected", [(6_815_744, SUPPORTED), (6_815_745, REFUTED)])
+def test_claim_15_is_the_exact_count(n, expected) -> None:
+    est = {"lora": {"params_trainable": n, "trainable_pct": 0.085, "params_total": 8_030_000_000}}
+    assert verdict(15, evidence([], estimates=est)).verdict == expected
+
+
+def test_the_ledger_markdown_lists_every_claim_and_rule() -> None:
+    text = markdown(ledger(evidence([row("lora", 16, ret=(99, 96, 102))])))
+    assert text.count("\n| ") == 16 and "## Rules" in text and "15. " in text
+
+
+def test_the_committed_report_rebuilds_from_the_committed_records() -> None:
+    """`make claims` wrote results/REPORT.md from results/study alone; rebuilding it gives the same text."""
+    from pathlib import Path
+
+    from analysis.claims import gather, report_markdown
+
+    repo = Path(__file__).resolve().parent.parent
+    roots, report = [Path("results/study")], repo / "results" / "REPORT.md"
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(repo)  # the report names its sources relative to the checkout, as `make claims` runs it
+    try:
+        evidence = gather(roots)
+        rebuilt = report_markdown(evidence, ledger(evidence), roots, Path("results/REPORT.md"))
+    finally:
+        os.chdir(cwd)
+    assert rebuilt == report.read_text(), "results/REPORT.md is stale: run `make claims` and commit it"
+
+
+def test_the_ledger_is_logged_to_wandb_and_the_report_shows_it(tmp_path, monkeypatch) -> None:
+    import json
+
+    from analysis.claims import log_wandb
+    from analysis.wandb_report import build_report, definition
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    ev = evidence([row("full", targets=None, ret=(100, math.nan, math.nan)), row("lora", 16, ret=(99, 96, 102))])
+    log_wandb(ev, ledger(ev), "peft-harness-test", "study", tmp_path)
+    logged = list(tmp_path.rglob("*.wandb"))
+    assert logged, "no offline W&B run written"
+    tables = {p.name.rsplit("_", 2)[0] for p in tmp_path.rglob("*.table.json")}
+    assert {"claims_ledger", "retention"} <= tables, tables
+    text = json.dumps(definition(build_report("peft-harness-test", "study", with_project=False)))
+    assert "claims_ledger" in text and '"retention"' in text
