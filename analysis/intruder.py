@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from analysis.intruder_svd import analyse_pairs, intruder_counts
 from analysis.intruder_tables import (_scalar, comparable_modules, correlations, group_table, k_fraction_counts,
-                                      matrix_table)
+                                      matrix_table, norm_matched)
 from harness.errors import ConfigError, HarnessError
 
 log = logging.getLogger("analysis.intruder")
@@ -69,7 +69,11 @@ def run_label(result: dict[str, Any]) -> str:
     label = result["method"] + (f" r={r}" if r is not None else "")
     if r is not None and alpha is not None and alpha != 2 * r:
         label += f" alpha={alpha:g}"
-    return label + (f" lr={lr:.3g}" if isinstance(lr, (int, float)) else "")
+    label += f" lr={lr:.3g}" if isinstance(lr, (int, float)) else ""
+    chain = (result.get("init_from") or {}).get("chain")
+    if chain:  # a continual stage: its W - W0 is the whole chain's, never pooled with another stage
+        label += f" stage {len(chain) + 1} ({result['task']})"
+    return label
 
 
 def load_run(run_dir: Path) -> Run:
@@ -224,6 +228,10 @@ def intruder_section(run_dirs: Sequence[Path], out_dir: Path, *, k: int = 10, ep
     out_dir.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out_dir / "intruder_summary.csv", index=False)
     group_table(summary, epsilons).to_csv(out_dir / "intruder_groups.csv", index=False)
+    wide = "eps_0.7" if 0.7 in epsilons else f"eps_{max(epsilons):g}"  # the loosest threshold shown in the README
+    matched = [norm_matched(summary, c) for c in ("intruders", wide)]
+    matched[0].merge(matched[1][["bin", "r", f"{wide}_mean"]], on=["bin", "r"]).to_csv(
+        out_dir / "intruder_norm_matched.csv", index=False)
     (sweep_df := pd.DataFrame(sweep)).to_csv(out_dir / "intruder_sweep.csv", index=False)
     (fraction_df := pd.DataFrame(fractions)).to_csv(out_dir / "intruder_k_fraction.csv", index=False)
     corr = correlations(summary)

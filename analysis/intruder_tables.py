@@ -109,3 +109,22 @@ def k_fraction_counts(arrays: dict[str, np.ndarray], used: np.ndarray, epsilon: 
         ks = np.maximum(1, np.ceil(f * widths - 1e-9)).astype(int)
         out[f] = int(sum((row[:k] < epsilon).sum() for row, k in zip(maxcos, ks)))
     return out
+
+
+def norm_matched(summary: pd.DataFrame, count: str = "intruders", n_bins: int = 3) -> pd.DataFrame:
+    """Rank vs step size: LoRA runs binned by their relative update norm (log-spaced bins over the observed
+    range), and per bin and rank the runs, their mean count and mean norm. Within a bin the update size is about
+    the same, so a count that still falls with rank is the rank's doing, not the step's (issue 16)."""
+    lora = summary[summary["method"].isin(["lora", "rslora", "dora"]) & summary["rel_update_mean"].gt(0)].copy()
+    if lora.empty or lora["r"].nunique() < 2:
+        return pd.DataFrame(columns=["bin", "norm_low", "norm_high", "r", "n_runs", f"{count}_mean", "rel_update_mean", "labels"])
+    logs = np.log(lora["rel_update_mean"].astype(float))
+    edges = np.linspace(logs.min(), logs.max() + 1e-9, n_bins + 1)
+    lora["bin"] = np.clip(np.searchsorted(edges, logs, side="right") - 1, 0, n_bins - 1)
+    rows = []
+    for (b, r), part in lora.groupby(["bin", "r"], sort=True):
+        rows.append({"bin": int(b), "norm_low": float(np.exp(edges[b])), "norm_high": float(np.exp(edges[b + 1])),
+                     "r": int(r), "n_runs": len(part), f"{count}_mean": float(part[count].mean()),
+                     "rel_update_mean": float(part["rel_update_mean"].mean()),
+                     "labels": "; ".join(sorted(set(part["label"])))})
+    return pd.DataFrame(rows)

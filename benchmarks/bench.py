@@ -357,7 +357,7 @@ def main() -> None:
                   f"({res['wall_s']:.0f} s wall, {res['train_runtime_s']:.0f} s training)"), flush=True)
     evaluation = timed(limits, "evaluation", run_eval_bench, a, work) if a.eval_tasks else []
     for row in evaluation if isinstance(evaluation, list) else [evaluation]:
-        print(f"  eval    " + (row.get("error") or f"{row['task']}: {row['speedup']:.2f}x the plain generate loop"), flush=True)
+        print("  eval    " + (row.get("error") or f"{row['task']}: {row['speedup']:.2f}x the plain generate loop"), flush=True)
     head = 49152 * 576 if a.model == "smollm2-135m" else 0  # lm_head (tied embedding) parameters
     meta = {"model": a.model, "steps": a.steps, "batch_size": a.batch_size, "repeats": a.repeats,
             "labelled_fraction": labelled_fraction(a.model, a.batch_size), "harness_args": a.harness_args,

@@ -135,6 +135,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("method=prefix cannot train with train.gradient_checkpointing=true (peft's prefix tuning "
                           "fails at the first step when checkpointing is switched on after wrapping, as Trainer "
                           "does); drop train.gradient_checkpointing=true or pick another method")
+    _check_numeric_knobs(cfg)
     _positive_int(cfg.task.n_train, "task.n_train", "e.g. task.n_train=500")
     _positive_int(cfg.task.n_eval, "task.n_eval", "e.g. task.n_eval=100")
     if cfg.tracking.mode not in TRACKING_MODES:
@@ -149,6 +150,43 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         except AssetError as err:
             raise ConfigError(str(err)) from None
     return effective_config(cfg)
+
+
+def _in_range(value: Any, name: str, low: float, high: float, fix: str, *, low_open: bool = False,
+              high_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{name} must be a number in {span}, got {value!r}; {fix}")
+
+
+def _check_numeric_knobs(cfg: DictConfig) -> None:
+    """The numeric knobs not checked above: each out-of-range value is one line before any work."""
+    train = cfg.train
+    _in_range(train.warmup_ratio, "train.warmup_ratio", 0, 1, "e.g. train.warmup_ratio=0.06", high_open=True)
+    _in_range(train.weight_decay, "train.weight_decay", 0, 1, "e.g. train.weight_decay=0.0")
+    if train.max_grad_norm is not None:
+        _positive_number(train.max_grad_norm, "train.max_grad_norm", "e.g. train.max_grad_norm=1.0, or null for none")
+    _positive_int(train.logging_steps, "train.logging_steps", "e.g. train.logging_steps=10")
+    if train.save_steps is not None:
+        _positive_int(train.save_steps, "train.save_steps", "e.g. train.save_steps=50, or null for no checkpoints")
+    _positive_int(train.eval_batch_size, "train.eval_batch_size", "e.g. train.eval_batch_size=32")
+    task = cfg.task
+    if task.get("max_new_tokens") is not None:
+        _positive_int(task.max_new_tokens, "task.max_new_tokens", "e.g. task.max_new_tokens=32")
+    if task.get("min_confidence") is not None:
+        _in_range(task.min_confidence, "task.min_confidence", 0, 1, "e.g. task.min_confidence=0.8")
+    if task.get("data_seed") is not None and (isinstance(task.data_seed, bool) or not isinstance(task.data_seed, int)
+                                              or task.data_seed < 0):
+        raise ConfigError(f"task.data_seed must be a non-negative integer, got {task.data_seed!r}; e.g. task.data_seed=1234")
+    for key, fix in (("n_people", "e.g. task.n_people=30"), ("bios_per_person", "e.g. task.bios_per_person=4")):
+        if task.get(key) is not None:
+            _positive_int(task[key], f"task.{key}", fix)
+    dropout = cfg.method.get("peft_kwargs", {}).get("lora_dropout") if cfg.method.get("peft_kwargs") else None
+    if dropout is not None:
+        _in_range(dropout, "method.peft_kwargs.lora_dropout", 0, 1, "e.g. method.peft_kwargs.lora_dropout=0.05",
+                  high_open=True)
 
 
 def check_budget(train: Any) -> None:

@@ -11,7 +11,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from harness.config import CONF_DIR, all_keys, config_groups, did_you_mean, group_options, validate
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 
 
 def _compose(overrides: list[str]):
@@ -65,12 +65,26 @@ def check(argv: list[str]) -> None:
     sweeping = check_overrides(overrides)
     if sweeping or any(f in ("-m", "--multirun") for f in flags):
         return  # each run of a sweep is validated (and recorded) on its own
-    validate(compose_checked(overrides))
+    cfg = compose_checked(overrides)
+    validate(cfg)
+    check_user_data(cfg)
+
+
+def check_user_data(cfg) -> None:
+    """A user's data file or hub dataset (task.source=files|hub) is read and split before Hydra starts, so a
+    missing, empty, malformed or mistyped file costs one line and leaves no run folder. Built-in data is
+    prepared by `make setup` and checked by the tests."""
+    if (cfg.task.get("source") or "builtin") == "builtin":
+        return
+    from harness.assets import cache_dir
+    from harness.tasks import get_task
+
+    get_task(cfg.task, cache_dir(cfg.paths.get("cache"))).prepare()
 
 
 def check_or_exit(argv: list[str]) -> None:
     try:
         check(argv)
-    except ConfigError as err:
+    except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

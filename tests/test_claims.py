@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.claims import (INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, CLAIMS, Evidence, ledger, markdown)
+from analysis.claim_rules import CLAIMS, INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evidence, ledger
+from analysis.claims import markdown
 
 CELL = "classify|m|d|b"
 
@@ -145,7 +146,7 @@ def test_claim_12_reads_serve_bench(merged, unmerged, expected) -> None:
 
 @pytest.mark.parametrize("share,expected", [(0.95, SUPPORTED), (0.6, REFUTED), (0.8, INCONCLUSIVE)])
 def test_claim_13_uses_task_vector_merges_only(share, expected) -> None:
-    merges = [{"mean_retention": {"ties_svd": share, "dare_ties_svd": share, "ties_factors": 0.1, "cat": 1.0}}]
+    merges = [{"mean": {"retention": {"ties": share, "dare_ties": share, "ties_factors": 0.1, "linear": 1.0}}}]
     assert verdict(13, evidence([], merges=merges)).verdict == expected
 
 

@@ -124,6 +124,9 @@ def test_intruder_weights_of_a_stage_carry_the_whole_chain(chain: dict[str, Path
     # W - W0 = the full fine-tune's change plus the stage's adapter, so it differs from both alone
     assert not torch.allclose(w, root_pairs[name][1]) and not torch.allclose(w - w0, torch.zeros_like(w))
     assert stage_only.result["init_from"]["chain"][0]["method"] == "full"
+    # a stage never shares a label (a group of seeds) with its root or another stage
+    assert load_run(chain["full-extract"]).label.endswith("stage 2 (extract)")
+    assert "stage" not in load_run(chain["full"]).label
 
 
 @pytest.mark.parametrize("case,match", [

@@ -160,3 +160,19 @@ def test_scale_intruders_command_writes_the_lambda_table(runs: Path, tmp_path: P
     bad = subprocess.run([sys.executable, "-m", "analysis.intruder", str(runs), "--scale-intruders", "1.5"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "fractions kept" in bad.stderr
+
+
+def test_norm_matched_bins_compare_ranks_at_the_same_update_size() -> None:
+    from analysis.intruder_tables import norm_matched
+
+    summary = pd.DataFrame({
+        "method": ["lora"] * 6 + ["full"], "r": [1, 64, 1, 64, 8, 8, None],
+        "rel_update_mean": [0.01, 0.011, 0.1, 0.1, 0.05, 0.01, 0.02], "intruders": [5, 0, 9, 2, 3, 1, 0],
+        "label": ["a", "b", "c", "d", "e", "f", "g"]})
+    table = norm_matched(summary, n_bins=2)
+    assert set(table["bin"]) == {0, 1} and "g" not in ";".join(table["labels"])  # full FT has no rank
+    low = table[table["bin"] == 0].set_index("r")
+    assert low.loc[1, "intruders_mean"] == 5 and low.loc[64, "intruders_mean"] == 0 and low.loc[8, "n_runs"] == 1
+    high = table[table["bin"] == 1].set_index("r")
+    assert high.loc[1, "intruders_mean"] == 9 and high.loc[64, "intruders_mean"] == 2
+    assert norm_matched(summary[summary["r"] == 1]).empty  # one rank: nothing to compare

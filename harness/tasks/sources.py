@@ -56,8 +56,12 @@ def _data_files(task: Task) -> dict[str, list[Path]]:
              for split, v in by_split.items()}
     paths = [p for ps in files.values() for p in ps]
     for path in paths:
+        if path.is_dir():
+            raise ConfigError(f"task.path={path} is a folder; give a .jsonl or .csv file (or a list of them)")
         if not path.is_file():
             raise ConfigError(f"task.path={path} does not exist; give an existing .jsonl or .csv file")
+        if path.stat().st_size == 0:
+            raise ConfigError(f"task.path={path} is empty; give a file with one row per example")
         if path.suffix.lower() not in FILE_BUILDERS:
             raise ConfigError(f"task.path={path} has an unsupported type; use .jsonl, .json or .csv")
     if len({FILE_BUILDERS[p.suffix.lower()] for p in paths}) > 1:
@@ -115,10 +119,21 @@ def _load(task: Task) -> datasets.DatasetDict:
     if task.source == "files":
         files = _data_files(task)
         builder = FILE_BUILDERS[next(iter(files.values()))[0].suffix.lower()]
+        quiet = datasets.logging.get_verbosity()
+        datasets.disable_progress_bars()  # the one line of a bad file must be the only line
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own "Failed to load JSON" line too
         try:
             return datasets.load_dataset(builder, data_files={s: [str(p) for p in ps] for s, ps in files.items()}, **kwargs)
         except Exception as err:  # noqa: BLE001 - a malformed file is the user's to fix, in one line
-            raise ConfigError(f"cannot read task.path as {builder}: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+            cause = err
+            while cause.__cause__ is not None or cause.__context__ is not None:  # datasets wraps the parser's error
+                cause = cause.__cause__ or cause.__context__
+            detail = (str(cause).splitlines() or [""])[0][:200]
+            raise ConfigError(f"cannot read task.path as {builder} ({type(cause).__name__}: {detail}); check that "
+                              f"every line is one complete {'JSON object' if builder == 'json' else 'CSV row'}") from None
+        finally:
+            datasets.enable_progress_bars()
+            datasets.logging.set_verbosity(quiet)
     dataset = task.cfg.dataset
     check_hub_reachable(dataset)
     try:
@@ -141,6 +156,10 @@ def _rows(task: Task, split: datasets.Dataset, where: str) -> list[dict[str, Any
     rows = []
     for i, record in enumerate(split.select_columns(list(dict.fromkeys(mapping.values())))):
         values = {field: record[col] for field, col in mapping.items()}
+        nested = [f"{f} (column '{mapping[f]}': {type(v).__name__})" for f, v in values.items() if isinstance(v, (list, dict))]
+        if nested:
+            raise ConfigError(f"{where} row {i} holds a list or mapping in {', '.join(nested)}; each field must be "
+                              "text or a number: flatten that column or map another with task.fields")
         empty = [f for f, v in values.items() if v is None or (isinstance(v, str) and not v.strip())]
         if empty:
             raise ConfigError(f"{where} row {i} has an empty {', '.join(empty)}; drop or fill empty rows")
