@@ -223,6 +223,18 @@ def _adapter(module: nn.Module) -> tuple[str, int, float] | None:
         return kind, int(module.r[key]), float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
     if isinstance(module, IA3Layer):
         return ("ia3_ff" if module.is_feedforward else "ia3"), 0, 0.0
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+    from peft.tuners.vera import VeraLayer
+
+    if isinstance(module, (LoHaLayer, LoKrLayer)):
+        key = next(iter(module.r))
+        return ("loha" if isinstance(module, LoHaLayer) else "lokr"), int(module.r[key]), 0.0
+
+    if isinstance(module, VeraLayer):
+        key = next(iter(module.r))
+        drop = module.vera_dropout[key]
+        return "vera", int(module.r[key]), float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
     if hasattr(module, "base_layer") and any(p.requires_grad for p in module.parameters()):
         rank = getattr(module, "r", {}) or {}
         return "other", int(next(iter(rank.values()), 0)) if isinstance(rank, dict) else 0, 0.0

@@ -170,24 +170,42 @@ def adapter_bytes_per_token(kind: str, in_f: int, out_f: int, r: int, dropout: f
 
     LoRA (peft): input cast to the adapter dtype, dropout (mask + output kept for lora_A's weight gradient, or the
     cast input when dropout is 0), lora_A's output kept for lora_B. DoRA additionally keeps two output-sized
-    tensors for the magnitude's gradient (and a weight-sized copy per layer: `adapter_weight_copies`). IA3 keeps
-    the tensor it scales: a feed-forward module's input (cast to the adapter dtype), else its output.
+    tensors for the magnitude's gradient (and, with dropout > 0, a weight-sized copy: `adapter_weight_copies`). IA3 keeps
+    the tensor it scales: a feed-forward module's input (cast to the adapter dtype), else its output. VeRA keeps
+    a rank-wide and an output-wide tensor (its projections are frozen buffers, so their input is not kept).
     Other adapter kinds are counted like LoRA (their input kept in the adapter dtype). Checked against the
     tensors autograd saves (tests/test_estimate.py)."""
     d = dt.adapter
+    if kind == "vera":
+        # the frozen shared projections need no saved input: lambda_d's input (rank-wide) and lambda_b's
+        # (output-wide) are what VeRA keeps, plus the dropout mask (peft 0.21 tuners/vera/layer.py Linear.forward)
+        return d * r + d * out_f + (dt.mask(d) * in_f if dropout > 0 else 0)
+    if kind in ("loha", "lokr"):
+        # F.linear(x, delta_weight): the input cast to the adapter dtype; the update matrix itself is per layer
+        return d * in_f
     if kind == "ia3_ff":
         return d * in_f
     if kind == "ia3":
         return dt.a * out_f
     kept = d * in_f + (dt.mask(d) * in_f if dropout > 0 else 0) + d * r
     if kind == "dora":
-        kept += 2 * d * out_f
+        # lora_B's output (adapter dtype) and the base output the magnitude rescales: recomputed in the adapter
+        # dtype when dropout > 0, the base layer's own output (activation dtype) when dropout is 0
+        kept += d * out_f + (d if dropout > 0 else dt.a) * out_f
     return kept
 
 
 def adapter_weight_copies(blk: Block, dt: ActDtypes) -> int:
-    """DoRA runs its base layer on a copy of the weight in the adapter dtype, kept for the backward pass."""
-    return sum(dt.adapter * in_f * out_f for _, kind, in_f, out_f, _, _ in blk.adapters if kind == "dora")
+    """Weight-sized tensors adapters keep per layer. DoRA with lora_dropout > 0 runs its base layer again, on the dropped-out input and a copy of the weight in
+    the adapter dtype, which F.linear keeps for the backward pass; with dropout 0 it reuses the base layer's
+    output and makes no copy (peft 0.21, tuners/lora/layer.py Linear.forward -> dora.py DoraLinearLayer.forward,
+    `base_result`). Checked against the tensors autograd saves (tests/test_estimate.py)."""
+    dora = sum(dt.adapter * in_f * out_f for _, kind, in_f, out_f, _, dropout in blk.adapters
+               if kind == "dora" and dropout > 0)
+    # LoHa and LoKr build each adapted layer's whole update matrix every step (peft 0.21 tuners/loha|lokr
+    # layer.py get_delta_weight) and F.linear keeps it for the input's gradient: one out x in matrix per layer
+    kron = sum(dt.adapter * in_f * out_f for _, kind, in_f, out_f, _, _ in blk.adapters if kind in ("loha", "lokr"))
+    return dora + kron
 
 
 def packed_attention_bytes(blk: Block, rows: int, width: int, tokens: int, dt: ActDtypes, eager: bool) -> float:

@@ -265,9 +265,12 @@ def saved_per_layer(model: torch.nn.Module, batch: dict, layers, autocast: bool)
     ["model=tiny-llama", "method=full", "train.precision=fp32"], ["model=tiny-llama", "method=full"],
     ["model=tiny-llama", "method=lora"], ["model=tiny-llama", "method=lora", "targets=all-linear"],
     ["model=tiny-llama", "method=ia3", "targets=all-linear"], ["model=tiny-llama", "method=dora"],
+    ["model=tiny-llama", "method=dora", "method.peft_kwargs.lora_dropout=0.0"],
+    ["model=tiny-llama", "method=dora", "targets=all-linear", "method.peft_kwargs.lora_dropout=0.0"],
+    ["model=tiny-llama", "method=loha"], ["model=tiny-llama", "method=lokr"], ["model=tiny-llama", "method=vera"],
     ["model=tiny-bert", "method=full", "train.precision=bf16"], ["model=tiny-bert", "method=lora", "targets=all-linear"],
 ], ids=lambda o: " ".join(o))
-def test_layer_activations_match_what_autograd_keeps(overrides: list[str]) -> None:
+def test_layer_activations_match_what_autograd_keeps(overrides: list[str], b: int = 4, s: int = 37) -> None:
     from harness.assets import cache_dir
     from harness.methods import apply_method, plan_method
     from harness.models import load_model, load_tokenizer
@@ -278,10 +281,9 @@ def test_layer_activations_match_what_autograd_keeps(overrides: list[str]) -> No
     model = load_model(cfg.model, cache_dir(), precision=eff["train"]["precision"], tokenizer=tokenizer,
                        labels=["negative", "neutral", "positive"])
     model = apply_method(model, plan_method(model, eff, cfg.model.kind)).train()
-    b, s = 4, 37
     ids = torch.randint(5, 1000, (b, s), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(b, s, dtype=torch.long)
-    mask[0, -5:] = 0  # padding, as the collator makes
+    mask[0, -min(5, s - 1):] = 0  # padding, as the collator makes
     labels = ids if cfg.model.kind == "causal_lm" else torch.tensor([0, 1, 2, 0])
     layers = _layer_list(model, model.config.num_hidden_layers)
     measured = saved_per_layer(model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, layers,
@@ -292,6 +294,16 @@ def test_layer_activations_match_what_autograd_keeps(overrides: list[str]) -> No
     # and the model-level function sums the same layers
     acts = model_activations(model, eff, s, b, "cpu")
     assert acts["layers"] == pytest.approx(len(layers) * predicted)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=tiny-llama", "method=loha"], ["model=tiny-llama", "method=lokr"], ["model=tiny-llama", "method=dora"],
+    ["model=tiny-llama", "method=lora", "targets=all-linear"],
+], ids=lambda o: " ".join(o))
+def test_weight_sized_adapter_terms_at_one_short_row(overrides: list[str]) -> None:
+    """At 1 x 6 tokens the per-token terms are small, so what an adapter keeps per layer (DoRA's weight copy,
+    LoHa's and LoKr's full update matrices) decides the total."""
+    test_layer_activations_match_what_autograd_keeps(overrides, b=1, s=6)
 
 
 @pytest.mark.parametrize("lengths", [(20, 37, 15), (200, 30)], ids=["eager rows", "sdpa rows"])
