@@ -204,3 +204,22 @@ def test_the_ledger_is_logged_to_wandb_and_the_report_shows_it(tmp_path, monkeyp
     assert {"claims_ledger", "retention"} <= tables, tables
     text = json.dumps(definition(build_report("peft-harness-test", "study", with_project=False)))
     assert "claims_ledger" in text and '"retention"' in text
+
+
+def test_make_study_runs_each_sweep_then_its_analyses_and_the_ledger() -> None:
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["make", "-s", "-o", "setup", "study", "SCALE=gpu", "STUDY_SWEEPS=fair-classify intruder-lm",
+                          "PY=echo"], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    sweeps = [line for line in lines if "harness.run --multirun" in line]
+    assert len(sweeps) == 2 and "model=roberta-base" in sweeps[0] and "model=qwen2.5-0.5b" in sweeps[1]
+    assert all("paths.runs=runs/study-gpu/" in line for line in sweeps)
+    order = [next(i for i, line in enumerate(lines) if key in line) for key in
+             ("config-name fair-classify", "analysis.records runs/study-gpu/fair-classify",
+              "analysis.report --runs results/study-gpu/fair-classify", "config-name intruder-lm",
+              "analysis.intruder runs/study-gpu/intruder-lm", "analysis.claims --runs results/study-gpu")]
+    assert order == sorted(order)  # each sweep, then its analyses and records, the ledger last
