@@ -50,11 +50,15 @@ def gather(roots: Sequence[Path], estimates: bool = True) -> Evidence:
 
     df = load_folders(roots)
     ev = Evidence(retention=tables.retention(df), runs=tables.at_selected_lr(df))
-    groups, summaries, corrs = (_glob(roots, n) for n in ("intruder_groups.csv", "intruder_summary.csv",
-                                                          "intruder_correlations.json"))
-    if groups and summaries and corrs:  # the first analysis found (one study); more would need a choice
-        ev.intruder_groups, ev.intruder_summary = pd.read_csv(groups[0]), pd.read_csv(summaries[0])
-        ev.intruder_correlations = json.loads(corrs[0].read_text())
+    summaries = _glob(roots, "intruder_summary.csv")
+    complete = [p.parent for p in summaries if (p.parent / "intruder_groups.csv").exists()
+                and (p.parent / "intruder_correlations.json").exists()]
+    if complete:  # several analyses: the one over the most runs (it holds the others' runs or outnumbers them)
+        folder = max(complete, key=lambda d: (len(pd.read_csv(d / "intruder_summary.csv")), str(d)))
+        ev.intruder_groups = pd.read_csv(folder / "intruder_groups.csv")
+        ev.intruder_summary = pd.read_csv(folder / "intruder_summary.csv")
+        ev.intruder_correlations = json.loads((folder / "intruder_correlations.json").read_text()) | {
+            "source": str(folder)}
     ev.serve = [json.loads(p.read_text()) for p in _glob(roots, "serve_bench.json")]
     ev.merges = [json.loads(p.read_text()) | {"name": p.parent.parent.name if p.parent.name == "report" else p.parent.name}
                  for p in _glob(roots, "merge_table.json")]

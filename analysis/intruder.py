@@ -100,9 +100,13 @@ def collect_runs(paths: Sequence[Path]) -> list[Run]:
             folders += sorted(p.parent for p in path.glob("*/result.json"))
         else:
             raise ConfigError(f"{path} is neither a run folder (with result.json) nor a folder of run folders")
-    runs = []
+    runs, seen = [], {}
     for folder in folders:
         run = load_run(folder)
+        if run.result.get("run_id") in seen:  # the same run in two sweeps' folders: one run, never two seeds
+            print(f"skipping {folder}: the same run as {seen[run.result['run_id']]}", file=sys.stderr)
+            continue
+        seen[run.result.get("run_id")] = folder
         if run.result.get("status") != "ok":
             print(f"skipping {folder.name}: status {run.result.get('status')}", file=sys.stderr)
         elif run.result.get("saved_to") not in ("adapter", "model"):

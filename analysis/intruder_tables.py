@@ -65,6 +65,8 @@ def correlations(summary: pd.DataFrame) -> dict[str, Any]:
     per base model (the forgetting probes of an encoder and a causal LM are on different scales). The top-level
     `forgetting` / `score` entries are those of the only model, or None when several are mixed."""
     by_model: dict[str, dict[str, Any]] = {}
+    if {"label", "seed"} <= set(summary.columns):  # the same training config twice is one observation
+        summary = summary.drop_duplicates(["label", "seed"])
     for model, part in summary.groupby("model", sort=True):
         found = {}
         for other in ("forgetting", "score"):
@@ -88,6 +90,8 @@ def group_table(summary: pd.DataFrame, epsilons: Sequence[float]) -> pd.DataFram
 
     rows = []
     for label, part in summary.groupby("label", sort=False):
+        if "seed" in part:  # one training config reached twice (e.g. by two sweeps) is one seed
+            part = part.drop_duplicates("seed")
         first = part.iloc[0]
         row = {"label": label, "model": first["model"], "method": first["method"], "r": first["r"],
                "alpha": first["alpha"], "lr": first["lr"], "n_seeds": len(part)}

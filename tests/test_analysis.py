@@ -311,9 +311,13 @@ def test_wandb_report_offline_writes_a_definition_that_reads_back(tmp_path: Path
     spec = json.loads(out.read_text())
     assert spec["project"]["name"] == "peft-harness"
     back = wandb_report.load_definition(out)
-    grid = back.blocks[-1]
+    grids = [b for b in back.blocks if type(b).__name__ == "PanelGrid"]
+    grid = grids[0]
     kinds = [type(p).__name__ for p in grid.panels]
     assert kinds == ["ParallelCoordinatesPlot", "ScatterPlot", "ScatterPlot", "BarPlot", "BarPlot"]
+    # the second grid: the claims ledger and retention tables analysis.claims logs into the group
+    assert [(type(p).__name__, p.table_name) for p in grids[1].panels] == [
+        ("WeavePanelSummaryTable", "claims_ledger"), ("WeavePanelSummaryTable", "retention")]
     columns = [c.metric.name for c in grid.panels[0].columns]
     assert columns == ["method.name", "r", "targets.name", "peak_mem_bytes", "score"]
     assert "group" in json.dumps(spec) and "classify" in json.dumps(spec)

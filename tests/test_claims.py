@@ -119,9 +119,12 @@ def test_claim_10_is_the_trainable_share(share, expected) -> None:
 
 def _intruders(low_rank: tuple[float, float, float], rho_f: float, p_f: float, counts: list[int]) -> Evidence:
     groups = pd.DataFrame([
-        {"label": "full", "method": "full", "r": np.nan, "intruders_mean": 0.0, "intruders_low": 0.0, "intruders_high": 0.0},
-        {"label": "lora r=1", "method": "lora", "r": 1, "intruders_mean": low_rank[0], "intruders_low": low_rank[1],
-         "intruders_high": low_rank[2]}])
+        {"label": "full", "method": "full", "r": np.nan, "n_seeds": 3, "intruders_mean": 0.0, "intruders_low": 0.0,
+         "intruders_high": 0.0},
+        {"label": "lora r=1 lr=1e-4", "method": "lora", "r": 1, "n_seeds": 1, "intruders_mean": 0.0,
+         "intruders_low": np.nan, "intruders_high": np.nan},  # one seed at another rate: not the group tested
+        {"label": "lora r=1", "method": "lora", "r": 1, "n_seeds": 3, "intruders_mean": low_rank[0],
+         "intruders_low": low_rank[1], "intruders_high": low_rank[2]}])
     summary = pd.DataFrame({"method": ["lora"] * 6, "r": [1, 1, 8, 8, 64, 64], "intruders": counts})
     return evidence([], intruder_groups=groups, intruder_summary=summary,
                     intruder_correlations={"forgetting": {"rho": rho_f, "p": p_f, "n": 9}})
@@ -134,7 +137,7 @@ def _intruders(low_rank: tuple[float, float, float], rho_f: float, p_f: float, c
 ])
 def test_claim_11_has_three_parts(case, expected) -> None:
     v = verdict(11, _intruders(*case))
-    assert v.verdict == expected and len(v.evidence) == 3
+    assert v.verdict == expected and len(v.evidence) == 4
 
 
 @pytest.mark.parametrize("merged,unmerged,expected", [(1.02, 1.10, SUPPORTED), (1.2, 1.3, REFUTED), (1.07, 1.1, INCONCLUSIVE)])

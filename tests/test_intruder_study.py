@@ -176,3 +176,30 @@ def test_norm_matched_bins_compare_ranks_at_the_same_update_size() -> None:
     high = table[table["bin"] == 1].set_index("r")
     assert high.loc[1, "intruders_mean"] == 9 and high.loc[64, "intruders_mean"] == 2
     assert norm_matched(summary[summary["r"] == 1]).empty  # one rank: nothing to compare
+
+
+def test_the_same_run_in_two_folders_counts_once(tmp_path: Path) -> None:
+    import shutil
+
+    from analysis.intruder import collect_runs
+
+    record = {"run_id": "classify_m_lora_r1_s0_abc", "status": "ok", "saved_to": "adapter", "method": "lora",
+              "r": 1, "alpha": 2, "lr": 2e-3, "model": "tiny-llama", "config": {"model": {"name": "tiny-llama"}}}
+    first = tmp_path / "a" / record["run_id"]
+    first.mkdir(parents=True)
+    (first / "result.json").write_text(json.dumps(record))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    runs = collect_runs([tmp_path / "a", tmp_path / "b"])
+    assert len(runs) == 1 and runs[0].run_dir == first
+
+
+def test_one_config_reached_by_two_sweeps_is_one_seed() -> None:
+    from analysis.intruder_tables import correlations, group_table
+
+    summary = pd.DataFrame({"label": ["a", "a", "a", "b", "b", "c"], "seed": [0, 0, 1, 0, 1, 0],
+                            "model": ["m"] * 6, "method": ["lora"] * 6, "r": [1, 1, 1, 8, 8, 64], "alpha": [2] * 6,
+                            "lr": [1e-3] * 6, "intruders": [4, 4, 6, 1, 2, 0], "rel_update_mean": [0.1] * 6,
+                            "score": [0.8] * 6, "val_score": [0.8] * 6, "forgetting": [0.5, 0.5, 0.7, 0.2, 0.3, 0.1]})
+    groups = group_table(summary, []).set_index("label")
+    assert groups.loc["a", "n_seeds"] == 2 and groups.loc["a", "intruders_mean"] == 5
+    assert correlations(summary)["forgetting"]["n"] == 5
