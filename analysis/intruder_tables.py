@@ -119,6 +119,8 @@ def norm_matched(summary: pd.DataFrame, count: str = "intruders", n_bins: int = 
     """Rank vs step size: LoRA runs binned by their relative update norm (log-spaced bins over the observed
     range), and per bin and rank the runs, their mean count and mean norm. Within a bin the update size is about
     the same, so a count that still falls with rank is the rank's doing, not the step's (issue 16)."""
+    if {"label", "seed"} <= set(summary.columns):  # one training config reached twice is one run
+        summary = summary.drop_duplicates(["label", "seed"])
     lora = summary[summary["method"].isin(["lora", "rslora", "dora"]) & summary["rel_update_mean"].gt(0)].copy()
     if lora.empty or lora["r"].nunique() < 2:
         return pd.DataFrame(columns=["bin", "norm_low", "norm_high", "r", "n_runs", f"{count}_mean", "rel_update_mean", "labels"])
