@@ -326,10 +326,12 @@ def claim_11(ev: Evidence, v: Verdict) -> Verdict:
         return v
     lowest = lora[lora["r"] == lora["r"].min()]
     low = lowest.sort_values("n_seeds", ascending=False, kind="stable").iloc[0]  # its best-replicated group
-    f = full.iloc[0]
+    f = full.sort_values("n_seeds", ascending=False, kind="stable").iloc[0]
     part_a = low["intruders_low"] > f["intruders_high"]
     against_a = low["intruders_high"] < f["intruders_low"]
     runs = summary[summary["method"] == "lora"]
+    if {"label", "seed"} <= set(runs.columns):  # one training config reached by two sweeps is one run
+        runs = runs.drop_duplicates(["label", "seed"])
     rho_r, p_r = stats.spearmanr(runs["r"], runs["intruders"]) if runs["r"].nunique() > 1 else (math.nan, math.nan)
     forget = corr.get("forgetting") or {}
     rho_f, p_f = forget.get("rho", math.nan), forget.get("p", math.nan)
