@@ -76,7 +76,13 @@ def test_a_stage_records_its_chain_and_rescores_the_earlier_task(chain: dict[str
     assert earlier["task"] == "classify" and earlier["score_at_stage"] == root["score"]
     assert 0.0 <= earlier["score_now"] <= 1.0 and earlier["base_score"] == root["base_score"]
     assert stage["forgetting_total"] == pytest.approx(stage["forgetting_after"] - root["forgetting_before"])
-    assert stage["base_cached"] is False  # the stage's untuned model is its parent's, never the base's cache entry
+    # the stage's untuned model is its parent's: its cached base scores live under their own key
+    from harness.base_scores import base_key
+
+    eff = dict(stage["config"])
+    keys = {base_key(e, stage["model_fingerprint"], stage["data_fingerprint"], stage["versions"])
+            for e in (eff, {k: v for k, v in eff.items() if k != "init_from"})}
+    assert len(keys) == 2
 
 
 def test_a_stage_starts_from_its_parents_trained_weights(chain: dict[str, Path]) -> None:
