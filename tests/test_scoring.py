@@ -7,19 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import compose
-from harness.assets import cache_dir
-from harness.models import load_model, load_tokenizer
-from harness.tasks import get_task
-
-
-def _setup(model: str, task: str, n_eval: int, precision: str):
-    cfg = compose([f"model={model}", f"task={task}", f"task.n_eval={n_eval}", "tracking=none"])
-    cache = cache_dir()
-    tokenizer = load_tokenizer(cfg.model, cache)
-    net = load_model(cfg.model, cache, precision=precision, tokenizer=tokenizer, labels=None)
-    task_obj = get_task(cfg.task, cache)
-    return net, tokenizer, task_obj, task_obj.splits()["test"]
+from benchmarks.eval_bench import _setup  # model, tokenizer, task and its test split, as the benchmark loads them
 
 
 @pytest.mark.parametrize("task", ["extract", "style", "multitask"])
