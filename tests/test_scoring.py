@@ -47,6 +47,31 @@ def test_decoding_uses_the_cache_and_stops_when_every_sequence_has_ended() -> No
         hook.remove()
 
 
+def test_the_head_gets_a_contiguous_input_and_the_answers_do_not_change() -> None:
+    from harness.tasks.base import generate_greedy
+
+    model, tokenizer, t, test = _setup("tiny-llama", "extract", 6, "fp32")
+    prompts = [t.prompt_ids(tokenizer, r) for r in test]
+    seen: list[bool] = []
+    # a forward hook sees the input the head was called with, after every pre-hook
+    spy = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    try:
+        ours = generate_greedy(model, tokenizer, prompts, "cpu", max_new_tokens=5)
+        assert seen and all(seen)  # the prefill's last-position slice was made contiguous before the head
+        n_hooks = len(model.lm_head._forward_pre_hooks)  # 0 once the context has removed its own
+        seen.clear()
+        width, pad = max(map(len, prompts)), tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        plain = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                               pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        assert seen[0] is False  # what generate hands the head without it: the strided view
+    finally:
+        spy.remove()
+    assert n_hooks == 0
+    assert ours == [tokenizer.decode(g[width:], skip_special_tokens=True).strip() for g in plain]
+
+
 @pytest.mark.slow
 def test_bundled_model_answers_are_unchanged_by_length_batching() -> None:
     # float32: in bfloat16 the batch's composition itself moves long greedy generations (measured here on this
