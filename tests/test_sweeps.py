@@ -15,7 +15,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import REPO, TINY, run_cli
-from harness.config import CONF_DIR, effective_config
+from harness.assets import CONF_DIR
+from harness.config import effective_config
 
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 TINY_SWEEP = ["model=tiny-llama", *TINY]
