@@ -144,8 +144,9 @@ FIELDS: tuple[Field, ...] = (
         "task re-scored now against its score at that stage; general-text forgetting since the root's base; the "
         'seconds that took',
         columns=(), required=()),
-    Field(('device', 'model_load_s', 'final_eval_s', 'train_loop_s'),
-        'where and how long: `cuda` or `cpu`, seconds to load the model, to score the tuned model (validation, '
+    Field(('device', 'torch_threads', 'model_load_s', 'final_eval_s', 'train_loop_s'),
+        'where and how long: `cuda` or `cpu`, torch\'s intra-op threads (under the joblib launcher each of its '
+        'n_jobs worker processes gets cores // n_jobs), seconds to load the model, to score the tuned model (validation, '
         'test, probe) and the training loop with periodic validation in it',
         columns=(), required=()),
     Field(('mem_after_load', 'mem_after_method', 'target_modules'),

@@ -42,6 +42,20 @@ log = logging.getLogger(__name__)
 SUMMARY_COLUMNS = ["run_id", "status", "score", "base_score", "peak_mem_bytes", "train_tokens_per_s", "reason"]
 
 
+def check_one_run_per_gpu(launcher: Any) -> None:
+    """The joblib launcher runs n_jobs runs at once on this machine, each in its own process; it divides the CPU
+    between them (joblib sets OMP_NUM_THREADS = cores // n_jobs in its workers, `torch_threads` in the record),
+    but on CUDA every one of them would load its model on the same GPU. Refused in one line before any run."""
+    import torch
+
+    if "joblib" not in str(launcher.get("_target_", "")) or not torch.cuda.is_available():
+        return
+    n_jobs = launcher.get("n_jobs")
+    if n_jobs is None or n_jobs == -1 or int(n_jobs) > 1:
+        raise ConfigError(f"hydra/launcher=joblib with n_jobs={n_jobs} would put several runs on one GPU at once; "
+                          "set hydra.launcher.n_jobs=1, or use hydra/launcher=submitit_slurm (one GPU per job)")
+
+
 def _seed_of(overrides: list[str]) -> int:
     return next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("seed=")), 0)
 
@@ -112,6 +126,7 @@ class HarnessSweeper(BasicSweeper):
         return returns
 
     def sweep(self, arguments: list[str]) -> Any:
+        check_one_run_per_gpu(self.config.hydra.launcher)
         grid = self.grid(arguments)
         lr_search = self.lr_search(grid)
         sweep_dir = Path(self.config.hydra.sweep.dir)
