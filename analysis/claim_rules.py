@@ -13,7 +13,7 @@ Evidence (`Evidence`):
   the evidence. A difference between two variants of one cell is a Welch t-interval on their per-seed scores.
 - *Intruder claims* use `intruder_groups.csv`, `intruder_summary.csv` and `intruder_correlations.json` written by
   `analysis.intruder`.
-- *Cost claims* use the estimator (harness/estimate.py; labelled estimated) and the measured records.
+- *Cost claims* use the estimator (harness/estimate/; labelled estimated) and the measured records.
 - *Latency and merging claims* use `serve_bench.json` and `merge_table.json` files.
 """
 
@@ -352,7 +352,7 @@ def claim_12(ev: Evidence, v: Verdict) -> Verdict:
     """From serve_bench (latency per generated token): supported when merged is within 5% of the base model and
     unmerged within 25% of merged; refuted when merged is > 10% slower than the base."""
     if not ev.serve:
-        v.missing = "serve_bench.json records (python -m harness.serve_bench <run> --out ...)"
+        v.missing = "serve_bench.json records (python -m harness.adapters.serve_bench <run> --out ...)"
         return v
     worst_merged, worst_unmerged = 0.0, 0.0
     for rec in ev.serve:
@@ -384,7 +384,7 @@ def claim_13(ev: Evidence, v: Verdict) -> Verdict:
                 values.append(share)
                 v.evidence.append(f"{table.get('name', 'merge')}: {name} {100 * share:.1f}%")
     if not values:
-        v.missing = "a multi-task merge table (python -m harness.merge ... --combine ties,dare_ties) under --runs"
+        v.missing = "a multi-task merge table (python -m harness.adapters.merge ... --combine ties,dare_ties) under --runs"
         return v
     v.estimate = f"mean retention {100 * min(values):.1f}-{100 * max(values):.1f}%"
     v.verdict = SUPPORTED if min(values) >= 0.90 else REFUTED if min(values) < 0.75 else INCONCLUSIVE

@@ -20,6 +20,7 @@ import pandas as pd
 
 from analysis.claim_rules import (INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evidence, Verdict, ledger)
 from harness.errors import HarnessError
+from harness.cli import error
 
 
 # ---- gathering and writing -----------------------------------------------------------------------------------
@@ -142,8 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         evidence = gather(args.runs, estimates=not args.no_estimates)
         verdicts = ledger(evidence)
     except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err)
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(verdicts)
     (args.out / "claims.md").write_text(text)

@@ -23,7 +23,8 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.results import read_result
+from harness.runfolder import find_runs, read_record
+from harness.cli import error
 
 INTRUDER_EPSILONS = ("0.5", "0.7", "0.9")
 
@@ -36,10 +37,8 @@ def variant_label(record: dict[str, Any]) -> str:
 def stage_records(paths: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]:
     """(folder, record) of every finished run under `paths` that belongs to a chain (a root with children or a
     stage with `init_from`)."""
-    folders: list[Path] = []
-    for path in map(Path, paths):
-        folders += [path] if (path / "result.json").exists() else sorted(p.parent for p in path.glob("*/result.json"))
-    records = [(f, r) for f in folders if (r := read_result(f)) and r.get("status") == "ok"]
+    folders = find_runs(paths)
+    records = [(f, r) for f in folders if (r := read_record(f)) and r.get("status") == "ok"]
     parents = {(r.get("init_from") or {}).get("run_id") for _, r in records}
     chained = [(f, r) for f, r in records if r.get("init_from") or r.get("run_id") in parents]
     if not chained:
@@ -149,8 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         score_table, stage_table = tables(args.runs)
     except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err)
     args.out.mkdir(parents=True, exist_ok=True)
     score_table.to_csv(args.out / "continual.csv", index=False)
     stage_table.to_csv(args.out / "continual_stages.csv", index=False)

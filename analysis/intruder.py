@@ -26,19 +26,21 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from analysis.intruder_svd import analyse_pairs, intruder_counts
+from analysis.intruder_weights import weight_pairs
 from analysis.intruder_tables import (_scalar, comparable_modules, correlations, group_table, k_fraction_counts,
                                       matrix_table, norm_matched)
 from harness.errors import ConfigError, HarnessError
+from harness.runfolder import RESULT_FILE, RunFolder, find_runs, is_run_folder, open_run
+from harness.cli import error
 
 log = logging.getLogger("analysis.intruder")
 VERSION = 2  # bump when the stored arrays change meaning (2: max |cos| of every singular vector, not the top 50)
@@ -49,14 +51,8 @@ TABLE, ARRAYS = "intruders.csv", "intruders.npz"
 
 # ---- run folders ----
 
-@dataclass
-class Run:
-    """A finished run folder: its record, its composed config and the harness cache it used."""
-
-    run_dir: Path
-    result: dict[str, Any]
-    cfg: DictConfig
-    cache: Path
+class Run(RunFolder):
+    """A run folder (harness/runfolder.py) with the label the analysis groups by."""
 
     @property
     def label(self) -> str:
@@ -77,29 +73,17 @@ def run_label(result: dict[str, Any]) -> str:
 
 
 def load_run(run_dir: Path) -> Run:
-    from harness.assets import cache_dir
-    from harness.results import read_result
-
-    result = read_result(run_dir)
-    if result is None:
-        raise ConfigError(f"{run_dir} holds no readable result.json; pass run folders (paths.runs/<run_id>/) or a folder of them")
-    composed = run_dir / ".hydra" / "config.yaml"
-    cfg = OmegaConf.load(composed) if composed.exists() else OmegaConf.create(result.get("config") or {})
-    if OmegaConf.select(cfg, "model.name") is None:
-        raise ConfigError(f"{run_dir} has neither .hydra/config.yaml nor a config in result.json; re-run it with harness.run")
-    return Run(run_dir, result, cfg, cache_dir(OmegaConf.select(cfg, "paths.cache", default=None)))
+    return Run(**vars(open_run(run_dir)))
 
 
 def collect_runs(paths: Sequence[Path]) -> list[Run]:
     """Run folders, expanding a folder of runs; runs that did not finish `ok` are skipped with a note."""
     folders: list[Path] = []
     for path in map(Path, paths):
-        if (path / "result.json").exists():
-            folders.append(path)
-        elif path.is_dir() and any(path.glob("*/result.json")):
-            folders += sorted(p.parent for p in path.glob("*/result.json"))
-        else:
-            raise ConfigError(f"{path} is neither a run folder (with result.json) nor a folder of run folders")
+        found = find_runs([path]) if path.is_dir() else []
+        if not found:
+            raise ConfigError(f"{path} is neither a run folder (with {RESULT_FILE}) nor a folder of run folders")
+        folders += found
     runs, seen = [], {}
     for folder in folders:
         run = load_run(folder)
@@ -118,39 +102,11 @@ def collect_runs(paths: Sequence[Path]) -> list[Run]:
     return runs
 
 
-def tuned_model(trained, base) -> tuple[Any, list[str]]:
-    """The run's model with its changes merged into `base` in float32 (adapters merged, full FT's weights
-    loaded), and the names of the linear matrices it changed. A continual stage (`init_from`) carries every
-    earlier stage's change too, root first, so its W - W0 is the whole chain's (harness/lineage.py).
-    `trained` is a harness.merge run folder."""
-    from harness.lineage import ancestry, apply_chain
-
-    model, names = apply_chain(base.float(), ancestry(trained.path))
-    if not names:
-        raise ConfigError(f"{trained.name}: method {trained.result['method']} changes no linear weight; "
-                          "the intruder analysis needs a LoRA-family or full fine-tuning run")
-    return model, names
-
-
-def weight_pairs(run: Run) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(W0, W) per changed matrix. W0 is the base exactly as the run trained from it, loaded by the same code as
-    `harness.merge` (harness/merge.py `load_base`): in the record's precision (a full-FT run at bf16-mixed trained
-    float32 weights), and for a QLoRA run the NF4 weights it trained against, de-quantised. Adapters are merged in
-    float32, so the merge adds no rounding of its own."""
-    from harness import merge
-
-    trained = merge.load_run(run.run_dir)
-    base, _, _ = merge.load_base(trained, dequantize=True)
-    w0 = {n: m.weight.detach().clone() for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
-    model, names = tuned_model(trained, base)
-    return {n: (w0[n], model.get_submodule(n).weight.detach()) for n in names}
-
-
 def analyse_run(run: Run, device: torch.device, recompute: bool = False) -> dict[str, np.ndarray]:
     """The run's arrays (every singular vector's max |cos|), from its `intruders.npz` when that is newer than the
     run and of this VERSION."""
-    stored = run.run_dir / ARRAYS
-    if stored.exists() and not recompute and stored.stat().st_mtime >= (run.run_dir / "result.json").stat().st_mtime:
+    stored = run.path / ARRAYS
+    if stored.exists() and not recompute and stored.stat().st_mtime >= (run.path / RESULT_FILE).stat().st_mtime:
         arrays = dict(np.load(stored))
         if int(arrays["version"]) == VERSION:
             return arrays
@@ -174,16 +130,16 @@ def _log_wandb(run: Run, table: pd.DataFrame, row: dict[str, Any], mode: str) ->
 
         from harness.tracking import resolve_mode
 
-        project = OmegaConf.select(run.cfg, "tracking.project", default=None) or "peft-harness"
+        project = OmegaConf.select(run.composed, "tracking.project", default=None) or "peft-harness"
         wb = wandb.init(project=project, group=run.result.get("group"), name=f"{run.result['run_id']}-intruders",
-                        job_type="intruder-analysis", dir=str(run.run_dir), mode=resolve_mode(mode),
+                        job_type="intruder-analysis", dir=str(run.path), mode=resolve_mode(mode),
                         config={"run_id": run.result["run_id"], "method": run.result["method"], "r": run.result.get("r")},
                         reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))
         wb.log({"intruders": wandb.Table(dataframe=table)})
         wb.summary.update({k: v for k, v in row.items() if isinstance(v, (int, float, str))})
         wb.finish()
     except Exception as err:  # noqa: BLE001 - the local table is the record; W&B is a copy
-        log.warning("W&B logging of %s failed: %s", run.run_dir.name, err)
+        log.warning("W&B logging of %s failed: %s", run.path.name, err)
 
 
 def intruder_section(run_dirs: Sequence[Path], out_dir: Path, *, k: int = 10, epsilon: float = 0.5,
@@ -204,7 +160,7 @@ def intruder_section(run_dirs: Sequence[Path], out_dir: Path, *, k: int = 10, ep
         res = run.result
         only = comparable.get(res["model"]) if res["saved_to"] == "model" else None
         table = matrix_table(run, arr, k, epsilon, epsilons, only or None)
-        table.to_csv(run.run_dir / TABLE, index=False)
+        table.to_csv(run.path / TABLE, index=False)
         used = table["compared"].to_numpy()
         counts = {c: int(table.loc[used, c].sum()) for c in ["intruders", *[f"eps_{e:g}" for e in epsilons]]}
         row = {"run_id": res["run_id"], "label": run.label, "model": res["model"], "method": res["method"],
@@ -281,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("epsilons are |cosine| thresholds: use values in (0, 1], e.g. --epsilons 0.1..0.9")
         ks = [int(x) for x in parse_floats(args.ks)]
         first = Path(args.run_dirs[0]).resolve()
-        out = args.out or (first.parent if (first / "result.json").exists() else first) / "intruder-analysis"
+        out = args.out or (first.parent if is_run_folder(first) else first) / "intruder-analysis"
         t0 = time.perf_counter()
         lambdas = parse_floats(args.scale_intruders) if args.scale_intruders else []
         if not all(0 <= lam <= 1 for lam in lambdas):
@@ -296,8 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        device=torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")),
                                        with_intruders=with_intruders)
     except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err)
     cols = ["label", "seed", "n_matrices", "intruders", "matrices_with_intruders", f"eps_{0.3:g}", f"eps_{0.7:g}",
             "update_erank_mean", "rel_update_mean", "score", "forgetting", "analysis_s"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):

@@ -49,14 +49,14 @@ def scaling_rows(run_dir: Path, lambdas: Sequence[float], k: int, epsilon: float
                  device: torch.device, only: set[str] | None = None) -> list[dict[str, Any]]:
     """One row per lambda for one run folder: directions scaled, intruders left, scores and forgetting. `only`
     restricts the scaling to those matrices (full FT: the ones the LoRA runs of its model changed, as counted)."""
-    from analysis.intruder import tuned_model
+    from analysis.intruder_weights import tuned_model
     from analysis.intruder_svd import pretrained_bases
-    from harness import merge
+    from harness.adapters import merge
     from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, similarity_forgetting
     from harness.tasks import get_task
 
     trained = merge.load_run(run_dir)
-    base, tokenizer, _ = merge.load_base(trained, dequantize=True)
+    base, tokenizer, _ = trained.load_base(dequantize=True)
     kind, train = trained.model_cfg.kind, trained.eff["train"]
     task = get_task(trained.task_cfg, trained.cache)
     data = task.splits()
@@ -133,9 +133,9 @@ def scaling_section(runs, lambdas: Sequence[float], out_dir: Path, *, k: int, ep
     rows: list[dict[str, Any]] = []
     for run in runs:
         todo = lambdas if run.result["run_id"] in with_intruders else [1.0]
-        counted = pd.read_csv(run.run_dir / "intruders.csv")  # written by intruder_section for these k, epsilon
+        counted = pd.read_csv(run.path / "intruders.csv")  # written by intruder_section for these k, epsilon
         only = set(counted.loc[counted["compared"], "module"])
-        rows += scaling_rows(run.run_dir, todo, k, epsilon, run.label, device, only)
+        rows += scaling_rows(run.path, todo, k, epsilon, run.label, device, only)
     table = pd.DataFrame(rows)
     table.to_csv(out_dir / "intruder_scaling.csv", index=False)
     groups = scaling_groups(table)

@@ -15,8 +15,8 @@ from scipy.stats import spearmanr
 
 from analysis.intruder_svd import effective_rank, intruder_counts
 
-if TYPE_CHECKING:  # a type only: analysis/intruder.py imports this module
-    from analysis.intruder import Run
+if TYPE_CHECKING:
+    from harness.runfolder import RunFolder as Run
 
 K_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # the paper's appendix: k as a share of the matrix's width
 LAYER_RE = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.(.+)$")
@@ -118,7 +118,7 @@ def k_fraction_counts(arrays: dict[str, np.ndarray], used: np.ndarray, epsilon: 
 def norm_matched(summary: pd.DataFrame, count: str = "intruders", n_bins: int = 3) -> pd.DataFrame:
     """Rank vs step size: LoRA runs binned by their relative update norm (log-spaced bins over the observed
     range), and per bin and rank the runs, their mean count and mean norm. Within a bin the update size is about
-    the same, so a count that still falls with rank is the rank's doing, not the step's (issue 16)."""
+    the same, so a count that still falls with rank is the rank's doing, not the step's."""
     if {"label", "seed"} <= set(summary.columns):  # one training config reached twice is one run
         summary = summary.drop_duplicates(["label", "seed"])
     lora = summary[summary["method"].isin(["lora", "rslora", "dora"]) & summary["rel_update_mean"].gt(0)].copy()

@@ -65,13 +65,19 @@ def _cells(data: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
+def _cell_panels(data: pd.DataFrame, **size: float):
+    """A figure with one panel per (task, model) cell of `data`: (figure, axes, [(title, rows)])."""
+    panels = _cells(data)
+    fig, axes = _panels(len(panels), **size)
+    return fig, axes, panels
+
+
 def retention_vs_rank(ret: pd.DataFrame, out: Path, threshold: float) -> Path | None:
     """Retention (% of full FT) against LoRA rank, one panel per task and model; error bars: 95% t-interval."""
     data = ret[ret["retention_mean"].notna() & np.isfinite(ret["retention_mean"]) & ret["r"].notna()]
     if data.empty:
         return None
-    panels = _cells(data)
-    fig, axes = _panels(len(panels))
+    fig, axes, panels = _cell_panels(data)
     markers = _markers(ret["targets"])
     for ax, (title, part) in zip(axes, panels):
         for (method, targets), line in part.groupby(["method", "targets"], sort=False, dropna=False):
@@ -101,8 +107,7 @@ def score_vs_memory(summary: pd.DataFrame, out: Path) -> Path | None:
     data = summary[summary["score"].notna() & summary["peak_mem_bytes"].notna()]
     if data.empty:
         return None
-    panels = _cells(data)
-    fig, axes = _panels(len(panels), width=5.8)
+    fig, axes, panels = _cell_panels(data, width=5.8)
     markers = _markers(summary["targets"])
     for ax, (title, part) in zip(axes, panels):
         for _, row in part.iterrows():
@@ -134,8 +139,7 @@ def throughput(summary: pd.DataFrame, out: Path, runs: pd.DataFrame | None = Non
     data = summary[summary["train_tokens_per_s"].notna()]
     if data.empty:
         return None
-    panels = _cells(data)
-    fig, axes = _panels(len(panels), width=min(9.0, max(5.2, 0.45 * data["label"].nunique() + 2)))
+    fig, axes, panels = _cell_panels(data, width=min(9.0, max(5.2, 0.45 * data["label"].nunique() + 2)))
     for ax, (title, part) in zip(axes, panels):
         x = np.arange(len(part))
         ax.bar(x, part["train_tokens_per_s"], color=[method_color(m) for m in part["method"]], alpha=0.85)
@@ -182,8 +186,7 @@ def forgetting_vs_score(summary: pd.DataFrame, out: Path) -> Path | None:
     data = summary[summary["forgetting"].notna() & summary["score"].notna()]
     if data.empty:
         return None
-    panels = _cells(data)
-    fig, axes = _panels(len(panels))
+    fig, axes, panels = _cell_panels(data)
     markers = _markers(summary["targets"])
     for ax, (title, part) in zip(axes, panels):
         for _, row in part.iterrows():
@@ -208,8 +211,7 @@ def lr_sensitivity(df: pd.DataFrame, sel: pd.DataFrame, out: Path) -> Path | Non
     ok = df[df["status"].eq("ok") & df["val_score"].notna() & df["lr"].notna()]
     if ok.empty or sel.empty:
         return None
-    panels = _cells(ok)
-    fig, axes = _panels(len(panels))
+    fig, axes, panels = _cell_panels(ok)
     labels = ok.drop_duplicates(["cell", "variant"]).set_index(["cell", "variant"])
     for ax, (title, part) in zip(axes, panels):
         for (cell, variant), _ in part.groupby(["cell", "variant"], sort=False):
@@ -241,8 +243,7 @@ def validation_curves(runs: pd.DataFrame, out: Path) -> Path | None:
     data = runs[runs["val_curve"].map(lambda c: isinstance(c, list) and len(c) > 0)]
     if data.empty:
         return None
-    panels = _cells(data)
-    fig, axes = _panels(len(panels))
+    fig, axes, panels = _cell_panels(data)
     for ax, (title, part) in zip(axes, panels):
         seen = set()
         for _, run in part.sort_values(["method", "seed"]).iterrows():

@@ -14,7 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from harness.results import RESULT_FILE
+from harness.cli import error
+from harness.runfolder import RESULT_FILE, find_runs
 
 RECORD_FILES = (RESULT_FILE, "intruders.csv", "merge.json", "serve_bench.json")
 MAX_BYTES = 2 * 2**20  # a record bigger than this is not a record
@@ -23,8 +24,7 @@ MAX_BYTES = 2 * 2**20  # a record bigger than this is not a record
 def copy_records(src: Path, dst: Path) -> int:
     """Copy every run folder's records from `src` to `dst`; returns how many run folders were copied."""
     copied = 0
-    for result in sorted(Path(src).rglob(RESULT_FILE)):
-        folder = result.parent
+    for folder in find_runs([src]):
         target = Path(dst) / folder.relative_to(src)
         target.mkdir(parents=True, exist_ok=True)
         for name in RECORD_FILES:
@@ -41,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dst", type=Path, help="where the records go, e.g. results/study")
     args = parser.parse_args(argv)
     if not args.src.is_dir():
-        print(f"error: {args.src} is not a folder; pass the folder the study's runs went to, e.g. runs/study",
-              file=sys.stderr)
-        return 2
+        return error(f"{args.src} is not a folder; pass the folder the study's runs went to, e.g. runs/study")
     n = copy_records(args.src, args.dst)
     print(f"copied the records of {n} run folders from {args.src} to {args.dst}")
     return 0

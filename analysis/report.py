@@ -25,6 +25,8 @@ from analysis.runs import load_folders, load_wandb
 from analysis.tables import (GIB, MIB, at_selected_lr, cost_table, selection, failures, format_retention, pareto, projection, recommendations,
                              retention, retention_pivot, variant_summary)
 from harness.errors import ConfigError, HarnessError
+from harness.units import format_bytes
+from harness.cli import error
 
 DEFINITIONS = [
     "Only runs with status `ok` count; `collapsed` runs (finite, but the loss ended above its start or the "
@@ -108,21 +110,11 @@ def cost_display(cost: pd.DataFrame) -> pd.DataFrame:
         "trainable params": [_fmt(v, ",.0f") for v in cost["trainable params"]],
         "trainable %": [_fmt(v, ".3f") for v in cost["trainable %"]],
         "peak memory (GiB)": [f"{_fmt(v, '.2f')} {k}" for v, k in zip(cost["peak memory (GiB)"], cost["memory kind"])],
-        "saved on disk": [human_bytes(v * MIB) for v in cost["on disk (MiB)"]],
+        "saved on disk": [format_bytes(v * MIB) for v in cost["on disk (MiB)"]],
         "tokens/s": [_fmt(v, ",.0f") for v in cost["tokens/s"]],
         "train time (s)": [_fmt(v, ",.1f") for v in cost["train time (s)"]],
         "relative cost (x full FT)": [_fmt(v, ".2f") or "no full FT" for v in cost["relative cost (x full FT)"]],
     })
-
-
-def human_bytes(n: float) -> str:
-    if n is None or pd.isna(n):
-        return ""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def projection_display(proj: pd.DataFrame) -> pd.DataFrame:
@@ -130,7 +122,7 @@ def projection_display(proj: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"variant": proj["variant"]}) if not proj.empty else proj
     for col in proj.columns[1:]:
         if col.endswith("on disk (GiB)"):
-            out[col.replace(" (GiB)", "")] = [human_bytes(v * GIB) for v in proj[col]]
+            out[col.replace(" (GiB)", "")] = [format_bytes(v * GIB) for v in proj[col]]
         else:
             out[col] = [_fmt(v, ",.1f") for v in proj[col]]
     return out
@@ -304,8 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         name = args.group or Path((args.runs or ["runs"])[0]).resolve().name
         written = build(df, Path(args.out or Path("reports") / name), args.threshold, args.title, source)
     except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err)
     print(with_data(retention_display(retention(df))).to_string(index=False))
     print(f"\nreport: {written['html']}  (Markdown: {written['markdown']}, tables: {written['tables']}/)")
     return 0

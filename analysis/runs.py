@@ -15,7 +15,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,12 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import ConfigError
+from harness.results import RECORD_COLUMNS
+from harness.runfolder import RESULT_FILE, find_runs
 
-RESULT_FILE = "result.json"
-# Folders a run writes that never hold another run's record: not walked.
-SKIP_DIRS = {"wandb", "checkpoints", "adapter", "model", "adapter.partial", "model.partial", ".hydra"}
-COLUMNS = [
-    "run_id", "status", "reason", "task", "model", "method", "r", "alpha", "targets", "seed", "group",
-    "label", "variant", "cell", "budget", "primary_metric", "score", "base_score", "forgetting",
-    "params_total", "params_trainable", "trainable_pct", "peak_mem_bytes", "peak_reserved_bytes", "mem_kind",
-    "train_tokens_per_s", "train_runtime_s", "adapter_bytes", "lr", "precision", "max_steps",
-    "data_fingerprint", "config_hash", "finished_at", "source",
-    "lr_variant", "val_score", "base_val_score", "val_curve", "train_steps", "train_epochs", "train_examples",
-    "train_tokens", "max_seq_len", "eval_s", "lr_protocol",
-]
+# The record's columns come from its schema (harness/results.py FIELDS); the rest are derived here.
+DERIVED_COLUMNS = ["label", "variant", "cell", "budget", "source", "lr_variant", "max_seq_len"]
+COLUMNS = [*RECORD_COLUMNS, *DERIVED_COLUMNS]
 NUMERIC = ["r", "alpha", "seed", "score", "base_score", "forgetting", "params_total", "params_trainable",
            "trainable_pct", "peak_mem_bytes", "peak_reserved_bytes", "train_tokens_per_s", "train_runtime_s",
            "adapter_bytes", "lr", "max_steps", "val_score", "base_val_score", "train_steps", "train_epochs",
@@ -132,15 +124,7 @@ def _disambiguate_labels(df: pd.DataFrame) -> None:
 
 def result_files(roots: Sequence[str | Path]) -> list[Path]:
     """Every result.json under the given folders (a root may itself be one run folder)."""
-    found: list[Path] = []
-    for root in map(Path, roots):
-        if not root.is_dir():
-            raise ConfigError(f"runs folder {root} does not exist; pass the folder your runs went to, e.g. --runs runs")
-        for folder, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
-            if RESULT_FILE in files:
-                found.append(Path(folder) / RESULT_FILE)
-    return found
+    return [folder / RESULT_FILE for folder in find_runs(roots)]
 
 
 def load_folders(roots: Sequence[str | Path], group: str | None = None) -> pd.DataFrame:

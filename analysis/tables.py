@@ -33,7 +33,7 @@ from harness.selection import at_grid_edge, select_lr
 FULL = "full"
 GIB, MIB = 2**30, 2**20
 CONFIDENCE = 0.95
-PROJECTION_MODELS = ("llama-2-7b", "llama-3.1-70b")  # conf/model presets; the seed's "7B" and "70B" rows
+PROJECTION_MODELS = ("llama-2-7b", "llama-3.1-70b")  # conf/model presets: the "7B" and "70B" rows memory tables quote
 KEYS = ["cell", "task", "model", "variant", "label", "method", "r", "targets"]
 
 
@@ -321,7 +321,7 @@ def projection(summary: pd.DataFrame, models: tuple[str, ...] = PROJECTION_MODEL
         from harness.estimate import estimate_overrides  # noqa: PLC0415 - optional: the report works without it
     except ImportError as err:
         return pd.DataFrame(), f"no projection: harness.estimate is not available ({err})"
-    from harness.config import CONF_DIR  # noqa: PLC0415
+    from harness.assets import CONF_DIR  # noqa: PLC0415
 
     models = tuple(m for m in models if (CONF_DIR / "model" / f"{m}.yaml").exists())
     if not models or summary.empty:

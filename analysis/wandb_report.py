@@ -22,6 +22,7 @@ from typing import Any
 
 from harness.errors import ConfigError, HarnessError
 from harness.tracking import has_credentials
+from harness.cli import error
 
 DEFINITION = "wandb_report.json"
 # The run keys the panels read: config keys as harness.tracking logs them (the effective config), summary keys
@@ -170,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args.project, args.group, args.entity, args.out, args.title, args.offline, args.publish)
     except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ that model count by the measured matmul rate for the dtype the matmuls run in. T
 where a label is (train.labelled_logits_only), so it executes fewer FLOPs than the model count; the "executed"
 column (HFU) counts the lm_head only on labelled positions.
 
-Time to a verdict (issue 18), in the same invocation:
+Time to a verdict, in the same invocation:
 - evaluation: the harness scorer against a plain one-prompt-at-a-time `model.generate` loop over the same prompts
   (benchmarks/eval_bench.py): examples/s, generated tokens/s, and the ratio (target >= 1.5x);
 - per-run overhead ratio = (wall time - training time) / training time of a default run
@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.matmul import measure as measure_matmul
+from harness.runfolder import find_runs, read_record
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -76,10 +76,10 @@ def run_harness(method: str, a: argparse.Namespace, work: Path, tag: str) -> dic
            f"r={a.r}", "targets=qv", "tracking=none", f"paths.runs={runs}", "rerun=true", "train.logging_steps=5",
            *a.harness_args]
     rc = _run(cmd, {"BENCH_TIMINGS": str(timings)}, log)
-    results = list(runs.glob("*/result.json"))
+    results = [read_record(f) for f in find_runs([runs])] if runs.is_dir() else []
     if rc != 0 or not results:
         return {"error": f"exit {rc}, see {log}", "log_tail": log.read_text()[-2000:]}
-    result = json.loads(results[0].read_text())
+    result = results[0]
     times = json.loads(timings.read_text()) if timings.exists() else {}
     phases = times.get("phases_s", {})
     scoring = phases.get("evaluate", 0.0) + phases.get("forgetting_probe", 0.0)
@@ -126,10 +126,10 @@ def run_overhead(a: argparse.Namespace, work: Path, tag: str, base_scores: Path,
     t0 = time.perf_counter()
     rc = _run(cmd, {}, log)
     wall = time.perf_counter() - t0
-    results = list(runs.glob("*/result.json"))
+    results = [read_record(f) for f in find_runs([runs])] if runs.is_dir() else []
     if rc != 0 or not results:
         return {"error": f"exit {rc}, see {log}", "log_tail": log.read_text()[-2000:]}
-    r = json.loads(results[0].read_text())
+    r = results[0]
     train = r["train_runtime_s"]
     return {"tag": tag, "wall_s": round(wall, 2), "train_runtime_s": train, "overhead_ratio": (wall - train) / train,
             "base_cached": r.get("base_cached"), "base_eval_s": r.get("base_eval_s"), "eval_s": r.get("eval_s"),

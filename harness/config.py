@@ -16,10 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.assets import check_hub_model
+from harness.assets import CONF_DIR, check_hub_model
 from harness.errors import AssetError, ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Keys that say where or how a run is reported, not what it is.
 NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun", "seeds", "lr_search", "lr_widen", "lr_protocol", "variants", "stages")
 # Method keys that say how a method is searched or described, not what a run trains.

@@ -13,8 +13,9 @@ sweep file, harness/sweeper.py).
 
 A stage's identity holds its parent's run_id (whose own identity holds its parent's), so a chain is one identity
 and moving the folders does not change it. With train.precision=auto a stage keeps float32 weights
-(bf16-mixed): merged into bfloat16 weights, an earlier adapter's update partly rounds away (issue 20's
-measurement on the bundled model), and the next stage would start from weights no earlier stage produced.
+(bf16-mixed): merged into bfloat16 weights, an earlier adapter's update partly rounds away (`python -m
+harness.adapters.merge --dtype bfloat16` measures this on any run: argmax agreement and logit difference), and
+the next stage would start from weights no earlier stage produced.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.results import Status, read_result
+from harness.results import Status
+from harness.runfolder import is_run_folder, read_record
 
 # prompt-learning adapters add inputs, not weights: nothing to merge into a base that the next stage trains
 UNMERGEABLE = ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING")
@@ -33,7 +35,7 @@ def parent_run_id(init_from: str | None) -> str | None:
     """The identity of a stage's start: the parent's run_id, or the path as given while it has no record."""
     if not init_from:
         return None
-    result = read_result(Path(init_from))
+    result = read_record(Path(init_from))
     return (result or {}).get("run_id") or str(init_from)
 
 
@@ -47,7 +49,7 @@ def ancestry(init_from: str | Path) -> list[Path]:
             raise ConfigError(f"init_from chain loops at {path}; every stage must start from an earlier run")
         seen.add(resolved)
         chain.append(path)
-        link = (read_result(path) or {}).get("init_from") or {}
+        link = (read_record(path) or {}).get("init_from") or {}
         path = _locate(link, path) if link else None
     return chain[::-1]
 
@@ -55,10 +57,10 @@ def ancestry(init_from: str | Path) -> list[Path]:
 def _locate(link: dict[str, Any], child: Path) -> Path:
     """A parent's folder: where the record says, or (records copied elsewhere) the child's sibling of that run_id."""
     recorded = Path(link.get("path") or "")
-    if (recorded / "result.json").exists():
+    if is_run_folder(recorded):
         return recorded
     sibling = child.parent / str(link.get("run_id"))
-    if (sibling / "result.json").exists():
+    if is_run_folder(sibling):
         return sibling
     raise ConfigError(f"{child.name} starts from {link.get('run_id')}, found neither at {recorded} nor beside it; "
                       "keep a chain's run folders together")
@@ -70,7 +72,7 @@ def check_parent(cfg: Any) -> None:
     if not init_from:
         return
     path = Path(init_from)
-    result = read_result(path)
+    result = read_record(path)
     if result is None:
         raise ConfigError(f"init_from={init_from} holds no readable result.json; pass a finished run folder "
                           "(paths.runs/<run_id>)")
@@ -92,7 +94,7 @@ def check_parent(cfg: Any) -> None:
                           f"encoder's classification head belongs to its task, so stage task={cfg.task.name} "
                           "cannot continue it (chain causal LMs, e.g. model=smollm2-135m)")
     for ancestor in ancestry(path)[:-1]:
-        if (read_result(ancestor) or {}).get("status") != Status.OK.value:
+        if (read_record(ancestor) or {}).get("status") != Status.OK.value:
             raise ConfigError(f"init_from={init_from} descends from {ancestor}, which is missing or did not finish ok")
 
 
@@ -117,7 +119,7 @@ def apply_run(model, run_dir: Path, saved_to: str) -> tuple[Any, list[str]]:
         return wrapped.merge_and_unload(), names
     from safetensors.torch import load_file
 
-    from harness.config import CONF_DIR
+    from harness.assets import CONF_DIR
     from harness.methods import resolve_targets
     from omegaconf import OmegaConf
 
@@ -151,7 +153,7 @@ def apply_chain(model, run_dirs: list[Path]) -> tuple[Any, list[str]]:
     """`model` with every run's change applied in order; the union of the linear matrices they changed."""
     names: list[str] = []
     for run_dir in run_dirs:
-        result = read_result(run_dir) or {}
+        result = read_record(run_dir) or {}
         model, changed = apply_run(model, run_dir, result["saved_to"])
         names += [n for n in changed if n not in names]
     return model, names
@@ -161,7 +163,7 @@ def start_from(model, init_from: str | Path) -> tuple[Any, dict[str, Any]]:
     """The stage's starting model (the base with every ancestor applied) and the record's `init_from` entry."""
     chain = ancestry(init_from)
     model, _ = apply_chain(model, chain)
-    records = [read_result(p) or {} for p in chain]
+    records = [read_record(p) or {} for p in chain]
     parent = records[-1]
     return model, {
         "run_id": parent.get("run_id"), "path": str(init_from), "parent_finished_at": parent.get("finished_at"),
@@ -179,7 +181,7 @@ def score_earlier_tasks(init: dict[str, Any], score_task) -> list[dict[str, Any]
 
     rows = []
     for link in init["chain"]:
-        record = read_result(Path(link["path"])) or {}
+        record = read_record(Path(link["path"])) or {}
         metrics, primary = score_task(OmegaConf.create(record["config"]["task"]))
         now, then, base = metrics[primary], record.get("score"), record.get("base_score")
         rows.append({"run_id": link["run_id"], "task": link["task"], "primary_metric": primary, "score_now": now,

@@ -10,7 +10,7 @@
   Just before the reset, glibc's malloc_trim hands back heap that earlier phases freed but the allocator kept
   (the untuned model's evaluation, earlier runs of an in-process sweep), which the peak would otherwise count
   (0.07-0.3 GiB in standalone bundled-model runs here). `train_begin_mem` records the resident size at that point.
-  What the peak still holds beyond live tensors is heap glibc keeps between steps (see harness/estimate_check.py).
+  What the peak still holds beyond live tensors is heap glibc keeps between steps (see harness/estimate/check.py).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 
 from harness.errors import ConfigError
+from harness.models import HEAD_NAMES
 
 # Module names are shared within an architecture family; the targets files speak per family.
 FAMILIES = {
@@ -36,7 +37,6 @@ FAMILIES = {
     "gemma2": "llama", "gemma3_text": "llama", "olmo2": "llama", "smollm3": "llama",
     "bert": "bert", "roberta": "bert", "xlm-roberta": "bert",
 }
-HEAD_NAMES = ("lm_head", "classifier", "score")  # output heads: never targets, never quantised
 # peft's keyword names for the rank and the scaling numerator, per peft type (None: the method has no alpha).
 RANK_KWARGS: dict[str, tuple[str, str | None]] = {
     "LORA": ("r", "lora_alpha"), "ADALORA": ("target_r", "lora_alpha"), "LOHA": ("r", "alpha"),

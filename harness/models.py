@@ -28,6 +28,7 @@ from harness.errors import AssetError
 # "auto" is resolved per method by config.effective_config; loaded bare (e.g. a frozen base for analysis) it means bf16.
 WEIGHT_DTYPES = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "bf16-mixed": torch.float32, "fp32": torch.float32, "fp16-mixed": torch.float32}
 
+HEAD_NAMES = ("lm_head", "classifier", "score")  # output heads: never adapter targets, never quantised
 
 def model_path(model_cfg: DictConfig, cache: Path) -> str:
     """What `from_pretrained` gets: a local folder for bundled models, the hub id for hub presets."""

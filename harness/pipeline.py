@@ -26,6 +26,7 @@ from harness.tracking import Tracker
 from harness.training import (DivergenceGuard, LogToFile, build_trainer, evaluation_attention, last_checkpoint,
                               throughput, training_arguments)
 from harness.lineage import score_earlier_tasks, start_from
+from harness.units import format_bytes
 from harness.update_check import UpdateCheck, stuck_reason
 from harness.validation import ValidationCurve, budget_record, collapse_reason, planned_steps
 from harness.base_scores import base_key, cached_base_scores
@@ -65,7 +66,8 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         "lr_protocol": cfg.get("lr_protocol"), "init_from": init,
         "data_fingerprint": task.fingerprint(),
         "model_fingerprint": model_fingerprint(cfg.model, cache, model),
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "started_at": now(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
+        "started_at": now(),
         "pid": os.getpid(), "host": socket.gethostname(), "config": eff,
         "versions": versions(), "git_commit": git_commit(), "code_fingerprint": code_fingerprint(), "model_load_s": round(load_s, 3),
         "mem_after_load": measure.current_memory(),
@@ -226,16 +228,6 @@ def save_atomically(model, target: Path, plan=None) -> None:
     os.replace(tmp, target)
 
 
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return str(n)
-
-
 def print_summary(result: dict[str, Any], run_dir: Path) -> None:
     rank = f" r={result['r']} alpha={result['alpha']}" if result["r"] is not None else ""
     targets = f" targets={result['targets']}" if result["targets"] else ""
@@ -243,9 +235,9 @@ def print_summary(result: dict[str, Any], run_dir: Path) -> None:
         f"run        {result['run_id']}  ({run_dir})",
         f"method     {result['method']}{rank}{targets}  on {result['model']} / {result['task']}",
         f"trainable  {result['params_trainable']:,} of {result['params_total']:,} params ({result['trainable_pct']:.3f}%)",
-        f"memory     peak {_bytes(result['peak_mem_bytes'])} ({result['mem_kind']})",
+        f"memory     peak {format_bytes(result['peak_mem_bytes']) or 'n/a'} ({result['mem_kind']})",
         f"speed      {result['train_tokens_per_s']:.0f} tokens/s (non-padding), {result['train_runtime_s']:.1f} s training",
-        f"saved      {_bytes(result['adapter_bytes'])} ({result['saved_to']}/)",
+        f"saved      {format_bytes(result['adapter_bytes']) or 'n/a'} ({result['saved_to']}/)",
         f"score      {result['primary_metric']} {result['score']:.3f}  vs base {result['base_score']:.3f}"
         f"  (validation {result['val_score']:.3f})",
         f"budget     {result['train_steps']} steps = {result['train_epochs']:.2f} epochs of {result['train_rows']} rows",

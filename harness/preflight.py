@@ -10,8 +10,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from harness.config import CONF_DIR, all_keys, config_groups, did_you_mean, group_options, validate
+from harness.assets import CONF_DIR
+from harness.config import all_keys, config_groups, did_you_mean, group_options, validate
 from harness.errors import ConfigError, HarnessError
+from harness.cli import error
 
 
 def _compose(overrides: list[str]):
@@ -86,5 +88,4 @@ def check_or_exit(argv: list[str]) -> None:
     try:
         check(argv)
     except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error(err))

@@ -24,9 +24,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness import preflight
-from harness.config import CONF_DIR, config_hash, identity, run_id, validate, with_single_budget
+from harness.assets import CONF_DIR
+from harness.config import config_hash, identity, run_id, validate, with_single_budget
 from harness.errors import HarnessError
-from harness.results import RESULT_FILE, Status, code_fingerprint, is_done, now, read_result, write_json_atomic
+from harness.results import RESULT_FILE, Status, code_fingerprint, is_done, now, write_json_atomic
+from harness.runfolder import read_record
 
 log = logging.getLogger("harness")
 
@@ -37,7 +39,7 @@ def main_body(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     eff = validate(cfg)
     rid = run_id(cfg)
-    previous = read_result(run_dir)
+    previous = read_record(run_dir)
     if is_done(previous, config_hash(eff)) and not cfg.rerun:
         log.info("already done: %s (status %s); rerun=true runs it again", run_dir, previous["status"])
         return previous
@@ -87,7 +89,7 @@ def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code:
           cfg: DictConfig | None = None) -> None:
     """Record how the run ended (keeping what the record already holds) and say it in one line."""
     if record:
-        result = read_result(run_dir) or {}
+        result = read_record(run_dir) or {}
         if not result and cfg is not None:
             try:
                 result = identity(cfg)

@@ -34,11 +34,26 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from harness.config import config_hash, effective_config, run_id
 from harness.errors import ConfigError
 from harness.selection import at_grid_edge, lr_candidates, select_lr
-from harness.results import (DONE_STATUSES, RESULT_FILE, Status, is_done, now, read_result, rejected_before,
+from harness.results import (DONE_STATUSES, RESULT_FILE, Status, is_done, now, rejected_before,
                              write_json_atomic)
+from harness.runfolder import read_record
 
 log = logging.getLogger(__name__)
 SUMMARY_COLUMNS = ["run_id", "status", "score", "base_score", "peak_mem_bytes", "train_tokens_per_s", "reason"]
+
+
+def check_one_run_per_gpu(launcher: Any) -> None:
+    """The joblib launcher runs n_jobs runs at once on this machine, each in its own process; it divides the CPU
+    between them (joblib sets OMP_NUM_THREADS = cores // n_jobs in its workers, `torch_threads` in the record),
+    but on CUDA every one of them would load its model on the same GPU. Refused in one line before any run."""
+    import torch
+
+    if "joblib" not in str(launcher.get("_target_", "")) or not torch.cuda.is_available():
+        return
+    n_jobs = launcher.get("n_jobs")
+    if n_jobs is None or n_jobs == -1 or int(n_jobs) > 1:
+        raise ConfigError(f"hydra/launcher=joblib with n_jobs={n_jobs} would put several runs on one GPU at once; "
+                          "set hydra.launcher.n_jobs=1, or use hydra/launcher=submitit_slurm (one GPU per job)")
 
 
 def _seed_of(overrides: list[str]) -> int:
@@ -92,7 +107,7 @@ class HarnessSweeper(BasicSweeper):
                 continue
             run_dir = Path(cfg.paths.runs) / rid
             mark_if_killed(run_dir)
-            previous = read_result(run_dir)
+            previous = read_record(run_dir)
             digest = config_hash(effective_config(cfg))
             done = (is_done(previous, digest) or rejected_before(previous, digest)) and not cfg.rerun
             distinct[rid] = {"run_id": rid, "overrides": list(overrides), "run_dir": run_dir, "done": done,
@@ -111,6 +126,7 @@ class HarnessSweeper(BasicSweeper):
         return returns
 
     def sweep(self, arguments: list[str]) -> Any:
+        check_one_run_per_gpu(self.config.hydra.launcher)
         grid = self.grid(arguments)
         lr_search = self.lr_search(grid)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -171,7 +187,7 @@ class HarnessSweeper(BasicSweeper):
             for i, point in zip(index, points):
                 cfg = self._compose(point)
                 run_dir = (Path(cfg.paths.runs) / run_id(cfg)).resolve()
-                if (read_result(run_dir) or {}).get("status") == Status.OK.value:
+                if (read_record(run_dir) or {}).get("status") == Status.OK.value:
                     parents[i] = run_dir
                 else:
                     log.warning("sweep: %s did not finish ok; its later stages are not run", run_dir.name)
@@ -193,7 +209,7 @@ class HarnessSweeper(BasicSweeper):
     @staticmethod
     def _log_plan(phase: str, runs: list[dict[str, Any]], todo: list[list[str]]) -> None:
         merged = sum(r["duplicates"] for r in runs)
-        done = [(read_result(r["run_dir"]) or {}).get("status") for r in runs if r["done"]]
+        done = [(read_record(r["run_dir"]) or {}).get("status") for r in runs if r["done"]]
         collapsed, invalid = done.count(Status.COLLAPSED.value), done.count(Status.INVALID.value)
         skipped = (f" and {collapsed} collapsed (not retried)" if collapsed else "") + \
             (f" and {invalid} invalid under the same config and code (not retried; rerun=true retries)" if invalid else "")
@@ -245,7 +261,7 @@ class SearchVariant:
         for row in runs:
             if _variant_key(_without_search(row["overrides"])) != self.key:
                 continue
-            result = read_result(row["run_dir"]) or {}
+            result = read_record(row["run_dir"]) or {}
             if result.get("status") in DONE_STATUSES:
                 tried.append(float(row["cfg"].train.lr))
             if result.get("status") == Status.OK.value:
@@ -313,7 +329,7 @@ def seeds_at_selected_rates(variants: list[SearchVariant], searched: list[dict[s
 
 def mark_if_killed(run_dir: Path) -> None:
     """A record still saying `running` whose process is gone (SIGKILL, a dead worker) becomes `interrupted`."""
-    result = read_result(run_dir)
+    result = read_record(run_dir)
     if not result or result.get("status") != Status.RUNNING or result.get("host") != socket.gethostname():
         return
     if result.get("pid") and not psutil.pid_exists(result["pid"]):
@@ -326,7 +342,7 @@ def summary_table(run_dirs: list[Path]) -> pd.DataFrame:
     """One row per run folder: status, score, peak memory (GB), tokens/s; a missing record reads 'missing'."""
     rows = []
     for run_dir in run_dirs:
-        result = read_result(run_dir) or {"run_id": Path(run_dir).name, "status": "missing"}
+        result = read_record(run_dir) or {"run_id": Path(run_dir).name, "status": "missing"}
         rows.append({k: result.get(k) for k in SUMMARY_COLUMNS} | {"run_id": Path(run_dir).name})
     table = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     table["peak_mem_gb"] = (table.pop("peak_mem_bytes").astype(float) / 2**30).round(2)

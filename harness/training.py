@@ -1,6 +1,6 @@
 """Training through transformers' `Trainer`: arguments from the run config, collators, divergence guard.
 
-Speed (issue 10; `make bench` measures it against a plain Trainer + peft script). For causal LMs:
+Speed (`make bench` measures it against a plain Trainer + peft script, benchmarks/plain_reference.py). For causal LMs:
 - padding-free batches (`train.padding_free`): transformers' `DataCollatorWithFlattening` concatenates a batch
   into one row with restarting `position_ids`; with the mask left out, transformers' masking utilities detect the
   packed format and build a block-diagonal causal mask (SDPA/eager/flash), so no token attends across examples and

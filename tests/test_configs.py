@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import compose
-from harness.config import CONF_DIR, config_groups, effective_config, group_options, run_id, validate
+from harness.assets import CONF_DIR
+from harness.config import config_groups, effective_config, group_options, run_id, validate
 
 GROUP_OPTIONS = [(g, o) for g in config_groups() for o in group_options(g)]
 

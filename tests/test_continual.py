@@ -88,13 +88,13 @@ def test_a_stage_records_its_chain_and_rescores_the_earlier_task(chain: dict[str
 def test_a_stage_starts_from_its_parents_trained_weights(chain: dict[str, Path]) -> None:
     from peft import PeftModel
 
-    from harness import merge
+    from harness.adapters import merge
 
     for root in ("lora", "full"):
         run = merge.load_run(chain[root])
-        base, _, _ = merge.load_base(run)
+        base, _, _ = run.load_base()
         started, names = apply_chain(base.float(), [chain[root]])
-        reference, _, _ = merge.load_base(run)
+        reference, _, _ = run.load_base()
         if root == "lora":
             expected = PeftModel.from_pretrained(reference.float(), run.saved).merge_and_unload()
         else:
@@ -119,7 +119,7 @@ def test_the_identity_holds_the_parent_run(chain: dict[str, Path], tmp_path: Pat
 
 def test_intruder_weights_of_a_stage_carry_the_whole_chain(chain: dict[str, Path]) -> None:
     from analysis.intruder import load_run, weight_pairs
-    from harness import merge
+    from harness.adapters import merge
 
     stage_pairs = weight_pairs(load_run(chain["full-extract"]))
     root_pairs = weight_pairs(load_run(chain["full"]))

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, compose, run_cli, run_inprocess
-from harness import estimate_memory as em
+from harness.estimate import memory as em
 from harness.config import effective_config
 from harness.errors import ConfigError
-from harness.estimate import (_block, _layer_list, act_dtypes, build_meta_model, estimate, estimate_overrides,
+from harness.estimate.model import (_block, _layer_list, act_dtypes, build_meta_model, estimate, estimate_overrides,
                               method_names, model_activations)
 
 L8 = dict(h=4096, i=14336, kv=1024, layers=32, vocab=128256)  # Llama-3.1-8B
@@ -201,7 +201,7 @@ def test_bigger_models_batches_and_optimizers_move_the_estimate_the_right_way() 
     assert estimate_overrides(base + ["train.optim=adamw_bnb_8bit"]).memory.optimizer < plain.optimizer / 3
     assert estimate_overrides(base + ["train.gradient_checkpointing=true"]).memory.activations < plain.activations / 4
     assert estimate_overrides(base + ["train.batch_size=16"]).memory.activations == pytest.approx(2 * plain.activations)
-    assert estimate_overrides(["model=llama-3.1-70b", "method=full"]).memory.peak > 1e12  # the seed's "> 1 TB"
+    assert estimate_overrides(["model=llama-3.1-70b", "method=full"]).memory.peak > 1e12  # the quoted "> 1 TB"
 
 
 def test_paged_8bit_optimizer_is_estimated_without_cuda() -> None:
@@ -315,7 +315,7 @@ def test_packed_batch_activations_match_what_autograd_keeps(overrides: list[str]
     """A flattened batch as the harness trains it: attention per example through packed_attention (eager on a CPU
     for rows up to EAGER_MAX_LEN, SDPA above)."""
     from harness.assets import cache_dir
-    from harness.estimate import packed_rows
+    from harness.estimate.model import packed_rows
     from harness.methods import apply_method, plan_method
     from harness.models import load_model, load_tokenizer
     from harness.training import EAGER_MAX_LEN, PACKED_ATTENTION
@@ -345,7 +345,7 @@ def test_packed_batch_activations_match_what_autograd_keeps(overrides: list[str]
 def test_check_run_compares_prediction_with_the_record(runs) -> None:
     import json as _json
 
-    from harness.estimate_check import check_runs
+    from harness.estimate.check import check_runs
 
     # its own process: the resident memory is then the harness's, not whatever earlier tests left loaded
     proc = run_cli(["model=tiny-llama", "method=lora", *TINY, f"paths.runs={runs}"])
@@ -366,13 +366,13 @@ def test_check_run_compares_prediction_with_the_record(runs) -> None:
         assert row["start_measured_bytes"] == result["train_begin_mem"]["rss"]
         assert row["start_measured_bytes"] + row["growth_measured_bytes"] == row["measured_bytes"]
         assert row["start_predicted_bytes"] + row["growth_predicted_bytes"] == row["predicted_bytes"]
-        from harness.estimate_report import check_table
+        from harness.estimate.report import check_table
         line = next(x for x in check_table(rows).splitlines() if x.startswith(f"| {row['run_id']} "))
         assert f"{result['largest_batch']['tokens']} tokens" in line and line.count(" / ") == 2
 
 
 def test_table_lists_every_method() -> None:
-    from harness.estimate_report import run
+    from harness.estimate.cli import run
 
     out = run(["model=llama-2-7b", "--table"])
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| method")]
@@ -395,7 +395,7 @@ def test_cli_prints_the_breakdown_and_rejects_typos() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "qlora"])
 def test_bundled_run_peak_is_predicted_within_25_percent(method: str, tmp_path) -> None:
-    from harness.estimate_check import check_run
+    from harness.estimate.check import check_run
 
     proc = run_cli(["model=smollm2-135m", f"method={method}", "tracking=none", "train.max_steps=3", "task.n_train=24",
                     "task.n_eval=8", f"paths.runs={tmp_path}"], timeout=900)
@@ -421,7 +421,7 @@ def test_bundled_run_training_tensors_match_the_profiler(method: str, runs, monk
         pytest.skip("compares the CPU allocator's figures")
 
     from harness import measure
-    from harness.estimate_check import check_run
+    from harness.estimate.check import check_run
 
     trace = tmp_path / "trace.json"
 
@@ -454,7 +454,7 @@ def test_bundled_run_training_tensors_match_the_profiler(method: str, runs, monk
 ])
 def test_estimator_accepts_every_override_a_run_accepts(overrides: list[str]) -> None:
     from harness import preflight
-    from harness.estimate import compose_config
+    from harness.estimate.model import compose_config
 
     preflight.check_overrides(overrides)  # what harness.run checks before Hydra starts
     cfg = compose_config(overrides)
@@ -467,14 +467,14 @@ def test_estimator_accepts_every_override_a_run_accepts(overrides: list[str]) ->
     (["r=4,8"], "a sweep (a=1,2) is not one configuration"),
 ])
 def test_estimator_rejects_what_a_run_rejects(overrides: list[str], message: str) -> None:
-    from harness.estimate import compose_config
+    from harness.estimate.model import compose_config
 
     with pytest.raises(ConfigError, match=__import__("re").escape(message)):
         compose_config(overrides)
 
 
 def test_table_puts_pure_bf16_full_finetuning_beside_mixed_precision() -> None:
-    from harness.estimate_report import run
+    from harness.estimate.cli import run
 
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in run(["model=llama-2-7b", "--table"]).splitlines() if line.startswith("| ") and "---" not in line}

@@ -125,13 +125,13 @@ def test_qlora_is_compared_with_the_dequantised_weights_it_trained_on(runs: Path
     pytest.importorskip("bitsandbytes")
     _, qlora_dir = run_inprocess(["model=tiny-llama", *TINY, "method=qlora", "r=2", "targets=qv", "train.lr=2e-2"], runs)
     pairs = weight_pairs(load_run(qlora_dir))
-    from harness import merge
+    from harness.adapters import merge
 
-    base, _, record = merge.load_base(merge.load_run(qlora_dir), dequantize=True)
+    base, _, record = merge.load_run(qlora_dir).load_base(dequantize=True)
     name = next(iter(pairs))
     assert "de-quantised" in record["base"]
     assert torch.equal(pairs[name][0], base.get_submodule(name).weight.detach())
-    quantised = merge.load_base(merge.load_run(qlora_dir))[0].get_submodule(name).weight
+    quantised = merge.load_run(qlora_dir).load_base()[0].get_submodule(name).weight
     assert quantised.__class__.__name__ == "Params4bit"  # what training saw; the pairs use its de-quantised values
 
 
@@ -190,7 +190,7 @@ def test_the_same_run_in_two_folders_counts_once(tmp_path: Path) -> None:
     (first / "result.json").write_text(json.dumps(record))
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     runs = collect_runs([tmp_path / "a", tmp_path / "b"])
-    assert len(runs) == 1 and runs[0].run_dir == first
+    assert len(runs) == 1 and runs[0].path == first
 
 
 def test_one_config_reached_by_two_sweeps_is_one_seed() -> None:

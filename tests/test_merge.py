@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY, run_inprocess
-from harness import merge, serve_bench
+from harness.adapters import merge, serve_bench
 
 # lr 1e-2 so a few steps move the weights well past bf16 rounding
 MOVE = [*TINY, "train.lr=1e-2", "train.max_steps=4", "task.n_eval=4"]
@@ -42,11 +42,11 @@ def _adapter_and_merged_logits(run_dir: Path, out: Path, dtype: str = "float32")
 
     info = merge.merge_run(merge.load_run(run_dir), out, dtype)
     run = merge.load_run(run_dir)
-    base, tokenizer, _ = merge.load_base(run)
+    base, tokenizer, _ = run.load_base()
     inputs = merge.probe_inputs(run, tokenizer)
     untuned = merge.logits(base, inputs)
     as_trained = merge.logits(PeftModel.from_pretrained(base, str(run.saved)), inputs)
-    base32, _, _ = merge.load_base(run)
+    base32, _, _ = run.load_base()
     adapter32 = merge.logits(PeftModel.from_pretrained(base32.float(), str(run.saved)), inputs)
     merged = merge.logits(AutoModelForCausalLM.from_pretrained(out), inputs)  # the saved plain model, as saved
     return info, untuned, as_trained, adapter32, merged

@@ -15,7 +15,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import REPO, TINY, run_cli
-from harness.config import CONF_DIR, effective_config
+from harness.assets import CONF_DIR
+from harness.config import effective_config
 
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 TINY_SWEEP = ["model=tiny-llama", *TINY]
@@ -172,3 +173,35 @@ def test_load_fifty_runs_with_failures_and_a_killed_worker(tmp_path: Path) -> No
     assert sum(r["status"] == "invalid" for r in final.values()) == 13
     assert all((tmp_path / n / "result.json").stat().st_mtime_ns == m for n, m in mtimes.items())
     assert "52 runs, 39 ok, 13 invalid" in again.stdout
+
+
+def test_joblib_workers_divide_the_cores(tmp_path: Path) -> None:
+    """joblib's loky workers get OMP_NUM_THREADS = cores // n_jobs (unless the caller set it), which torch reads:
+    two runs at once on this machine each train with half the cores, recorded as `torch_threads`."""
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-m", "harness.run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                           *TINY_SWEEP, "seed=0,1", f"paths.runs={runs}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = folders(runs)
+    assert len(records) == 2
+    assert {r["torch_threads"] for r in records.values()} == {max(1, (os.cpu_count() or 1) // 2)}
+
+
+def test_joblib_with_several_jobs_is_refused_on_cuda(monkeypatch) -> None:
+    import torch
+    from omegaconf import OmegaConf
+
+    from harness.errors import ConfigError
+    from harness.sweeper import check_one_run_per_gpu
+
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for n_jobs in (2, -1, None):
+        with pytest.raises(ConfigError, match="several runs on one GPU"):
+            check_one_run_per_gpu(OmegaConf.create({"_target_": joblib, "n_jobs": n_jobs}))
+    check_one_run_per_gpu(OmegaConf.create({"_target_": joblib, "n_jobs": 1}))
+    check_one_run_per_gpu(OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check_one_run_per_gpu(OmegaConf.create({"_target_": joblib, "n_jobs": 2}))  # CPU: joblib divides the cores

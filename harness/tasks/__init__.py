@@ -6,19 +6,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.assets import CONF_TASK_DIR
 from harness.errors import ConfigError
 from harness.tasks.base import Task
-from harness.tasks.classify import ClassifyTask
-from harness.tasks.custom import CustomTask
-from harness.tasks.extract import ExtractTask
-from harness.tasks.knowledge import KnowledgeTask
-from harness.tasks.mixture import InstructTask, MultitaskTask
-from harness.tasks.style import StyleTask
+from harness.tasks.mixture import SINGLE_TASKS, InstructTask, MultitaskTask
 
-TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (ClassifyTask, StyleTask, ExtractTask, KnowledgeTask, InstructTask, MultitaskTask, CustomTask)
-}
-CONF_TASK_DIR = Path(__file__).resolve().parent.parent.parent / "conf" / "task"
+TASKS: dict[str, type[Task]] = SINGLE_TASKS | {cls.name: cls for cls in (InstructTask, MultitaskTask)}
 USER_DATA_TASKS = ("custom",)  # nothing to prepare until the user points them at data
 
 

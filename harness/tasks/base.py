@@ -219,16 +219,22 @@ class Task:
 
 def generate_greedy(model, tokenizer, prompts: list[list[int]], device, max_new_tokens: int) -> list[str]:
     """One left-padded batch through `model.generate`: greedy, KV cache on, stopping at EOS."""
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    batch = {k: v.to(device) for k, v in left_padded(prompts, tokenizer.pad_token_id).items()}
+    width = batch["input_ids"].shape[1]
     with contiguous_head_input(model):
         generated = model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
-            use_cache=True, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+            **batch, max_new_tokens=max_new_tokens, do_sample=False,
+            use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
     return [tokenizer.decode(g[width:], skip_special_tokens=True).strip() for g in generated]
+
+
+def left_padded(prompts: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
+    """Token-id prompts as one batch padded on the left (what generation continues from): input_ids and
+    attention_mask."""
+    width = max(len(p) for p in prompts)
+    return {"input_ids": torch.tensor([[pad] * (width - len(p)) + p for p in prompts]),
+            "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])}
 
 
 @contextmanager

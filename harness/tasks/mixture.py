@@ -19,8 +19,17 @@ import datasets
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from harness.assets import CONF_TASK_DIR
 from harness.errors import ConfigError
 from harness.tasks.base import SPLITS, Task
+from harness.tasks.classify import ClassifyTask
+from harness.tasks.custom import CustomTask
+from harness.tasks.extract import ExtractTask
+from harness.tasks.knowledge import KnowledgeTask
+from harness.tasks.style import StyleTask
+
+# what a mixture can be made of (the registry, harness/tasks/__init__.py, adds the mixtures themselves)
+SINGLE_TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (ClassifyTask, StyleTask, ExtractTask, KnowledgeTask, CustomTask)}
 
 
 def interleave(streams: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -38,15 +47,13 @@ class MixtureTask(Task):
 
     def __init__(self, cfg: DictConfig, cache):
         super().__init__(cfg, cache)
-        from harness.tasks import CONF_TASK_DIR, TASKS, get_task  # the registry imports this module
-
         self.components: dict[str, Task] = {}
         for name, overrides in (cfg.get("components") or {}).items():
-            if name not in TASKS or issubclass(TASKS[name], MixtureTask) or not (CONF_TASK_DIR / f"{name}.yaml").exists():
+            if name not in SINGLE_TASKS or not (CONF_TASK_DIR / f"{name}.yaml").exists():
                 raise ConfigError(f"task.components names '{name}', which is not a single task; "
-                                  f"choose among: {', '.join(sorted(n for n, t in TASKS.items() if not issubclass(t, MixtureTask)))}")
+                                  f"choose among: {', '.join(sorted(SINGLE_TASKS))}")
             merged = OmegaConf.merge(OmegaConf.load(CONF_TASK_DIR / f"{name}.yaml"), overrides or {})
-            self.components[name] = get_task(merged, cache)
+            self.components[name] = SINGLE_TASKS[name](merged, cache)
         if not self.components:
             raise ConfigError(f"task '{self.name}' needs at least one component in task.components")
         for name, task in self.components.items():

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import datasets
 from omegaconf import OmegaConf
 
+from harness import hub
 from harness.errors import AssetError, ConfigError
 
 if TYPE_CHECKING:
@@ -98,20 +96,13 @@ def source_params(task: Task) -> dict[str, Any]:
     return params
 
 
-def hub_offline() -> bool:
-    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def check_hub_reachable(dataset: str, timeout_s: float = 3.0) -> None:
     """A few seconds, not datasets' minute of retries: an unreachable hub without offline mode is one line."""
-    if hub_offline():
+    if hub.offline("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         return  # datasets then reads its local cache only, and fails at once when the dataset is not there
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((host.hostname, host.port or 443), timeout=timeout_s).close()
-    except OSError:
-        raise AssetError(f"hub dataset '{dataset}' cannot be fetched: {host.hostname} is unreachable; set "
-                         f"HF_HUB_OFFLINE=1 to use a locally cached copy, or use task.source=files") from None
+    if not hub.reachable(timeout_s):
+        raise AssetError(f"hub dataset '{dataset}' cannot be fetched: {hub.host()} is unreachable; set "
+                         f"HF_HUB_OFFLINE=1 to use a locally cached copy, or use task.source=files")
 
 
 def _load(task: Task) -> datasets.DatasetDict:

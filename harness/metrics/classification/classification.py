@@ -5,20 +5,17 @@
 A prediction outside `labels` (e.g. an unparseable answer, given as "") is simply wrong.
 """
 
-import datasets
 import evaluate
+
+from harness.metrics import string_pairs_info
 from sklearn.metrics import accuracy_score
 from sklearn.metrics import f1_score
 
 
 class Classification(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Accuracy and macro-F1 for string labels.",
-            citation="",
-            inputs_description="predictions, references: lists of strings; labels: the label set for macro-F1",
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-        )
+        return string_pairs_info("Accuracy and macro-F1 for string labels.",
+                                 "predictions, references: lists of strings; labels: the label set for macro-F1")
 
     def _compute(self, predictions, references, labels=None):
         labels = sorted(set(references)) if labels is None else list(labels)

@@ -10,8 +10,9 @@ normalised prediction (a chatty but right answer). Both are accuracies (scikit-l
 import re
 import string
 
-import datasets
 import evaluate
+
+from harness.metrics import string_pairs_info
 from sklearn.metrics import accuracy_score
 
 PUNCT = re.compile("[" + re.escape(string.punctuation) + "]")
@@ -24,12 +25,8 @@ def normalize(text):
 
 class ExactMatch(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Exact-match and contains accuracy over normalised strings.",
-            citation="",
-            inputs_description="predictions, references: lists of strings",
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-        )
+        return string_pairs_info("Exact-match and contains accuracy over normalised strings.",
+                                 "predictions, references: lists of strings")
 
     def _compute(self, predictions, references):
         preds = [normalize(p) for p in predictions]

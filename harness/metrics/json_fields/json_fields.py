@@ -11,8 +11,9 @@ scikit-learn), `json_valid_rate` and `<field>_accuracy` per field.
 
 import json
 
-import datasets
 import evaluate
+
+from harness.metrics import string_pairs_info
 from sklearn.metrics import accuracy_score
 
 NO_MATCH = "\0unparseable"
@@ -44,12 +45,8 @@ def canonical(value):
 
 class JsonFields(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Mean per-field accuracy of JSON answers; unparseable answers score 0 on every field.",
-            citation="",
-            inputs_description="predictions: model answers; references: JSON strings of the expected object",
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-        )
+        return string_pairs_info("Mean per-field accuracy of JSON answers; unparseable answers score 0 on every field.",
+                                 "predictions: model answers; references: JSON strings of the expected object")
 
     def _compute(self, predictions, references):
         parsed = [first_object(p) for p in predictions]

@@ -6,19 +6,17 @@ chrF (character n-grams up to 6, beta 2) rewards partial word matches, so it tra
 ("believes" -> "believeth") that BLEU's word 4-grams miss. An empty prediction simply matches nothing.
 """
 
-import datasets
 import evaluate
+
+from harness.metrics import string_pairs_info
 import sacrebleu
 
 
 class TextSimilarity(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="sacrebleu corpus chrF and BLEU, divided by 100.",
-            citation="Popovic (2015) chrF; Papineni et al. (2002) BLEU; Post (2018) sacreBLEU",
-            inputs_description="predictions, references: lists of strings (one reference per prediction)",
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-        )
+        return string_pairs_info("sacrebleu corpus chrF and BLEU, divided by 100.",
+                                 "predictions, references: lists of strings (one reference per prediction)",
+                                 citation="Popovic (2015) chrF; Papineni et al. (2002) BLEU; Post (2018) sacreBLEU")
 
     def _compute(self, predictions, references):
         chrf = sacrebleu.corpus_chrf(predictions, [references])

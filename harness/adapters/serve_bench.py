@@ -1,11 +1,11 @@
 """Inference cost of an adapter: generation latency and throughput for the base model, the unmerged adapter,
 the merged model, and hot-swapping between two adapters on one loaded base.
 
-    python -m harness.serve_bench RUN_DIR                              # batch sizes 1,4,16; 32 new tokens; 5 repeats
-    python -m harness.serve_bench RUN_DIR --other RUN_B --batch-sizes 1,8 --new-tokens 64 --repeats 7 --out bench/
+    python -m harness.adapters.serve_bench RUN_DIR        # batch sizes 1,4,16; 32 new tokens; 5 repeats
+    python -m harness.adapters.serve_bench RUN_DIR --other RUN_B --batch-sizes 1,8 --new-tokens 64 --out bench/
 
 Why: the usual claims are that a merged LoRA adds no latency and an unmerged one a little. Each mode gets its
-own copy of the weights (loaded like harness.merge loads them; a QLoRA base stays 4-bit for base / unmerged /
+own copy of the weights (loaded like harness.adapters.merge loads them; a QLoRA base stays 4-bit for base / unmerged /
 hot-swap and is de-quantised for merged), the same prompts (the run's own test prompts cut to one length, so
 no padding), greedy decoding of exactly `--new-tokens` tokens, under `torch.inference_mode`. Repeats are
 interleaved across modes (round r runs every mode once), so load from other processes hits all modes alike;
@@ -29,14 +29,16 @@ from typing import Any
 import torch
 
 from harness.errors import ConfigError, HarnessError
-from harness.merge import Run, load_base, load_run, require_adapter
+from harness.adapters.merge import load_run, require_adapter
+from harness.runfolder import RunFolder
 from harness.results import now, versions, write_json_atomic
+from harness.cli import error
 
 MODES = ("base", "unmerged", "merged", "hotswap")
 BENCH_JSON, BENCH_MD = "serve_bench.json", "serve_bench.md"
 
 
-def prompt_batch(run: Run, tokenizer, batch: int, prompt_tokens: int) -> dict[str, torch.Tensor]:
+def prompt_batch(run: RunFolder, tokenizer, batch: int, prompt_tokens: int) -> dict[str, torch.Tensor]:
     """`batch` test prompts of the run's task, each cut to its last `prompt_tokens` tokens (no padding needed);
     short prompts are repeated from the start so every row has the same length."""
     from harness.tasks import get_task
@@ -90,12 +92,12 @@ def time_switches(model, names: list[str], n: int = 200) -> float:
     return statistics.median(samples)
 
 
-def build_models(run: Run, other: Run | None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+def build_models(run: RunFolder, other: RunFolder | None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """One model per mode (separate copies of the weights), the tokenizer and set-up facts (load/merge times)."""
     from peft import PeftModel
 
-    base, tokenizer, record = load_base(run)
-    adapted, _, _ = load_base(run)
+    base, tokenizer, record = run.load_base()
+    adapted, _, _ = run.load_base()
     t0 = time.perf_counter()
     adapted = PeftModel.from_pretrained(adapted, str(run.saved), adapter_name="a")
     load_a = time.perf_counter() - t0
@@ -104,7 +106,7 @@ def build_models(run: Run, other: Run | None) -> tuple[dict[str, Any], Any, dict
     adapted.load_adapter(str(second), adapter_name="b")
     load_b = time.perf_counter() - t0
     adapted.set_adapter("a")
-    plain, _, merged_record = load_base(run, dequantize=True)
+    plain, _, merged_record = run.load_base(dequantize=True)
     t0 = time.perf_counter()
     merged = PeftModel.from_pretrained(plain, str(run.saved)).merge_and_unload()
     merge_s = time.perf_counter() - t0
@@ -123,7 +125,7 @@ def build_models(run: Run, other: Run | None) -> tuple[dict[str, Any], Any, dict
     return {"base": base, "unmerged": adapted, "merged": merged, "hotswap": adapted}, tokenizer, setup
 
 
-def bench(run: Run, other: Run | None, batch_sizes: list[int], new_tokens: int, prompt_tokens: int,
+def bench(run: RunFolder, other: RunFolder | None, batch_sizes: list[int], new_tokens: int, prompt_tokens: int,
           repeats: int) -> dict[str, Any]:
     """Time every mode at every batch size, interleaving modes within each round; medians per cell."""
     if run.model_cfg.kind != "causal_lm":
@@ -221,7 +223,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.serve_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.adapters.serve_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="an adapter run folder (paths.runs/<run_id>)")
     parser.add_argument("--other", type=Path, help="a second adapter run on the same base, for hot-swapping")
     parser.add_argument("--batch-sizes", default="1,4,16")
@@ -241,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         other = load_run(args.other) if args.other else None
         report = bench(run, other, batch_sizes, args.new_tokens, args.prompt_tokens, args.repeats)
     except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err)
     out = args.out or run.path
     write_json_atomic(out / BENCH_JSON, report)
     (out / BENCH_MD).write_text(markdown(report))

@@ -5,7 +5,7 @@ What "measured" is depends on the record's `mem_kind` (harness/measure.py):
   cache. Predicted with device="cuda" and no overhead term.
 - `cpu_rss` / `cpu_rss_sampled`: the process's peak resident set size during training. Besides the tensors it
   includes the Python interpreter, the torch / transformers / peft / datasets code and their shared libraries,
-  the tokenizer and the task data, which the estimator models as one runtime overhead (estimate.CPU_RUNTIME_BYTES,
+  the tokenizer and the task data, which the estimator models as one runtime overhead (model.CPU_RUNTIME_BYTES,
   measured here); heap freed before training is handed back first (harness/measure.py). Runs that record
   `train_begin_mem` are split into the resident size at the start of training (predicted: weights + runtime) and
   the growth during training (predicted: the training tensors).
@@ -29,20 +29,13 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from harness.errors import ConfigError
+from harness.runfolder import find_runs, open_run
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(result.json, effective config): the record's own `config`, else Hydra's saved .hydra/config.yaml."""
-    from harness.config import effective_config
-
-    result = json.loads((Path(run_dir) / "result.json").read_text())
-    eff = result.get("config")
-    if not eff:
-        hydra_cfg = Path(run_dir) / ".hydra" / "config.yaml"
-        if not hydra_cfg.exists():
-            raise ConfigError(f"{run_dir} has no config in result.json and no .hydra/config.yaml")
-        eff = effective_config(OmegaConf.load(hydra_cfg))
-    return result, eff
+    """(result.json, effective config) of a run folder."""
+    run = open_run(run_dir)
+    return run.result, run.eff
 
 
 def batch_seq_len(result: dict[str, Any], eff: dict[str, Any], cache: Path | None = None) -> tuple[int, str]:
@@ -69,7 +62,7 @@ def batch_seq_len(result: dict[str, Any], eff: dict[str, Any], cache: Path | Non
 
 def check_run(run_dir: Path, seq_len: int | None = None, cache: Path | None = None, **kwargs: Any) -> dict[str, Any]:
     """Predicted vs measured peak memory of one finished run, with the relative error."""
-    from harness.estimate import estimate
+    from harness.estimate.model import estimate
 
     result, eff = read_run(run_dir)
     measured, kind = result.get("peak_mem_bytes"), result.get("mem_kind")
@@ -107,22 +100,10 @@ def check_run(run_dir: Path, seq_len: int | None = None, cache: Path | None = No
     return row
 
 
-def run_dirs(roots: list[Path]) -> list[Path]:
-    """Every run folder (one holding result.json) under the given folders."""
-    found = []
-    for root in roots:
-        root = Path(root)
-        if (root / "result.json").exists():
-            found.append(root)
-        else:
-            found += sorted(p.parent for p in root.glob("*/result.json"))
-    return found
-
-
 def check_runs(roots: list[Path], **kwargs: Any) -> list[dict[str, Any]]:
     """check_run for every finished run under `roots`; runs that cannot be predicted get a `skipped` reason."""
     rows = []
-    for run_dir in run_dirs(roots):
+    for run_dir in find_runs(roots):
         try:
             rows.append(check_run(run_dir, **kwargs))
         except (ConfigError, OSError, KeyError, json.JSONDecodeError) as err:

@@ -1,13 +1,7 @@
-"""Memory, disk and cost of a fine-tuning run, for any model size, without downloading weights.
-
-    python -m harness.estimate model=llama-3.1-8b method=qlora r=16 targets=qv
-    python -m harness.estimate model=llama-3.1-8b --table          # every method in conf/method side by side
-    python -m harness.estimate --check runs/                       # predicted vs measured peak, every run there
-
-The overrides are harness.run's (Hydra over conf/). The model is built on the meta device from its config (hub
-presets carry theirs as `hf_config:` in conf/model/, so no network is needed), the method is applied with the
-harness's own `plan_method` / `apply_method`, so trainable counts are peft's. Memory arithmetic and its sources:
-harness/estimate_memory.py; predicted vs measured: harness/estimate_check.py; printing: harness/estimate_report.py.
+"""The estimate itself: the model is built on the meta device from its config (hub presets carry theirs as
+`hf_config:` in conf/model/, so no network is needed), the method is applied with the harness's own `plan_method` /
+`apply_method`, so trainable counts are peft's, and the counts read off it go through harness/estimate/memory.py.
+The overrides are harness.run's (Hydra over conf/), checked by the same path (harness/preflight.py).
 """
 
 from __future__ import annotations
@@ -21,8 +15,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from harness import estimate_memory as em
+from harness.estimate import memory as em
 from harness.errors import ConfigError
+from harness.models import HEAD_NAMES
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 # Roles of a layer's linear modules (suffix of the module name inside the layer); longest suffix first.
@@ -32,7 +27,6 @@ ROLE_SUFFIXES = (
     ("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o"),
     ("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down"),
 )
-HEAD_NAMES = ("lm_head", "score", "classifier")
 # Assumed, not measured here (no GPU on this machine): the CUDA context, outside torch's allocated figure.
 CUDA_CONTEXT_BYTES = 500 * 2**20
 # Measured here: resident memory at the start of training less the model's weights (Python, torch, transformers,
@@ -428,9 +422,3 @@ def method_names() -> list[str]:
     from harness.config import group_options
 
     return group_options("method")
-
-
-if __name__ == "__main__":
-    from harness.estimate_report import main
-
-    main()

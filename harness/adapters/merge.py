@@ -1,7 +1,7 @@
 """Adapters after training: merge one into its base, or combine several into one multi-task adapter and score it.
 
-    python -m harness.merge RUN_DIR --out merged/                       # merge_and_unload -> a plain model folder
-    python -m harness.merge RUN_A RUN_B RUN_C --combine ties,dare_ties,linear --density 0.5 --eval [--union RUN_U]
+    python -m harness.adapters.merge RUN_DIR --out merged/          # merge_and_unload -> a plain model folder
+    python -m harness.adapters.merge RUN_A RUN_B RUN_C --combine ties,dare_ties,linear --eval  # [--union RUN_U]
 
 Merging is peft's `merge_and_unload`; `merge.json` records the base it went into. A QLoRA adapter merges into the
 4-bit weights it trained against, de-quantised (not the original float weights, which it never saw). Combining
@@ -20,21 +20,19 @@ between adapters and sign election acts on factors, not on the update; they stay
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from harness.assets import cache_dir
 from harness.errors import ConfigError, HarnessError
-from harness.results import RESULT_FILE, Status, now, write_json_atomic
+from harness.results import now, write_json_atomic
+from harness.runfolder import RunFolder, open_run
+from harness.cli import error
 
 # the harness's name -> (peft's combination_type, what it combines)
 TASK_VECTORS, FACTORS = "task vectors (B@A)", "factor-wise (A and B separately)"
@@ -52,102 +50,27 @@ NEEDS_DENSITY = tuple(n for n, (peft_type, _) in COMBINE_FORMS.items() if peft_t
 MERGE_FILE, TABLE_JSON, TABLE_MD = "merge.json", "merge_table.json", "merge_table.md"
 
 
-@dataclass
-class Run:
-    """A finished run folder: its record, effective config and where its model/adapter lies."""
-
-    path: Path
-    result: dict[str, Any]
-    eff: dict[str, Any]
-    cache: Path
-    adapter_config: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.result.get("run_id") or self.path.name
-
-    def __post_init__(self) -> None:
-        self.model_cfg: DictConfig = OmegaConf.create(self.eff["model"])
-        self.task_cfg: DictConfig = OmegaConf.create(self.eff["task"])
-        self.saved: Path = self.path / self.result["saved_to"]
-        self.is_adapter: bool = self.result["saved_to"] == "adapter"
-        self.quantization: dict[str, Any] | None = self.result.get("quantization")  # None: an unquantised base
+def load_run(path: str | Path) -> RunFolder:
+    """A finished run folder (status ok, its adapter or model saved); anything else is a one-line ConfigError."""
+    return open_run(path, finished=True)
 
 
-def load_run(path: str | Path) -> Run:
-    """Read a run folder; every way it can be unusable is a one-line ConfigError."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ConfigError(f"run folder {path} does not exist; pass a folder under paths.runs that holds result.json")
-    if not (path / RESULT_FILE).exists():
-        raise ConfigError(f"{path} holds no {RESULT_FILE}; pass a run folder made by `python -m harness.run`")
-    result = json.loads((path / RESULT_FILE).read_text())
-    if result.get("status") != Status.OK.value or not result.get("saved_to"):
-        raise ConfigError(f"run {path.name} has status {result.get('status')!r} and saved nothing; "
-                          f"pass a finished run (status ok)")
-    if not result.get("config"):
-        raise ConfigError(f"{path}/{RESULT_FILE} holds no effective config; re-run it with this harness version")
-    hydra_cfg = path / ".hydra" / "config.yaml"  # where the run's cache was (paths.cache is not in the identity)
-    configured_cache = OmegaConf.select(OmegaConf.load(hydra_cfg), "paths.cache", default=None) if hydra_cfg.exists() else None
-    run = Run(path, result, result["config"], cache_dir(configured_cache))
-    if not run.saved.is_dir():
-        raise ConfigError(f"run {path.name} says it saved {result['saved_to']}/ but that folder is missing")
-    if run.is_adapter:
-        run.adapter_config = json.loads((run.saved / "adapter_config.json").read_text())
-    return run
-
-
-def require_adapter(run: Run, what: str) -> None:
+def require_adapter(run: RunFolder, what: str) -> None:
     if not run.is_adapter:
         raise ConfigError(f"run {run.name} is {run.result.get('method')} (it saved a whole model, no adapter); "
                           f"{what} needs an adapter run, e.g. method=lora")
 
 
-def load_base(run: Run, *, dequantize: bool = False):
-    """(model, tokenizer, record) for the base the run trained on. A quantised base loads quantised as in
-    training, or, with `dequantize`, de-quantised from those 4-bit weights into its compute dtype."""
-    from harness.methods import quantization_config
-    from harness.models import WEIGHT_DTYPES, load_model, load_tokenizer
-    from harness.tasks import get_task
-
-    precision = run.result.get("precision") or run.eff["train"]["precision"]
-    labels = get_task(run.task_cfg, run.cache).labels if run.model_cfg.kind == "encoder" else None
-    tokenizer = load_tokenizer(run.model_cfg, run.cache)
-    qconfig = quantization_config(run.eff) if run.quantization else None
-    model = load_model(run.model_cfg, run.cache, precision=precision, tokenizer=tokenizer, labels=labels,
-                       quantization_config=qconfig)
-    record = {"model": run.result["model"], "model_fingerprint": run.result.get("model_fingerprint"),
-              "precision": precision, "dtype": str(WEIGHT_DTYPES[precision]).removeprefix("torch.")}
-    if qconfig is not None:
-        q = run.quantization
-        if dequantize:
-            dtype = getattr(torch, q.get("compute_dtype") or "bfloat16")
-            model = model.dequantize(dtype=dtype)
-            model.is_loaded_in_4bit = model.is_loaded_in_8bit = False  # transformers leaves the flags set
-            name = str(dtype).removeprefix("torch.")
-            record |= {"dtype": name, "base": f"{q['bits']}-bit {q.get('quant_type') or 'int8'} weights the adapter "
-                                              f"trained on, de-quantised to {name}"}
-        else:
-            record["base"] = f"{q['bits']}-bit {q.get('quant_type') or 'int8'} (as in training)"
-        record["quantization"] = q
-    else:
-        record["base"] = f"{run.result['model']} in {record['dtype']} (as in training)"
-    return model, tokenizer, record
-
-
-def probe_inputs(run: Run, tokenizer, n: int = 4) -> dict[str, torch.Tensor]:
+def probe_inputs(run: RunFolder, tokenizer, n: int = 4) -> dict[str, torch.Tensor]:
     """A few of the run's own test inputs, left-padded: what merged and unmerged logits are compared on."""
     from harness.tasks import get_task
+    from harness.tasks.base import left_padded
 
     task = get_task(run.task_cfg, run.cache)
     rows = task.read_split("test")[:n]
     if run.model_cfg.kind == "encoder":
         return dict(tokenizer([task.encoder_text(r) for r in rows], padding=True, return_tensors="pt"))
-    prompts = [task.prompt_ids(tokenizer, r)[-128:] for r in rows]
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    return {"input_ids": torch.tensor([[pad] * (width - len(p)) + p for p in prompts]),
-            "attention_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])}
+    return left_padded([task.prompt_ids(tokenizer, r)[-128:] for r in rows], tokenizer.pad_token_id)
 
 
 @torch.inference_mode()
@@ -168,7 +91,7 @@ def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def merge_run(run: Run, out: Path, dtype: str = "float32") -> dict[str, Any]:
+def merge_run(run: RunFolder, out: Path, dtype: str = "float32") -> dict[str, Any]:
     """merge_and_unload in float32 into a plain model folder (+ tokenizer, merge.json), saved in `dtype`.
 
     The merge is done in float32 because a bf16 weight cannot hold an update smaller than its rounding step, which
@@ -187,9 +110,9 @@ def merge_run(run: Run, out: Path, dtype: str = "float32") -> dict[str, Any]:
         raise ConfigError(f"run {run.name} ({run.result['method']}) learned virtual tokens, not weight updates; "
                           f"there is nothing to merge into the base (serve it with its adapter)")
     t0 = time.perf_counter()
-    base, tokenizer, record = load_base(run, dequantize=True)
+    base, tokenizer, record = run.load_base(dequantize=True)
     inputs = probe_inputs(run, tokenizer)
-    as_trained = logits(load_trained(load_base(run)[0], run.saved), inputs)  # what the run itself evaluated
+    as_trained = logits(load_trained(run.load_base()[0], run.saved), inputs)  # what the run itself evaluated
     peft_model = PeftModel.from_pretrained(base.float(), str(run.saved))
     unmerged32 = logits(peft_model, inputs)
     merged = peft_model.merge_and_unload()
@@ -221,7 +144,7 @@ def merge_run(run: Run, out: Path, dtype: str = "float32") -> dict[str, Any]:
     return info
 
 
-def check_combinable(runs: list[Run], combine: list[str]) -> None:
+def check_combinable(runs: list[RunFolder], combine: list[str]) -> None:
     """Everything peft's add_weighted_adapter would reject (or silently get wrong), as one line each."""
     if len(runs) < 2:
         raise ConfigError("--combine needs at least two runs; to merge one adapter into its base drop --combine")
@@ -255,8 +178,8 @@ def check_combinable(runs: list[Run], combine: list[str]) -> None:
                           f"(linear, ties, dare_ties, svd, ...) take mixed ranks")
 
 
-def combine_runs(runs: list[Run], combine: list[str], density: float, weights: list[float] | None,
-                 evaluate: bool, out: Path, n_eval: int | None = None, union: Run | None = None) -> dict[str, Any]:
+def combine_runs(runs: list[RunFolder], combine: list[str], density: float, weights: list[float] | None,
+                 evaluate: bool, out: Path, n_eval: int | None = None, union: RunFolder | None = None) -> dict[str, Any]:
     """Load every adapter on one base, add one combined adapter per combine type, save them, and (with
     `evaluate`) score base / own / combined / union on every run's task."""
     from peft import PeftModel
@@ -265,7 +188,7 @@ def combine_runs(runs: list[Run], combine: list[str], density: float, weights: l
     weights = weights or [1.0] * len(runs)
     if len(weights) != len(runs):
         raise ConfigError(f"--weights has {len(weights)} values for {len(runs)} runs; give one per run")
-    base, tokenizer, record = load_base(runs[0])
+    base, tokenizer, record = runs[0].load_base()
     names = [f"a{i}_{r.result['task']}" for i, r in enumerate(runs)]  # peft adapter names (no dots)
     model = PeftModel.from_pretrained(base, str(runs[0].saved), adapter_name=names[0])
     for name, run in zip(names[1:], runs[1:]):
@@ -295,7 +218,7 @@ def combine_runs(runs: list[Run], combine: list[str], density: float, weights: l
     return table
 
 
-def _union_model(union: Run, runs: list[Run], model):
+def _union_model(union: RunFolder, runs: list[RunFolder], model):
     """The union run's model: another adapter on the loaded base, or its own fully fine-tuned weights."""
     if union.result["model"] != runs[0].result["model"]:
         raise ConfigError(f"--union run {union.name} is on {union.result['model']}, the adapters on "
@@ -310,8 +233,8 @@ def _union_model(union: Run, runs: list[Run], model):
     return AutoModelForCausalLM.from_pretrained(str(union.saved), dtype=WEIGHT_DTYPES[union.result["precision"]])
 
 
-def score_all(model, tokenizer, runs: list[Run], names: list[str], combine: list[str], n_eval: int | None,
-              union: Run | None) -> list[dict[str, Any]]:
+def score_all(model, tokenizer, runs: list[RunFolder], names: list[str], combine: list[str], n_eval: int | None,
+              union: RunFolder | None) -> list[dict[str, Any]]:
     """One row per run's task: scores of the base, the task's own adapter, each combined adapter, the union run."""
     from harness.tasks import get_task
 
@@ -396,7 +319,7 @@ def markdown_table(table: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.merge", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.adapters.merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (paths.runs/<run_id>)")
     parser.add_argument("--out", type=Path, help="output folder (default: RUN/merged, or <runs>/combined_<tasks>)")
     parser.add_argument("--combine", help=f"comma-separated peft combination types: {', '.join(COMBINE_TYPES)}")
@@ -437,8 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print((out / TABLE_MD).read_text() if table["rows"] else f"combined adapters saved to {out / 'adapters'}")
         return 0
     except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err)
 
 
 if __name__ == "__main__":

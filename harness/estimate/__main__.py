@@ -1,0 +1,3 @@
+from harness.estimate.cli import main
+
+main()
