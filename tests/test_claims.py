@@ -70,9 +70,14 @@ def test_unfair_rows_do_not_count() -> None:
     ([(85, 80, 89), (86, 84, 88), (99, 95, 101)], REFUTED),
     ([(95, 85, 99), (86, 84, 88), (99, 95, 101)], INCONCLUSIVE),
 ])
-def test_claim_1_counts_a_majority_of_cells(cells, expected) -> None:
-    rows = [row("lora", 16, cell=f"c{i}", ret=c) for i, c in enumerate(cells)]
+def test_claim_1_counts_a_majority_of_tasks(cells, expected) -> None:
+    tasks = ["classify", "style", "extract"]
+    rows = [row("lora", 16, cell=f"c{i}", task=tasks[i], ret=c) for i, c in enumerate(cells)]
     assert verdict(1, evidence(rows)).verdict == expected
+    # a second budget of the first task (a worse one) is the same task, not another one below the line
+    again = [*rows, row("lora", 8, cell="c0-long", task=tasks[0], ret=(50, 40, 60))]
+    assert verdict(1, evidence(again)).verdict == expected
+    assert verdict(1, evidence([rows[0], again[-1]])).verdict == NOT_RUN  # one task, two budgets: not "most tasks"
     assert verdict(1, evidence(rows[:1])).verdict == NOT_RUN  # one cell is not "most tasks"
 
 
