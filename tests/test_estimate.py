@@ -133,11 +133,34 @@ def test_frozen_layers_keep_fewer_activations_and_checkpointing_keeps_layer_inpu
     ckpt = em.activation_bytes([frozen] * 4, head, s, b, dt, checkpointing=True)
     assert plain["layers"] == 4 * frozen_tok * s * b
     assert ckpt["layers"] == 4 * 2 * h * s * b + frozen_tok * s * b
-    assert plain["head_and_loss"] == ckpt["head_and_loss"] == ((4 * h + 4) + 1000 * (2 + 4 + 4)) * s * b
+    # the loss: its backward's 12 bytes per logit element (more than the forward's 2 + 4 + 4)
+    assert plain["head_and_loss"] == ckpt["head_and_loss"] == ((4 * h + 4) + 1000 * em.CE_BACKWARD_BYTES) * s * b
     # labelled-only training: the final norm runs on every token, the head and loss only on the 16 labelled ones
     labelled = em.Head(vocab=1000, head_trainable=False, logits_bytes=2, positions=16)
     assert em.activation_bytes([frozen], labelled, s, b, dt, False)["head_and_loss"] == \
-        (4 * h + 4) * s * b + 1000 * (2 + 4 + 4) * 16
+        (4 * h + 4) * s * b + 1000 * em.CE_BACKWARD_BYTES * 16
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cross_entropy_backward_holds_12_bytes_per_logit(dtype, tmp_path) -> None:
+    """What transformers' loss does (logits upcast to float32, cross-entropy), forward and backward, under torch's
+    profiler: the allocator's live total beyond the logits themselves peaks at CE_BACKWARD_BYTES per element."""
+    import json as _json
+
+    from torch.profiler import ProfilerActivity, profile
+
+    n, vocab = 512, 8192
+    logits = torch.randn(n, vocab, dtype=dtype, requires_grad=True)
+    labels = torch.randint(0, vocab, (n,))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+    prof.export_chrome_trace(str(tmp_path / "trace.json"))
+    events = sorted((e for e in _json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+                     if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0), key=lambda e: e["ts"])
+    totals = [e["args"]["Total Allocated"] for e in events]
+    before = totals[0] - events[0]["args"]["Bytes"]  # what was live before the first allocation: the logits
+    per_element = (max(totals) - before) / logits.numel()
+    assert per_element == pytest.approx(em.CE_BACKWARD_BYTES, rel=0.1), per_element
 
 
 def test_packed_attention_by_hand() -> None:

@@ -364,18 +364,25 @@ def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int]
                   if out_emb is not None and out_emb.weight.requires_grad else 0)
     s, b = int(seq_len or train["max_seq_len"]), int(train["batch_size"])
     notes = []
+    # prompt tuning prepends its virtual tokens to every sequence: every per-token term, the logits included
+    # (peft's prompt-tuning forward returns logits at the virtual positions too), sees them; prefix tuning's
+    # virtual tokens are keys and values only, not positions
     virtual = int((method.get("peft_kwargs") or {}).get("num_virtual_tokens") or 0)
-    if method.get("peft_type") == "PROMPT_TUNING" and virtual:
+    virtual = virtual if method.get("peft_type") == "PROMPT_TUNING" else 0
+    if virtual:
         s += virtual
         notes.append(f"prompt tuning: {virtual} virtual tokens lengthen every sequence")
     checkpointing = bool(train.get("gradient_checkpointing"))
     if batch_shape:  # per-token terms see all its tokens; length-squared terms its longest row (an upper bound)
         longest = int(batch_shape["longest_row"]) + virtual
         tokens = int(batch_shape["tokens"]) + virtual * int(batch_shape["rows"])
-        acts = model_activations(model, eff, longest, tokens / longest, device, batch_shape.get("logit_positions"),
+        positions = batch_shape.get("logit_positions")
+        if positions is not None and positions >= int(batch_shape["tokens"]):  # logits at every position
+            positions += virtual * int(batch_shape["rows"])
+        acts = model_activations(model, eff, longest, tokens / longest, device, positions,
                                  packed_rows(model, batch_shape, device))
         notes.append(f"activations for the run's largest batch: {tokens} tokens in {batch_shape['rows']} rows "
-                     f"(longest {longest}), logits at {batch_shape.get('logit_positions', tokens)} positions")
+                     f"(longest {longest}), logits at {positions if positions is not None else tokens} positions")
     else:
         acts = model_activations(model, eff, s, b, device)
     if device == "cuda":
