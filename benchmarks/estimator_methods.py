@@ -29,16 +29,12 @@ RESULTS = REPO / "benchmarks" / "results"
 COMMON = ["model=smollm2-135m", "task=classify", "tracking=none", "task.n_train=24", "task.n_eval=8"]
 
 
-def profiled_run(overrides: list[str], out: Path) -> None:
-    """One run in this process with the profiler over its training loop; writes the live-tensor growth."""
+def profiled_peak_memory(trace: Path):
+    """harness.measure.PeakMemory with torch's profiler (CPU allocator) over the training loop, its trace written
+    to `trace` when training ends."""
     from torch.profiler import ProfilerActivity, profile
 
     from harness import measure
-    from harness.config import run_id, validate
-    from harness.pipeline import execute
-    from harness.preflight import compose_checked
-
-    trace = out / "trace.json"
 
     class Profiled(measure.PeakMemory):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -51,18 +47,34 @@ def profiled_run(overrides: list[str], out: Path) -> None:
             self.profiler.export_chrome_trace(str(trace))
             super().on_train_end(args, state, control, **kwargs)
 
-    measure.PeakMemory = Profiled  # pipeline looks it up at run time
+    return Profiled
+
+
+def live_growth(trace: Path) -> int | None:
+    """The allocator's live-tensor peak in the trace minus its first reading: what training added in tensors."""
+    events = sorted((e for e in json.loads(Path(trace).read_text())["traceEvents"]
+                     if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0), key=lambda e: e["ts"])
+    allocated = [e["args"]["Total Allocated"] for e in events]
+    return max(allocated) - allocated[0] if allocated else None
+
+
+def profiled_run(overrides: list[str], out: Path) -> None:
+    """One run in this process with the profiler over its training loop; writes the live-tensor growth."""
+    from harness import measure
+    from harness.config import run_id, validate
+    from harness.pipeline import execute
+    from harness.preflight import compose_checked
+
+    trace = out / "trace.json"
+    measure.PeakMemory = profiled_peak_memory(trace)  # pipeline looks it up at run time
     cfg = compose_checked(overrides + [f"paths.runs={out / 'runs'}"])
     eff = validate(cfg)
     rid = run_id(cfg)
     result = execute(cfg, eff, rid, out / "runs" / rid)
-    events = sorted((e for e in json.loads(trace.read_text())["traceEvents"]
-                     if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0), key=lambda e: e["ts"])
-    allocated = [e["args"]["Total Allocated"] for e in events]
+    growth = live_growth(trace)
     trace.unlink()  # hundreds of MB; the figure is all that is kept
     (out / "measured.json").write_text(json.dumps({
-        "run_dir": str(out / "runs" / rid), "status": result.get("status"),
-        "live_growth_bytes": max(allocated) - allocated[0] if allocated else None}))
+        "run_dir": str(out / "runs" / rid), "status": result.get("status"), "live_growth_bytes": growth}))
 
 
 def compare(method: str, steps: int, work: Path, extra: list[str]) -> dict[str, Any]:

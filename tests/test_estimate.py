@@ -431,41 +431,24 @@ def test_bundled_run_peak_is_predicted_within_25_percent(method: str, tmp_path) 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+@pytest.mark.parametrize("method", ["full", "lora", "qlora", "prompt"])
 def test_bundled_run_training_tensors_match_the_profiler(method: str, runs, monkeypatch, tmp_path) -> None:
     """The prediction's training tensors (activations of the largest recorded batch, gradients, optimizer states)
     against the live-tensor peak torch's profiler records on the CPU allocator over the whole training loop: the
-    part of the resident memory the estimator models, without glibc's heap retention."""
-    import json as _json
-
-    from torch.profiler import ProfilerActivity, profile
-
+    part of the resident memory the estimator models, without glibc's heap retention. Prompt tuning: its loss
+    sees every position, the virtual ones too (the cross-entropy backward term)."""
     if torch.cuda.is_available():
         pytest.skip("compares the CPU allocator's figures")
 
+    from benchmarks.estimator_methods import live_growth, profiled_peak_memory
     from harness import measure
     from harness.estimate.check import check_run
 
     trace = tmp_path / "trace.json"
-
-    class Profiled(measure.PeakMemory):
-        def on_train_begin(self, args, state, control, **kwargs):
-            super().on_train_begin(args, state, control, **kwargs)
-            self.profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-            self.profiler.__enter__()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.profiler.__exit__(None, None, None)
-            self.profiler.export_chrome_trace(str(trace))
-            super().on_train_end(args, state, control, **kwargs)
-
-    monkeypatch.setattr(measure, "PeakMemory", Profiled)
+    monkeypatch.setattr(measure, "PeakMemory", profiled_peak_memory(trace))
     _, run_dir = run_inprocess(["model=smollm2-135m", f"method={method}", "tracking=none", "train.max_steps=3",
                                 "task.n_train=24", "task.n_eval=8"], runs)
-    events = sorted((e for e in _json.loads(trace.read_text())["traceEvents"]
-                     if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0), key=lambda e: e["ts"])
-    allocated = [e["args"]["Total Allocated"] for e in events]
-    live_peak = max(allocated) - allocated[0]
+    live_peak = live_growth(trace)
     row = check_run(run_dir)
     assert row["growth_predicted_bytes"] == pytest.approx(live_peak, rel=0.05), (row["breakdown"], live_peak)
 
