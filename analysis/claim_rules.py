@@ -313,10 +313,10 @@ def claim_10(ev: Evidence, v: Verdict) -> Verdict:
            "with forgetting.")
 def claim_11(ev: Evidence, v: Verdict) -> Verdict:
     """Three parts from the intruder analysis over the most runs (k=10, epsilon 0.5): (a) the lowest-rank LoRA
-    group's (its best-replicated learning rate) interval for the intruder count lies above full FT's; (b) Spearman's rho of rank vs intruders over LoRA runs < 0 with
-    p < 0.05; (c) rho of intruders vs forgetting > 0 with p < 0.05. Supported when all three hold; refuted when
-    (a) fails with intervals apart the other way, (b)'s rho > 0 with p < 0.05, or (c)'s rho < 0 with p < 0.05;
-    otherwise inconclusive."""
+    group's (its best-replicated learning rate) interval for the intruder count lies above full FT's; (b)
+    Spearman's rho of rank vs intruders over LoRA runs < 0 with p < 0.05; (c) rho of intruders vs forgetting > 0
+    with p < 0.05. Supported when all three hold; refuted when (a) fails with intervals apart the other way, (b)'s
+    rho > 0 with p < 0.05, or (c)'s rho < 0 with p < 0.05; otherwise inconclusive."""
     groups, summary, corr = ev.intruder_groups, ev.intruder_summary, ev.intruder_correlations
     if groups is None or summary is None or corr is None:
         v.missing = "an intruder analysis (python -m analysis.intruder ... --out) under --runs"

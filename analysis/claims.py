@@ -19,8 +19,8 @@ from typing import Any
 import pandas as pd
 
 from analysis.claim_rules import (INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evidence, Verdict, ledger)
-from harness.errors import HarnessError
 from harness.cli import error
+from harness.errors import HarnessError
 
 
 # ---- gathering and writing -----------------------------------------------------------------------------------

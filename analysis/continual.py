@@ -22,9 +22,9 @@ from typing import Any
 
 import pandas as pd
 
+from harness.cli import error
 from harness.errors import HarnessError
 from harness.runfolder import find_runs, read_record
-from harness.cli import error
 
 INTRUDER_EPSILONS = ("0.5", "0.7", "0.9")
 

@@ -35,12 +35,12 @@ import torch
 from omegaconf import OmegaConf
 
 from analysis.intruder_svd import analyse_pairs, intruder_counts
-from analysis.intruder_weights import weight_pairs
 from analysis.intruder_tables import (_scalar, comparable_modules, correlations, group_table, k_fraction_counts,
                                       matrix_table, norm_matched)
+from analysis.intruder_weights import weight_pairs
+from harness.cli import error
 from harness.errors import ConfigError, HarnessError
 from harness.runfolder import RESULT_FILE, RunFolder, find_runs, is_run_folder, open_run
-from harness.cli import error
 
 log = logging.getLogger("analysis.intruder")
 VERSION = 2  # bump when the stored arrays change meaning (2: max |cos| of every singular vector, not the top 50)

@@ -25,13 +25,11 @@ def tuned_model(trained: RunFolder, base) -> tuple[Any, list[str]]:
 
 
 def weight_pairs(run: RunFolder) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(W0, W) per changed matrix. W0 is loaded by the same code as `harness.adapters.merge` (`RunFolder.load_base`): in
-    the record's precision (a full-FT run at bf16-mixed trained float32 weights), and for a QLoRA run the NF4 weights it
-    trained against, de-quantised. Adapters are merged in float32, so the merge adds no rounding of its own."""
-    from harness.adapters import merge
-
-    trained = merge.load_run(run.path)
-    base, _, _ = trained.load_base(dequantize=True)
+    """(W0, W) per changed matrix. W0 is loaded by the same code as `harness.adapters.merge`
+    (`RunFolder.load_base`): in the record's precision (a full-FT run at bf16-mixed trained float32 weights), and for
+    a QLoRA run the NF4 weights it trained against, de-quantised. Adapters are merged in float32, so the merge adds
+    no rounding of its own."""
+    base, _, _ = run.load_base(dequantize=True)
     w0 = {n: m.weight.detach().clone() for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
-    model, names = tuned_model(trained, base)
+    model, names = tuned_model(run, base)
     return {n: (w0[n], model.get_submodule(n).weight.detach()) for n in names}

@@ -24,9 +24,9 @@ from analysis import plots
 from analysis.runs import load_folders, load_wandb
 from analysis.tables import (GIB, MIB, at_selected_lr, cost_table, selection, failures, format_retention, pareto, projection, recommendations,
                              retention, retention_pivot, variant_summary)
+from harness.cli import error
 from harness.errors import ConfigError, HarnessError
 from harness.units import format_bytes
-from harness.cli import error
 
 DEFINITIONS = [
     "Only runs with status `ok` count; `collapsed` runs (finite, but the loss ended above its start or the "

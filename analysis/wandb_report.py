@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.cli import error
 from harness.errors import ConfigError, HarnessError
 from harness.tracking import has_credentials
-from harness.cli import error
 
 DEFINITION = "wandb_report.json"
 # The run keys the panels read: config keys as harness.tracking logs them (the effective config), summary keys

@@ -120,7 +120,7 @@ def markdown(rows: list[dict[str, Any]], steps: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--one"]:  # the child: one profiled run
-        profiled_run([a for a in argv[3:]], Path(argv[1]))
+        profiled_run(argv[3:], Path(argv[1]))
         return 0
     from harness.config import group_options
 

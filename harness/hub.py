@@ -13,13 +13,17 @@ def offline(*variables: str) -> bool:
     return any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in (variables or ("HF_HUB_OFFLINE",)))
 
 
+def _endpoint():
+    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
 def host() -> str:
-    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    return _endpoint().hostname or "huggingface.co"
 
 
 def reachable(timeout_s: float = 3.0) -> bool:
     """One TCP connection to the hub's host (HF_ENDPOINT), within `timeout_s`."""
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    endpoint = _endpoint()
     try:
         socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
         return True

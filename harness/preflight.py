@@ -11,9 +11,9 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from harness.assets import CONF_DIR
+from harness.cli import error
 from harness.config import all_keys, config_groups, did_you_mean, group_options, validate
 from harness.errors import ConfigError, HarnessError
-from harness.cli import error
 
 
 def _compose(overrides: list[str]):

@@ -18,6 +18,8 @@ from typing import Any
 from harness.assets import REPO_ROOT
 
 RESULT_FILE = "result.json"
+
+
 @dataclass(frozen=True)
 class Field:
     """Keys of result.json documented together, what they mean, which of them every finished record must hold
@@ -36,7 +38,8 @@ FIELDS: tuple[Field, ...] = (
         'identity: `run_id` (task, model, method, rank, targets, seed and a hash of the effective config, the '
         "folder's name), the axes it is made of (`r`, `alpha`, `targets` null where the method ignores them) and "
         "the sweep's `group`",
-        columns=('run_id', 'task', 'model', 'method', 'r', 'alpha', 'targets', 'seed', 'group'), required=('run_id', 'task', 'model', 'method', 'r', 'alpha', 'targets', 'seed')),
+        columns=('run_id', 'task', 'model', 'method', 'r', 'alpha', 'targets', 'seed', 'group'),
+        required=('run_id', 'task', 'model', 'method', 'r', 'alpha', 'targets', 'seed')),
     Field(('status', 'reason'),
         '`running`, `ok`, `collapsed`, `failed` (an error, or a trainable tensor that never trained: see '
         '`update_check`), `invalid`, `oom`, `diverged`, `interrupted` (harness/results.py). `collapsed`: trained '
@@ -46,7 +49,8 @@ FIELDS: tuple[Field, ...] = (
         columns=('status', 'reason'), required=('status',)),
     Field(('params_total', 'params_trainable', 'trainable_pct'),
         "peft's own count for adapters",
-        columns=('params_total', 'params_trainable', 'trainable_pct'), required=('params_total', 'params_trainable', 'trainable_pct')),
+        columns=('params_total', 'params_trainable', 'trainable_pct'),
+        required=('params_total', 'params_trainable', 'trainable_pct')),
     Field(('peak_mem_bytes', 'peak_reserved_bytes', 'mem_kind'),
         'CUDA: peak *allocated* (and *reserved*) during training after `reset_peak_memory_stats` '
         "(`cuda_allocated`). CPU: the process's peak resident set size during training, reset at train start "
@@ -58,36 +62,37 @@ FIELDS: tuple[Field, ...] = (
         "CUDA with pynvml (`pip install nvidia-ml-py`): the driver's memory for this process, nvidia-smi's figure "
         "(CUDA context and the caching allocator's reserve included), peak of samples every 0.1 s during "
         'training; `PYTORCH_CUDA_ALLOC_CONF` as set for the run',
-        columns=(), required=()),
+    ),
     Field(('train_begin_mem', 'largest_batch'),
         'memory at the start of training (CUDA allocated/reserved; CPU resident size and the heap released just '
         'before); the largest micro-batch trained: tokens, rows, longest row, logit positions, whether flattened',
-        columns=(), required=()),
+    ),
     Field(('train_tokens_per_s', 'train_samples_per_s', 'train_runtime_s'),
         'non-padding tokens (Trainer\'s `include_num_input_tokens_seen="non_padding"`) over the training loop '
         'alone: periodic validation inside the loop (`eval_s`) is subtracted (`train_loop_s` is the loop with it)',
-        columns=('train_tokens_per_s', 'train_runtime_s'), required=('train_tokens_per_s', 'train_samples_per_s', 'train_runtime_s')),
+        columns=('train_tokens_per_s', 'train_runtime_s'),
+        required=('train_tokens_per_s', 'train_samples_per_s', 'train_runtime_s')),
     Field(('train_steps', 'train_epochs', 'train_rows', 'train_examples', 'train_tokens', 'budget_unit'),
         'the budget: optimizer steps, passes over the `train_rows` training rows, examples collated, non-padding '
         'tokens trained, and whether it was given as `steps` or `epochs`',
-        columns=('train_steps', 'train_epochs', 'train_examples', 'train_tokens'), required=()),
+        columns=('train_steps', 'train_epochs', 'train_examples', 'train_tokens')),
     Field(('val_score', 'val_metrics', 'base_val_score'),
         "the task's scorer on the whole validation split after training (and for the untuned model): what "
         'learning-rate selection reads; the test split (`score`) is never used for a choice',
-        columns=('val_score', 'base_val_score'), required=()),
+        columns=('val_score', 'base_val_score')),
     Field(('val_curve', 'eval_s', 'eval_subset'),
         'with `train.eval_every=N`: `{step, epoch, tokens, val_score, train_loss}` every N steps on the first '
         '`train.eval_subset` validation rows (also W&B `val/score`), and the seconds it took',
-        columns=('val_curve', 'eval_s'), required=()),
+        columns=('val_curve', 'eval_s')),
     Field(('base_cached', 'base_eval_s'),
         "whether the untuned model's scores came from the per-cell cache (`paths.base_scores`, default "
         '`.cache/base-scores/`; keyed by weights, precision, quantisation, data, task and evaluation settings, '
         'scoring code and versions; the seed too for encoders, whose head is freshly initialised), and the '
         'seconds they took',
-        columns=(), required=()),
+    ),
     Field(('lr', 'lr_protocol'),
         'the learning rate trained at; `two-phase-search` / `two-phase-seeds` when an `lr_search` sweep ran it',
-        columns=('lr', 'lr_protocol'), required=()),
+        columns=('lr', 'lr_protocol')),
     Field(('adapter_bytes',),
         'bytes on disk of what the run saved (`adapter/`, or `model/` for full FT)',
         columns=('adapter_bytes',), required=('adapter_bytes',)),
@@ -101,14 +106,14 @@ FIELDS: tuple[Field, ...] = (
         'the forgetting probe on general English: causal LMs (`lm-loss`) loss after minus before training, with '
         "`forgetting_before`, `forgetting_after`; encoders (`sentence-similarity`) 1 - Spearman's rho of pairwise "
         'similarities, with `embedding_drift` (see [Tasks](#tasks-conftask))',
-        columns=('forgetting',), required=()),
+        columns=('forgetting',)),
     Field(('quantization', 'weight_footprint_bytes'),
         'how the base was loaded (QLoRA: backend, NF4, double quantisation, compute dtype, modules left '
         'unquantised) and its weight bytes',
-        columns=(), required=()),
+    ),
     Field(('loss_curve',),
         '`(step, loss)` as Trainer logged it',
-        columns=(), required=()),
+    ),
     Field(('update_check',),
         'did training really happen (harness/update_check.py): per parameter group (name with layer numbers as '
         '`*`) the tensors, how many got a finite non-zero gradient and how many moved, the RMS gradient norm over '
@@ -116,21 +121,21 @@ FIELDS: tuple[Field, ...] = (
         'tensors exceed 64 MiB, as full FT, whose copy would add to the measured peak). A run in which any '
         'trainable tensor never got a gradient or never moved ends `failed`, naming them, and saves nothing. '
         '`not_trained` lists them',
-        columns=(), required=()),
+    ),
     Field(('code_fingerprint',),
         'hash of harness/, conf/ and hydra_plugins/: a resumed sweep skips a run recorded `invalid` under the '
         'same config and the same code (`rerun=true` retries)',
-        columns=(), required=()),
+    ),
     Field(('base_model',),
         '`hub_id` (also `base_model_name_or_path` in `adapter_config.json`), `local_path` (the folder the run '
         'loaded), `source`',
-        columns=(), required=()),
+    ),
     Field(('config', 'config_hash', 'data_fingerprint', 'model_fingerprint'),
         'what is needed to reproduce the run',
-        columns=('config_hash', 'data_fingerprint'), required=()),
+        columns=('config_hash', 'data_fingerprint')),
     Field(('versions', 'git_commit'),
         'torch, transformers, peft, bitsandbytes, ... and the harness commit (`-dirty` when modified)',
-        columns=(), required=('versions', 'git_commit')),
+        required=('versions', 'git_commit')),
     Field(('started_at', 'finished_at', 'pid', 'host', 'resumed_from', 'rehashed_from'),
         'provenance; `resumed_from`: the checkpoint a re-run continued from; `rehashed_from`: the run_id a '
         'committed record had before the definition of the config hash changed (its folder was renamed)',
@@ -138,26 +143,26 @@ FIELDS: tuple[Field, ...] = (
     Field(('precision', 'max_steps', 'epochs'),
         'the precision trained in (`auto` resolved: `bf16` frozen base for adapters, `bf16-mixed` for full FT and '
         'continual stages), the resolved step count and the epochs asked for (null when the budget was steps)',
-        columns=('precision', 'max_steps'), required=()),
+        columns=('precision', 'max_steps')),
     Field(('init_from', 'earlier_tasks', 'forgetting_total', 'earlier_eval_s'),
         "continual stages (`init_from=<run folder>`): the parent's run_id, path and chain; every earlier stage's "
         "task re-scored now against its score at that stage; general-text forgetting since the root's base; the "
         'seconds that took',
-        columns=(), required=()),
+    ),
     Field(('device', 'torch_threads', 'model_load_s', 'final_eval_s', 'train_loop_s'),
         'where and how long: `cuda` or `cpu`, torch\'s intra-op threads (under the joblib launcher each of its '
-        'n_jobs worker processes gets cores // n_jobs), seconds to load the model, to score the tuned model (validation, '
-        'test, probe) and the training loop with periodic validation in it',
-        columns=(), required=()),
+        'n_jobs worker processes gets cores // n_jobs), seconds to load the model, to score the tuned model '
+        '(validation, test, probe) and the training loop with periodic validation in it',
+    ),
     Field(('mem_after_load', 'mem_after_method', 'target_modules'),
         'memory after loading the model and after applying the method (CUDA allocated/reserved, CPU resident '
         'size); the module names the method adapted',
-        columns=(), required=()),
+    ),
     Field(('train_loss', 'train_steps_done', 'train_epochs_done', 'base_val_metrics', 'embedding_drift', 'saved_to'),
         "Trainer's mean training loss, the steps and epochs it reached; the untuned model's validation metrics; "
         "encoders: the mean cosine distance of the probe's embeddings before and after; `adapter` or `model`, the "
         'folder the run saved',
-        columns=(), required=()),
+    ),
 )
 REQUIRED_KEYS = tuple(k for f in FIELDS for k in f.required)
 RECORD_COLUMNS = tuple(k for f in FIELDS for k in f.columns)  # the record's part of the analysis frame

@@ -94,7 +94,6 @@ class RunFolder:
         """peft's adapter_config.json ({} for a run that saved a whole model)."""
         return json.loads((self.saved / "adapter_config.json").read_text()) if self.is_adapter else {}
 
-
     def load_base(self, *, dequantize: bool = False):
         """(model, tokenizer, record) for the base the run trained on. A quantised base loads quantised as in
         training, or, with `dequantize`, de-quantised from those 4-bit weights into its compute dtype."""

@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
+from harness.cli import error
 from harness.errors import ConfigError, HarnessError
 from harness.results import now, write_json_atomic
 from harness.runfolder import RunFolder, open_run
-from harness.cli import error
 
 # the harness's name -> (peft's combination_type, what it combines)
 TASK_VECTORS, FACTORS = "task vectors (B@A)", "factor-wise (A and B separately)"

@@ -5,8 +5,8 @@ the merged model, and hot-swapping between two adapters on one loaded base.
     python -m harness.adapters.serve_bench RUN_DIR --other RUN_B --batch-sizes 1,8 --new-tokens 64 --out bench/
 
 Why: the usual claims are that a merged LoRA adds no latency and an unmerged one a little. Each mode gets its
-own copy of the weights (loaded like harness.adapters.merge loads them; a QLoRA base stays 4-bit for base / unmerged /
-hot-swap and is de-quantised for merged), the same prompts (the run's own test prompts cut to one length, so
+own copy of the weights (loaded like harness.adapters.merge loads them; a QLoRA base stays 4-bit for base /
+unmerged / hot-swap and is de-quantised for merged), the same prompts (the run's own test prompts cut to one length, so
 no padding), greedy decoding of exactly `--new-tokens` tokens, under `torch.inference_mode`. Repeats are
 interleaved across modes (round r runs every mode once), so load from other processes hits all modes alike;
 the report gives medians. Per batch size: prefill time (a 1-token generate), decode ms per token
@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from harness.errors import ConfigError, HarnessError
 from harness.adapters.merge import load_run, require_adapter
-from harness.runfolder import RunFolder
-from harness.results import now, versions, write_json_atomic
 from harness.cli import error
+from harness.errors import ConfigError, HarnessError
+from harness.results import now, versions, write_json_atomic
+from harness.runfolder import RunFolder
 
 MODES = ("base", "unmerged", "merged", "hotswap")
 BENCH_JSON, BENCH_MD = "serve_bench.json", "serve_bench.md"

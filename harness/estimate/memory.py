@@ -196,10 +196,11 @@ def adapter_bytes_per_token(kind: str, in_f: int, out_f: int, r: int, dropout: f
 
 
 def adapter_weight_copies(blk: Block, dt: ActDtypes) -> int:
-    """Weight-sized tensors adapters keep per layer. DoRA with lora_dropout > 0 runs its base layer again, on the dropped-out input and a copy of the weight in
-    the adapter dtype, which F.linear keeps for the backward pass; with dropout 0 it reuses the base layer's
-    output and makes no copy (peft 0.21, tuners/lora/layer.py Linear.forward -> dora.py DoraLinearLayer.forward,
-    `base_result`). Checked against the tensors autograd saves (tests/test_estimate.py)."""
+    """Weight-sized tensors adapters keep per layer. DoRA with lora_dropout > 0 runs its base layer again, on the
+    dropped-out input and a copy of the weight in the adapter dtype, which F.linear keeps for the backward pass;
+    with dropout 0 it reuses the base layer's output and makes no copy (peft 0.21, tuners/lora/layer.py
+    Linear.forward -> dora.py DoraLinearLayer.forward, `base_result`). Checked against the tensors autograd saves
+    (tests/test_estimate.py)."""
     dora = sum(dt.adapter * in_f * out_f for _, kind, in_f, out_f, _, dropout in blk.adapters
                if kind == "dora" and dropout > 0)
     # LoHa and LoKr build each adapted layer's whole update matrix every step (peft 0.21 tuners/loha|lokr
