@@ -96,7 +96,8 @@ def compare(method: str, steps: int, work: Path, extra: list[str]) -> dict[str, 
     return {"method": method, "params_trainable": row["params_trainable"], "predicted_bytes": predicted,
             "profiler_bytes": live, "error_pct": 100.0 * (predicted - live) / live,
             "activations_bytes": parts.get("activations"), "gradients_bytes": parts.get("gradients"),
-            "optimizer_bytes": parts.get("optimizer"), "batch_shape": row.get("batch_shape")}
+            "optimizer_bytes": parts.get("optimizer"), "method_state_bytes": parts.get("method_state") or 0,
+            "batch_shape": row.get("batch_shape")}
 
 
 def markdown(rows: list[dict[str, Any]], steps: int) -> str:
@@ -113,7 +114,9 @@ def markdown(rows: list[dict[str, Any]], steps: int) -> str:
         lines.append(f"| {r['method']} | {r['params_trainable']:,} | {r['predicted_bytes'] / mib:.1f} | "
                      f"{r['profiler_bytes'] / mib:.1f} | {r['error_pct']:+.1f}% | "
                      f"{(r['activations_bytes'] or 0) / mib:.1f} / {(r['gradients_bytes'] or 0) / mib:.1f} / "
-                     f"{(r['optimizer_bytes'] or 0) / mib:.1f} |")
+                     f"{(r['optimizer_bytes'] or 0) / mib:.1f}"
+                     + (f" (+ {r['method_state_bytes'] / mib:.1f} method state)" if r.get("method_state_bytes") else "")
+                     + " |")
     return "\n".join(lines) + "\n"
 
 

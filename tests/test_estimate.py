@@ -291,6 +291,7 @@ def saved_per_layer(model: torch.nn.Module, batch: dict, layers, autocast: bool)
     ["model=tiny-llama", "method=dora", "method.peft_kwargs.lora_dropout=0.0"],
     ["model=tiny-llama", "method=dora", "targets=all-linear", "method.peft_kwargs.lora_dropout=0.0"],
     ["model=tiny-llama", "method=loha"], ["model=tiny-llama", "method=lokr"], ["model=tiny-llama", "method=vera"],
+    ["model=tiny-llama", "method=adalora", "train.max_steps=10"],
     ["model=tiny-bert", "method=full", "train.precision=bf16"], ["model=tiny-bert", "method=lora", "targets=all-linear"],
 ], ids=lambda o: " ".join(o))
 def test_layer_activations_match_what_autograd_keeps(overrides: list[str], b: int = 4, s: int = 37) -> None:
@@ -322,6 +323,7 @@ def test_layer_activations_match_what_autograd_keeps(overrides: list[str], b: in
 @pytest.mark.parametrize("overrides", [
     ["model=tiny-llama", "method=loha"], ["model=tiny-llama", "method=lokr"], ["model=tiny-llama", "method=dora"],
     ["model=tiny-llama", "method=lora", "targets=all-linear"],
+    ["model=tiny-llama", "method=adalora", "train.max_steps=10", "targets=all-linear"],
 ], ids=lambda o: " ".join(o))
 def test_weight_sized_adapter_terms_at_one_short_row(overrides: list[str]) -> None:
     """At 1 x 6 tokens the per-token terms are small, so what an adapter keeps per layer (DoRA's weight copy,
@@ -488,3 +490,57 @@ def test_table_puts_pure_bf16_full_finetuning_beside_mixed_precision() -> None:
     assert mixed[0] == pure[0] == "6,738,415,616"                          # same trainable parameters
     assert (mixed[1], mixed[2], mixed[3]) == ("27.0 GB", "27.0 GB", "53.9 GB")  # fp32 weights, grads, 2 moments
     assert (pure[1], pure[2], pure[3]) == ("13.5 GB", "13.5 GB", "27.0 GB")     # 2 + 2 + 4 bytes a parameter
+
+
+def test_adalora_state_is_what_its_rank_allocator_keeps() -> None:
+    """AdaLoRA's importance scores (peft RankAllocator: ipt, exp_avg_ipt, exp_avg_unc) after a budgeting step
+    hold exactly the estimator's `method_state`; other methods have none."""
+    from harness.assets import cache_dir
+    from harness.methods import apply_method, plan_method
+    from harness.models import load_model, load_tokenizer
+
+    cfg = compose(["model=tiny-llama", "method=adalora", "train.max_steps=10", "targets=all-linear"])
+    eff = effective_config(cfg)
+    model = load_model(cfg.model, cache_dir(), precision=eff["train"]["precision"],
+                       tokenizer=load_tokenizer(cfg.model, cache_dir()))
+    model = apply_method(model, plan_method(model, eff, cfg.model.kind)).train()
+    ids = torch.randint(5, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    model.base_model.update_and_allocate(0)
+    allocator = model.base_model.rankallocator
+    kept = sum(t.numel() * t.element_size() for scores in (allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc)
+               for t in scores.values())
+    assert kept > 0 and estimate(eff, device="cpu").memory.method_state == kept
+    assert estimate(effective_config(compose(["model=tiny-llama", "method=lora"])), device="cpu").memory.method_state == 0
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt", "prefix"])
+def test_no_kv_cache_is_alive_during_the_backward_pass(method: str, tmp_path) -> None:
+    """Training batches turn the KV cache off (transformers 5 would build one from the config's use_cache), so the
+    estimator counts none. Prefix tuning needs a cache to pass its virtual keys and values: the one it fills
+    (virtual + real positions, per layer) is released with the model's outputs inside Trainer.compute_loss, before
+    the backward pass starts, so it does not reach the backward's peak either."""
+    from test_methods import Setup
+
+    setup = Setup("tiny-llama", method, tmp_path)
+    trainer = setup.trainer()
+    batch = trainer.data_collator([setup.train_ds[i] for i in range(4)])
+    caches: list[weakref.ref] = []
+
+    def keep_cache(module, args, kwargs, output):
+        cache = output.past_key_values
+        if cache is not None:
+            caches.extend(weakref.ref(t) for layer in cache.layers for t in (layer.keys, layer.values))
+
+    alive_at_backward: list[int] = []
+    head = setup.model.get_output_embeddings()
+    hooks = [setup.model.get_base_model().register_forward_hook(keep_cache, with_kwargs=True),
+             head.register_full_backward_pre_hook(
+                 lambda m, g: alive_at_backward.append(sum(ref() is not None for ref in caches)))]
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    trainer.current_gradient_accumulation_steps = 1  # what Trainer's loop sets before each step
+    trainer.training_step(setup.model.train(), batch)
+    for h in hooks:
+        h.remove()
+    assert (len(caches) > 0) == (method == "prefix"), "only prefix tuning trains with a cache"
+    assert alive_at_backward == [0]

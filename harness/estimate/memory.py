@@ -109,6 +109,14 @@ def optimizer_step_temp_bytes(optim: str, trainable: list[Tensor], device: str) 
     return max(t.numel * t.bytes_per_el for t in trainable)
 
 
+def adalora_state_bytes(adapter: list[Tensor]) -> int:
+    """AdaLoRA's rank allocator (peft `RankAllocator.update_ipt`, called after every optimizer step) keeps three
+    tensors shaped like every adapter parameter (lora_A, lora_E, lora_B): the sensitivity `ipt` and its smoothed
+    mean and uncertainty `exp_avg_ipt` / `exp_avg_unc`, each `zeros_like(p)`, so in the parameter's dtype. They live
+    until the final allocation step (`reset_ipt` at total_step - tfinal; never, when tfinal is 0)."""
+    return 3 * sum(t.numel * t.bytes_per_el for t in adapter)
+
+
 # ---- activations ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -173,6 +181,7 @@ def adapter_bytes_per_token(kind: str, in_f: int, out_f: int, r: int, dropout: f
     tensors for the magnitude's gradient (and, with dropout > 0, a weight-sized copy: `adapter_weight_copies`). IA3 keeps
     the tensor it scales: a feed-forward module's input (cast to the adapter dtype), else its output. VeRA keeps
     a rank-wide and an output-wide tensor (its projections are frozen buffers, so their input is not kept).
+    AdaLoRA keeps LoRA's per-token tensors (its weight-sized A * E product is in `adapter_weight_copies`).
     Other adapter kinds are counted like LoRA (their input kept in the adapter dtype). Checked against the
     tensors autograd saves (tests/test_estimate.py)."""
     d = dt.adapter
@@ -196,7 +205,7 @@ def adapter_bytes_per_token(kind: str, in_f: int, out_f: int, r: int, dropout: f
 
 
 def adapter_weight_copies(blk: Block, dt: ActDtypes) -> int:
-    """Weight-sized tensors adapters keep per layer. DoRA with lora_dropout > 0 runs its base layer again, on the
+    """Weight-sized tensors adapters keep per layer (AdaLoRA's rank-by-input product included). DoRA with lora_dropout > 0 runs its base layer again, on the
     dropped-out input and a copy of the weight in the adapter dtype, which F.linear keeps for the backward pass;
     with dropout 0 it reuses the base layer's output and makes no copy (peft 0.21, tuners/lora/layer.py
     Linear.forward -> dora.py DoraLinearLayer.forward, `base_result`). Checked against the tensors autograd saves
@@ -206,7 +215,10 @@ def adapter_weight_copies(blk: Block, dt: ActDtypes) -> int:
     # LoHa and LoKr build each adapted layer's whole update matrix every step (peft 0.21 tuners/loha|lokr
     # layer.py get_delta_weight) and F.linear keeps it for the input's gradient: one out x in matrix per layer
     kron = sum(dt.adapter * in_f * out_f for _, kind, in_f, out_f, _, _ in blk.adapters if kind in ("loha", "lokr"))
-    return dora + kron
+    # AdaLoRA computes x @ (lora_A * lora_E).T (peft 0.21 tuners/adalora/layer.py SVDLinear.forward): the product
+    # is a new r x in tensor the matmul keeps for the input's gradient, one per adapted layer
+    svd = sum(dt.adapter * in_f * r for _, kind, in_f, _, r, _ in blk.adapters if kind == "adalora")
+    return dora + kron + svd
 
 
 def packed_attention_bytes(blk: Block, rows: int, width: int, tokens: int, dt: ActDtypes, eager: bool) -> float:
@@ -346,6 +358,7 @@ class Memory:
     overhead_note: str
     paged_optimizer: bool = False
     notes: list[str] = field(default_factory=list)
+    method_state: int = 0          # what a method keeps between steps besides optimizer states (AdaLoRA's scores)
 
     @property
     def peak(self) -> float:
@@ -353,20 +366,22 @@ class Memory:
         - forward/backward: autocast copies + activations + the first gradient (activations are freed while the
           gradients grow layer by layer, so the two overlap little), or all gradients at the end of the backward;
         - optimizer step: all gradients + the step's temporaries.
-        Paged optimizer states live in CUDA unified memory and may move to the host; they are counted here."""
+        Paged optimizer states live in CUDA unified memory and may move to the host; they are counted here.
+        A method's own state (`method_state`) is live from the first step on, like the optimizer's."""
         fwd_bwd = self.autocast_copies + max(self.activations + self.first_gradient, self.gradients)
         step = self.gradients + self.optimizer_step_temp
-        return self.weights + self.optimizer + max(fwd_bwd, step) + self.overhead
+        return self.weights + self.optimizer + self.method_state + max(fwd_bwd, step) + self.overhead
 
     @property
     def sum_of_parts(self) -> float:
-        return (self.weights + self.autocast_copies + self.gradients + self.optimizer + self.optimizer_step_temp
-                + self.activations + self.overhead)
+        return (self.weights + self.autocast_copies + self.gradients + self.optimizer + self.method_state
+                + self.optimizer_step_temp + self.activations + self.overhead)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "weights": self.weights, "weights_detail": self.weights_detail, "autocast_copies": self.autocast_copies,
-            "gradients": self.gradients, "optimizer": self.optimizer, "optimizer_step_temp": self.optimizer_step_temp,
+            "gradients": self.gradients, "optimizer": self.optimizer, "method_state": self.method_state,
+            "optimizer_step_temp": self.optimizer_step_temp,
             "activations": int(self.activations), "activations_detail": {k: int(v) for k, v in self.activations_detail.items()},
             "overhead": self.overhead, "overhead_note": self.overhead_note, "paged_optimizer": self.paged_optimizer,
             "peak": int(self.peak), "sum_of_parts": int(self.sum_of_parts), "notes": self.notes,

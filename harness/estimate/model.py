@@ -211,9 +211,11 @@ def _adapter(module: nn.Module) -> tuple[str, int, float] | None:
     from peft.tuners.lora import LoraLayer
 
     if isinstance(module, LoraLayer):
+        from peft.tuners.adalora import AdaLoraLayer
+
         key = next(iter(module.r))
         drop = module.lora_dropout[key]
-        kind = "dora" if module.use_dora.get(key) else "lora"
+        kind = "adalora" if isinstance(module, AdaLoraLayer) else "dora" if module.use_dora.get(key) else "lora"
         return kind, int(module.r[key]), float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
     if isinstance(module, IA3Layer):
         return ("ia3_ff" if module.is_feedforward else "ia3"), 0, 0.0
@@ -396,6 +398,8 @@ def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int]
         optimizer_step_temp=em.optimizer_step_temp_bytes(optim, train_tensors, device),
         activations=sum(acts.values()), activations_detail=acts, first_gradient=first_grad,
         overhead=overhead, overhead_note=overhead_note, paged_optimizer=em.OPTIMIZERS[optim][2],
+        method_state=em.adalora_state_bytes([_tensor(p) for n, p in params if p.requires_grad and "lora_" in n])
+        if method.get("peft_type") == "ADALORA" else 0,
     )
     if memory.paged_optimizer:
         notes.append("paged optimizer: states sit in CUDA unified memory (not in torch's allocated figure) and move "

@@ -34,6 +34,10 @@ def describe(est) -> str:
     lines += [
         f"gradients   {gb(m.gradients)}",
         f"optimizer   {gb(m.optimizer)}  (+ {gb(m.optimizer_step_temp)} during the step)",
+    ]
+    if m.method_state:
+        lines.append(f"method      {gb(m.method_state)}  (AdaLoRA's importance scores: 3 copies of the adapter)")
+    lines += [
         f"activations {gb(m.activations)}  (" + ", ".join(f"{k} {gb(v)}" for k, v in m.activations_detail.items()) + ")",
         f"overhead    {gb(m.overhead)}  ({m.overhead_note})",
         f"peak        {gb(m.peak)}   (sum of all parts {gb(m.sum_of_parts)})",
