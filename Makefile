@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test test-fast sweep report bench clean-cache study claims
+.PHONY: setup run test test-fast sweep report bench bench-ddp gpu-check clean-cache study claims
 
 setup: $(VENV)/.installed .cache/.assets-ready
 
@@ -81,6 +81,15 @@ report: $(VENV)/.installed
 # Throughput of the harness vs a plain Trainer + peft script, and the machine's matmul limit (not part of `make test`)
 bench: setup
 	$(PY) -m benchmarks.bench $(ARGS)
+
+# One CUDA GPU, bundled models only, a few minutes: full FT / LoRA / QLoRA / DoRA, memory records, estimator,
+# bitsandbytes NF4, throughput vs the plain reference -> benchmarks/results/gpu_check.json
+gpu-check: setup
+	$(PY) -m benchmarks.gpu_check $(ARGS)
+
+# 1 process vs 2-process gloo DDP on this machine -> benchmarks/results/ddp_bench.md
+bench-ddp: setup
+	$(PY) -m benchmarks.ddp_bench $(ARGS)
 
 test: setup
 	$(PY) -m pytest -m "slow or not slow" --durations=15 $(PYTEST_ARGS)

@@ -53,11 +53,27 @@ def effective_config(cfg: DictConfig) -> dict[str, Any]:
         eff["init_from"] = parent_run_id(eff["init_from"])
         if eff["train"].get("precision") == "auto":  # an earlier stage's merged update must not round away
             eff["train"]["precision"] = "bf16-mixed"
+    _normalise_dist(eff)
     if eff["train"].get("precision") == "auto":
         # Trained weights keep float32 masters: in pure bf16 an AdamW step smaller than ~1/256 of a weight rounds
         # away (seen here: full FT at lr 5e-5 changed only ~6% of the weights). A frozen base can sit in bf16.
         eff["train"]["precision"] = "bf16-mixed" if method.get("peft_type") is None else "bf16"
     return eff
+
+
+def _normalise_dist(eff: dict[str, Any]) -> None:
+    """One process: no `dist` key, so single-process runs keep their identity, whatever the group says. Several (torchrun / accelerate
+    launch): the strategy and the world size, which sets the global batch (`none` under a launcher is DDP). The
+    world size is the launcher's, or `dist.gpus` before a launch (a SLURM sweep plans its runs in one process)."""
+    from harness.distributed import world
+
+    dist = eff.get("dist") or {}
+    size = world().size if world().size > 1 else int(dist.get("gpus") or 1)
+    strategy = dist.get("strategy", "none")
+    if size == 1:  # (a sharded strategy in one process is refused by validate)
+        eff.pop("dist", None)
+    else:  # launched, or to be launched (a SLURM sweep's head process plans runs of dist.gpus tasks)
+        eff["dist"] = {"strategy": "ddp" if strategy == "none" else strategy, "world_size": size}
 
 
 def config_hash(eff: dict[str, Any]) -> str:
@@ -135,6 +151,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
                           "fails at the first step when checkpointing is switched on after wrapping, as Trainer "
                           "does); drop train.gradient_checkpointing=true or pick another method")
     _check_numeric_knobs(cfg)
+    _check_dist(cfg)
     _positive_int(cfg.task.n_train, "task.n_train", "e.g. task.n_train=500")
     _positive_int(cfg.task.n_eval, "task.n_eval", "e.g. task.n_eval=100")
     if cfg.tracking.mode not in TRACKING_MODES:
@@ -149,6 +166,39 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         except AssetError as err:
             raise ConfigError(str(err)) from None
     return effective_config(cfg)
+
+
+def _check_dist(cfg: DictConfig) -> None:
+    """The `dist` group: a known strategy, a launcher for a sharded one, its library, and QLoRA's FSDP storage."""
+    from harness.distributed import SHARDED, STRATEGIES, world
+
+    dist = cfg.get("dist") or {}
+    strategy = dist.get("strategy", "none")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"dist must be one of {', '.join(STRATEGIES)}, got {strategy!r}; e.g. dist=ddp")
+    gpus = dist.get("gpus")
+    if gpus is not None:
+        _positive_int(gpus, "dist.gpus", "e.g. dist.gpus=8, or dist.gpus=null for the launcher's count")
+        if world().size > 1 and gpus != world().size:
+            raise ConfigError(f"dist.gpus={gpus} but the launcher started {world().size} processes; pass "
+                              f"dist.gpus={world().size} or leave it null")
+    if world().size == 1 and (strategy in SHARDED or (gpus or 1) > 1):
+        n = gpus or 2
+        raise ConfigError(f"dist={strategy} dist.gpus={gpus} needs {n} processes but this is one; start it with a "
+                          f"launcher, e.g. torchrun --nproc_per_node {n} -m harness.run dist={strategy}, or "
+                          f"make sweep LAUNCHER=slurm_ddp")
+    if strategy.startswith("zero"):
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(f"dist={strategy} needs DeepSpeed, which is not installed; pip install deepspeed, "
+                              "or use dist=fsdp")
+    quant = cfg.method.get("quantization") or {}
+    if strategy.startswith("fsdp") and quant.get("load_in_4bit") and not quant.get("bnb_4bit_quant_storage"):
+        # FSDP flattens parameters of one dtype per unit: 4-bit weights stored as uint8 beside bf16 adapters
+        # cannot be sharded together (transformers' QLoRA + FSDP guide)
+        raise ConfigError(f"dist={strategy} with a 4-bit base needs its storage dtype to match the compute dtype; "
+                          "add method.quantization.bnb_4bit_quant_storage=bfloat16, or use dist=ddp")
 
 
 def _in_range(value: Any, name: str, low: float, high: float, fix: str, *, low_open: bool = False,

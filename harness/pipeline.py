@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from harness import measure
+from harness import distributed, measure
 from harness.assets import cache_dir
 from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, similarity_forgetting
 from harness.methods import (apply_method, count_parameters, discard_plan_files, method_callbacks, plan_method,
@@ -43,6 +43,16 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     cache = cache_dir(cfg.paths.cache)
     torch.manual_seed(cfg.seed)
     kind = cfg.model.kind
+    distributed.check_device(eff)
+    if distributed.world().main:  # a failure another rank left in an earlier attempt
+        for stale in run_dir.glob("rank*-failure.json"):
+            stale.unlink()
+    distributed.start()  # several processes (torchrun / accelerate launch): rank 0 alone scores and records
+    main = distributed.world().main
+
+    def record(result: dict[str, Any]) -> None:
+        if main:
+            write_json_atomic(run_dir / RESULT_FILE, result)
 
     # 1. data, model and method plan: everything that can reject the config happens before any record.
     task = get_task(cfg.task, cache)
@@ -73,7 +83,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         "mem_after_load": measure.current_memory(),
         "weight_footprint_bytes": model.get_memory_footprint(), "quantization": quantization_record(model),
     }
-    write_json_atomic(run_dir / RESULT_FILE, result)
+    record(result)
     log.info("run %s: %s loaded in %.1f s (%s); %d training rows, %d steps", rid, cfg.model.name, load_s,
              eff["train"]["precision"], len(data["train"]), steps)
 
@@ -90,32 +100,36 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
             out["forgetting_before"] = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
         return out
 
-    t0 = time.perf_counter()
-    key = base_key(eff, result["model_fingerprint"], result["data_fingerprint"], result["versions"])
-    base, cached = cached_base_scores(Path(cfg.paths.get("base_scores") or cache / "base-scores"), key, base_scores)
-    result |= base | {"base_score": base["base_metrics"][task.primary_metric],
-                      "base_val_score": base["base_val_metrics"][task.primary_metric],
-                      "base_cached": cached, "base_eval_s": round(time.perf_counter() - t0, 3)}
-    log.info("untuned model: %s %.4f on test, %.4f on validation (%s, %.1f s)", task.primary_metric,
-             result["base_score"], result["base_val_score"], "cached" if cached else "computed", result["base_eval_s"])
+    if main:
+        t0 = time.perf_counter()
+        key = base_key(eff, result["model_fingerprint"], result["data_fingerprint"], result["versions"])
+        base, cached = cached_base_scores(Path(cfg.paths.get("base_scores") or cache / "base-scores"), key, base_scores)
+        result |= base | {"base_score": base["base_metrics"][task.primary_metric],
+                          "base_val_score": base["base_val_metrics"][task.primary_metric],
+                          "base_cached": cached, "base_eval_s": round(time.perf_counter() - t0, 3)}
+        log.info("untuned model: %s %.4f on test, %.4f on validation (%s, %.1f s)", task.primary_metric,
+                 result["base_score"], result["base_val_score"], "cached" if cached else "computed",
+                 result["base_eval_s"])
+    distributed.wait_for_everyone()  # the other ranks start training with rank 0
 
     # the encoder probe compares embeddings, not one number, so it is taken here (a second's work) rather than cached
-    probe_before = sentence_embeddings(model, tokenizer, probe, cfg.train.eval_batch_size) if kind == "encoder" else None
+    probe_before = sentence_embeddings(model, tokenizer, probe, cfg.train.eval_batch_size) \
+        if kind == "encoder" and main else None
 
     # 3. the method, then training (with the validation curve when train.eval_every is set)
     model = apply_method(model, plan)
     total, trainable = count_parameters(model)
     result |= {"params_total": total, "params_trainable": trainable, "trainable_pct": 100.0 * trainable / total,
                "target_modules": plan.target_modules, "mem_after_method": measure.current_memory()}
-    write_json_atomic(run_dir / RESULT_FILE, result)  # a crash from here on keeps the base score and counts
+    record(result)  # a crash from here on keeps the base score and counts
     tags = [f"method:{cfg.method.name}", f"task:{cfg.task.name}", f"model:{cfg.model.name}",
             f"r:{eff['r']}", f"targets:{result['targets']}"]
-    tracker = Tracker(cfg.tracking, run_dir, rid, eff, tags, cfg.group, cfg.name)
+    tracker = Tracker(cfg.tracking if main else OmegaConf.create({"backend": "none"}), run_dir, rid, eff, tags, cfg.group, cfg.name)
     train_ds = task.train_dataset(data["train"], tokenizer, kind, cfg.train.max_seq_len)
     peak, guard, update = measure.PeakMemory(), DivergenceGuard(), UpdateCheck(model)
     callbacks = [peak, guard, update, LogToFile(), *method_callbacks(model, plan), *tracker.callbacks]
     curve = None
-    if cfg.train.eval_every:
+    if cfg.train.eval_every and main:  # the other ranks wait for it at their next gradient exchange
         subset = val_split.select(range(min(cfg.train.eval_subset, len(val_split))))
 
         def score_subset() -> float:
@@ -125,7 +139,8 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         curve = ValidationCurve(cfg.train.eval_every, score_subset, tracker.log)
         callbacks.append(curve)
     args = training_arguments(cfg.train, eff["train"]["lr"], eff["train"]["precision"], cfg.seed,
-                              run_dir / "checkpoints", max_steps=steps)
+                              run_dir / "checkpoints", max_steps=steps,
+                              dist=distributed.training_kwargs(cfg.dist, kind))
     trainer = build_trainer(model, tokenizer, train_ds, args, kind, callbacks)
     resume_from = last_checkpoint(run_dir / "checkpoints")
     if resume_from:
@@ -133,19 +148,29 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     result["resumed_from"] = resume_from and Path(resume_from).name
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     eval_s = curve.seconds if curve else 0.0
+    resumed_steps = int(Path(resume_from).name.rsplit("-", 1)[-1]) if resume_from else 0
+    trained = trainer.data_collator.trained((trainer.state.global_step - resumed_steps) * cfg.train.grad_accum)
     result |= throughput(train_output, trainer.state, eval_s) | peak.result() | {
-        "largest_batch": trainer.data_collator.largest, "train_steps_done": trainer.state.global_step,
-        "train_epochs_done": trainer.state.epoch, "train_examples": trainer.data_collator.examples,
+        "largest_batch": trained["largest"], "train_steps_done": trainer.state.global_step,
+        "train_epochs_done": trainer.state.epoch, "train_examples": trained["examples"],
         "eval_s": round(eval_s, 3), "eval_subset": len(subset) if curve else 0,
         "val_curve": curve.points if curve else []}
     result["loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     result["update_check"], stuck = update.report()
+    if "dist" in eff:  # every rank's share, gathered; then rank 0 alone goes on
+        ranks = distributed.gather({"peak_mem_bytes": result.get("peak_mem_bytes"), "examples": result["train_examples"],
+                                    "tokens": trained["tokens"], "runtime_s": result["train_runtime_s"],
+                                    "checksum": distributed.weights_checksum(model)})
+        result |= distributed.dist_record(eff["dist"]["strategy"], ranks) | {
+            "train_examples": sum(r["examples"] for r in ranks), "dist_wrapper": type(trainer.model_wrapped).__name__}
+        if not main:
+            return result
     if guard.diverged_at is not None or stuck:  # nothing worth scoring or saving
         reason = f"non-finite loss at step {guard.diverged_at}" if guard.diverged_at is not None else \
             stuck_reason(stuck, result["update_check"])
         status = Status.DIVERGED if guard.diverged_at is not None else Status.FAILED
         result |= {"status": status.value, "reason": reason, "finished_at": now()}
-        write_json_atomic(run_dir / RESULT_FILE, result)
+        record(result)
         tracker.finish(result)
         return result
 

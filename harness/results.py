@@ -73,9 +73,17 @@ FIELDS: tuple[Field, ...] = (
         columns=('train_tokens_per_s', 'train_runtime_s'),
         required=('train_tokens_per_s', 'train_samples_per_s', 'train_runtime_s')),
     Field(('train_steps', 'train_epochs', 'train_rows', 'train_examples', 'train_tokens', 'budget_unit'),
-        'the budget: optimizer steps, passes over the `train_rows` training rows, examples collated, non-padding '
-        'tokens trained, and whether it was given as `steps` or `epochs`',
+        'the budget: optimizer steps, passes over the `train_rows` training rows, examples trained (over all '
+        'processes), non-padding tokens trained, and whether it was given as `steps` or `epochs`',
         columns=('train_steps', 'train_epochs', 'train_examples', 'train_tokens')),
+    Field(('world_size', 'dist_strategy', 'dist_wrapper', 'peak_mem_bytes_per_rank', 'peak_mem_bytes_max',
+           'train_tokens_per_rank', 'train_tokens_per_s_per_rank', 'weights_in_sync'),
+        'several processes only (torchrun / accelerate launch; harness/distributed.py): the world size, the `dist` '
+        'strategy and the wrapper Trainer actually used, every rank\'s peak memory (same kind as `peak_mem_bytes`, '
+        'which is rank 0\'s) and its maximum, every rank\'s non-padding tokens and tokens/s (`train_tokens` and '
+        '`train_tokens_per_s` are the global figures), and whether the trained weights ended equal on every rank '
+        '(null for sharded strategies)',
+    ),
     Field(('val_score', 'val_metrics', 'base_val_score'),
         "the task's scorer on the whole validation split after training (and for the untuned model): what "
         'learning-rate selection reads; the test split (`score`) is never used for a choice',

@@ -71,9 +71,17 @@ def main(cfg: DictConfig) -> float | None:
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             reason = f"disk full: {reason}"
         return _fail(run_dir, status, reason, multirun, exit_code=1, cfg=cfg)
+    if not _is_main_rank():  # its share is in rank 0's record, which says how the run ended
+        return None
     if result["status"] != Status.OK:
         return _fail(run_dir, Status(result["status"]), result.get("reason", ""), multirun, exit_code=1, record=False)
     return result["score"]
+
+
+def _is_main_rank() -> bool:
+    from harness.distributed import world
+
+    return world().main
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -87,7 +95,21 @@ def _is_oom(err: BaseException) -> bool:
 
 def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code: int, record: bool = True,
           cfg: DictConfig | None = None) -> None:
-    """Record how the run ended (keeping what the record already holds) and say it in one line."""
+    """Record how the run ended (keeping what the record already holds) and say it in one line. Under a
+    launcher only rank 0 writes result.json: another rank leaves its reason for rank 0's record, and rank 0,
+    stopped because a rank died, names that rank."""
+    from harness import distributed
+
+    if distributed.world().size > 1:
+        if not distributed.world().main:
+            if record and status != Status.INTERRUPTED:
+                distributed.record_failure(run_dir, f"{status.value}: {reason}")
+            record = False
+        elif (failed := distributed.other_rank_failure(run_dir)) is not None:
+            status, reason = Status.FAILED, failed
+        elif status == Status.INTERRUPTED:
+            reason += f"; under a {distributed.world().size}-process launch this is also how the launcher stops " \
+                      "the other ranks when one dies"
     if record:
         result = read_record(run_dir) or {}
         if not result and cfg is not None:

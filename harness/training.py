@@ -86,9 +86,11 @@ class LogToFile(TrainerCallback):
 
 
 def training_arguments(train: Any, lr: float, precision: str, seed: int, output_dir: Path,
-                       max_steps: int | None = None) -> HarnessTrainingArguments:
-    """`max_steps`: the run's step count when its budget is in epochs (harness.validation.planned_steps)."""
+                       max_steps: int | None = None, dist: dict[str, Any] | None = None) -> HarnessTrainingArguments:
+    """`max_steps`: the run's step count when its budget is in epochs (harness.validation.planned_steps);
+    `dist`: Trainer's FSDP / DeepSpeed / DDP arguments (harness.distributed.training_kwargs)."""
     return HarnessTrainingArguments(
+        **(dist or {}),
         output_dir=str(output_dir),
         padding_free=bool(train.get("padding_free", False)),
         labelled_logits_only=bool(train.get("labelled_logits_only", False)),
@@ -179,28 +181,40 @@ class CausalBatches:
 
 
 class BatchShapes:
-    """Passes batches through and keeps the largest micro-batch's shape, which sets the activation memory:
-    `tokens` (positions the layers compute, padding included), `rows`, `longest_row` (a flattened batch's
-    longest example, from its position ids), `logit_positions` (positions the output head projects), and
-    whether the batch was `flattened` (padding-free)."""
+    """Passes batches through and remembers each one's examples, non-padding tokens and shape. `trained(n)` sums
+    the first n batches, the ones the optimizer steps consumed: accelerate's dataloader collates one batch ahead
+    (to know where the data ends), so counting at collation would add a batch the run never trained on. The
+    largest trained micro-batch's shape sets the activation memory: `tokens` (positions the layers compute,
+    padding included), `rows`, `longest_row` (a flattened batch's longest example, from its position ids),
+    `logit_positions` (positions the output head projects), and whether the batch was `flattened`."""
 
     def __init__(self, collator) -> None:
         self.collator = collator
-        self.largest: dict[str, int] = {}
-        self.examples = 0  # training examples collated (since the start, or since a resume)
+        self.batches: list[dict[str, Any]] = []  # collated in this process (since the start, or a resume)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(features)
-        self.examples += len(features)
         ids = batch["input_ids"]
         flat = ids.shape[0] == 1 and "position_ids" in batch and len(features) > 1
         rows, longest = (len(features), int(batch["position_ids"].max()) + 1) if flat else tuple(ids.shape)
         keep = batch.get("logits_to_keep")
         logits = int(keep.sum()) if torch.is_tensor(keep) and keep.dtype == torch.bool else ids.numel()
-        if ids.numel() > self.largest.get("tokens", 0):
-            self.largest = {"tokens": ids.numel(), "rows": rows, "longest_row": longest, "logit_positions": logits,
-                            "flattened": flat}
+        mask = batch.get("attention_mask")
+        self.batches.append({"examples": len(features),
+                             "non_padding": int(mask.sum()) if torch.is_tensor(mask) else ids.numel(),
+                             "shape": {"tokens": ids.numel(), "rows": rows, "longest_row": longest,
+                                       "logit_positions": logits, "flattened": flat}})
         return batch
+
+    def trained(self, n: int | None = None) -> dict[str, Any]:
+        """examples, non-padding tokens and the largest shape of the first n batches (all collated: None)."""
+        done = self.batches[:n] if n is not None else self.batches
+        return {"examples": sum(b["examples"] for b in done), "tokens": sum(b["non_padding"] for b in done),
+                "largest": max((b["shape"] for b in done), key=lambda sh: sh["tokens"], default={})}
+
+    @property
+    def largest(self) -> dict[str, Any]:
+        return self.trained()["largest"]
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -359,6 +359,7 @@ class Memory:
     paged_optimizer: bool = False
     notes: list[str] = field(default_factory=list)
     method_state: int = 0          # what a method keeps between steps besides optimizer states (AdaLoRA's scores)
+    dist_buffers: int = 0          # several GPUs: DDP's gradient buckets, or FSDP/ZeRO-3's gathered units (per_gpu)
 
     @property
     def peak(self) -> float:
@@ -370,22 +371,67 @@ class Memory:
         A method's own state (`method_state`) is live from the first step on, like the optimizer's."""
         fwd_bwd = self.autocast_copies + max(self.activations + self.first_gradient, self.gradients)
         step = self.gradients + self.optimizer_step_temp
-        return self.weights + self.optimizer + self.method_state + max(fwd_bwd, step) + self.overhead
+        return self.weights + self.optimizer + self.method_state + self.dist_buffers + max(fwd_bwd, step) + self.overhead
 
     @property
     def sum_of_parts(self) -> float:
         return (self.weights + self.autocast_copies + self.gradients + self.optimizer + self.method_state
-                + self.optimizer_step_temp + self.activations + self.overhead)
+                + self.dist_buffers + self.optimizer_step_temp + self.activations + self.overhead)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "weights": self.weights, "weights_detail": self.weights_detail, "autocast_copies": self.autocast_copies,
             "gradients": self.gradients, "optimizer": self.optimizer, "method_state": self.method_state,
+            "dist_buffers": self.dist_buffers,
             "optimizer_step_temp": self.optimizer_step_temp,
             "activations": int(self.activations), "activations_detail": {k: int(v) for k, v in self.activations_detail.items()},
             "overhead": self.overhead, "overhead_note": self.overhead_note, "paged_optimizer": self.paged_optimizer,
             "peak": int(self.peak), "sum_of_parts": int(self.sum_of_parts), "notes": self.notes,
         }
+
+
+# ---- several GPUs ----------------------------------------------------------------------------------------------
+
+# Which persistent terms a strategy divides across its GPUs (ZeRO paper, arXiv:1910.02054 Sec. 5: stage 1 the
+# optimizer states, stage 2 also the gradients, stage 3 also the parameters; FSDP full_shard = stage 3).
+# Activations are never sharded: each GPU keeps those of its own micro-batch.
+SHARDED_TERMS: dict[str, tuple[str, ...]] = {
+    "none": (), "ddp": (), "zero2": ("gradients", "optimizer"),
+    "zero3": ("weights", "gradients", "optimizer"), "fsdp": ("weights", "gradients", "optimizer"),
+    "fsdp-offload": ("weights", "gradients", "optimizer"),
+}
+
+
+def per_gpu(memory: Memory, strategy: str, gpus: int, largest_unit_bytes: int, largest_unit_grad_bytes: int) -> Memory:
+    """One GPU's share of a run on `gpus` GPUs.
+
+    - ddp: nothing shards; the reducer's gradient buckets are a second copy of the gradients (torch DDP,
+      `gradient_as_bucket_view=False`, its default: "saves a memory size equal to the total gradients size").
+    - zero2 / zero3 / fsdp: the sharded terms (`SHARDED_TERMS`) are divided by `gpus`; zero3 and fsdp all-gather
+      one wrapped unit (a transformer layer, or the root's embeddings and head) at a time and prefetch the next,
+      so two units' full weights are live (counted at the parameters' dtype, an upper bound under mixed
+      precision), plus one unit's unsharded gradient before its reduce-scatter.
+    - fsdp-offload: weights, gradients and optimizer states live in host memory; the GPU holds the gathered units."""
+    import dataclasses
+
+    if gpus <= 1 and strategy in ("none", "ddp"):
+        return memory
+    shard = SHARDED_TERMS[strategy]
+    keep = 0.0 if strategy == "fsdp-offload" else 1.0 / gpus
+    parts = {term: int(getattr(memory, term) * keep) for term in shard}
+    if "optimizer" in shard:
+        parts["optimizer_step_temp"] = int(memory.optimizer_step_temp * keep)
+    buffers = memory.gradients if strategy == "ddp" else 0
+    if "weights" in shard:
+        # (never more than the whole model gathered, as in a model of one or two units)
+        buffers = min(2 * largest_unit_bytes + largest_unit_grad_bytes, memory.weights + memory.gradients)
+        # FSDP's mixed precision gathers each unit in the compute dtype: no whole-model autocast copy
+        parts["autocast_copies"] = 0
+    where = "host memory" if strategy == "fsdp-offload" else f"1/{gpus} per GPU"
+    note = (f"dist={strategy} on {gpus} GPUs: " + (", ".join(shard) + f" in {where}" if shard else "nothing sharded")
+            + (f"; {'gradient buckets' if strategy == 'ddp' else 'gathered units'} {buffers / GiB:.2f} GiB"
+               if buffers else "") + "; activations per GPU (never sharded)")
+    return dataclasses.replace(memory, **parts, dist_buffers=buffers, notes=[*memory.notes, note])
 
 
 # ---- disk and cost -------------------------------------------------------------------------------------------

@@ -87,6 +87,12 @@ def effective(cfg: DictConfig) -> dict[str, Any]:
         _positive_int(cfg.train[key], f"train.{key}", f"e.g. train.{key}=8")
     check_budget(cfg.train)
     eff = effective_config(cfg)
+    # several GPUs: the estimate is one GPU's share (a run's identity carries the launched world size instead)
+    gpus = cfg.dist.gpus
+    if gpus is None and cfg.dist.strategy not in ("none", "ddp"):
+        raise ConfigError(f"dist={cfg.dist.strategy}: say over how many GPUs it shards, e.g. dist.gpus=8")
+    _positive_int(gpus or 1, "dist.gpus", "e.g. dist.gpus=8")
+    eff["dist"] = {"strategy": str(cfg.dist.strategy), "gpus": int(gpus or 1)}
     # an epoch budget counts steps over task.n_train rows (the task's pool may hold fewer)
     eff["train"]["max_steps"] = planned_steps(cfg.train, int(cfg.task.n_train))
     return eff
@@ -401,6 +407,11 @@ def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int]
         method_state=em.adalora_state_bytes([_tensor(p) for n, p in params if p.requires_grad and "lora_" in n])
         if method.get("peft_type") == "ADALORA" else 0,
     )
+    dist = eff.get("dist") or {}
+    if dist.get("strategy", "none") != "none" or int(dist.get("gpus", 1)) > 1:
+        memory = em.per_gpu(memory, dist["strategy"] if dist["strategy"] != "none" else "ddp",
+                            int(dist.get("gpus") or dist.get("world_size") or 1), *_largest_unit(model))
+        notes.append(memory.notes[-1])
     if memory.paged_optimizer:
         notes.append("paged optimizer: states sit in CUDA unified memory (not in torch's allocated figure) and move "
                      "to host RAM under pressure")
@@ -422,6 +433,21 @@ def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int]
         batch_size=b, checkpointing=checkpointing, device=device, params_total=total, params_trainable=trainable,
         memory=memory, disk_bytes=disk, cost=cost, quantization=qrec, notes=notes,
     )
+
+
+def _largest_unit(model: nn.Module) -> tuple[int, int]:
+    """Bytes of the largest FSDP unit's weights and trainable gradients: a transformer layer, or what the root
+    keeps (embeddings, final norm, head), as auto_wrap groups a model by its layer classes."""
+    layers = _layer_list(model, int(getattr(model.config, "num_hidden_layers", 0) or 0)) \
+        if getattr(model, "config", None) is not None else []
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    units = [list(layer.parameters()) for layer in layers]
+    units.append([p for p in model.parameters() if id(p) not in in_layers])
+
+    def size(params, trainable_only: bool) -> int:
+        return sum(p.numel() * DTYPE_BYTES[p.dtype] for p in params if p.requires_grad or not trainable_only)
+
+    return max(size(u, False) for u in units), max(size(u, True) for u in units)
 
 
 def estimate_overrides(overrides: list[str], **kwargs: Any) -> Estimate:

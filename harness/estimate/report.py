@@ -35,6 +35,8 @@ def describe(est) -> str:
         f"gradients   {gb(m.gradients)}",
         f"optimizer   {gb(m.optimizer)}  (+ {gb(m.optimizer_step_temp)} during the step)",
     ]
+    if m.dist_buffers:
+        lines.append(f"dist        {gb(m.dist_buffers)}  (DDP's gradient buckets, or FSDP / ZeRO-3's gathered units)")
     if m.method_state:
         lines.append(f"method      {gb(m.method_state)}  (AdaLoRA's importance scores: 3 copies of the adapter)")
     lines += [
