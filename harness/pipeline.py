@@ -49,6 +49,10 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
             stale.unlink()
     distributed.start()  # several processes (torchrun / accelerate launch): rank 0 alone scores and records
     main = distributed.world().main
+    # FSDP / ZeRO-3 leave each rank a shard of the tuned weights: every rank then runs the scoring's forward
+    # passes together (the same rows, so the same gathers) and saves through Trainer, which gathers a full
+    # state dict; rank 0 still writes alone. With DDP rank 0 holds the whole model and scores it by itself.
+    sharded = (eff.get("dist") or {}).get("strategy") in distributed.SHARDED
 
     def record(result: dict[str, Any]) -> None:
         if main:
@@ -129,7 +133,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     peak, guard, update = measure.PeakMemory(), DivergenceGuard(), UpdateCheck(model)
     callbacks = [peak, guard, update, LogToFile(), *method_callbacks(model, plan), *tracker.callbacks]
     curve = None
-    if cfg.train.eval_every and main:  # the other ranks wait for it at their next gradient exchange
+    if cfg.train.eval_every and (main or sharded):  # DDP: the other ranks wait for it at their next exchange
         subset = val_split.select(range(min(cfg.train.eval_subset, len(val_split))))
 
         def score_subset() -> float:
@@ -163,7 +167,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
                                     "checksum": distributed.weights_checksum(model)})
         result |= distributed.dist_record(eff["dist"]["strategy"], ranks) | {
             "train_examples": sum(r["examples"] for r in ranks), "dist_wrapper": type(trainer.model_wrapped).__name__}
-        if not main:
+        if not main and not sharded:
             return result
     if guard.diverged_at is not None or stuck:  # nothing worth scoring or saving
         reason = f"non-finite loss at step {guard.diverged_at}" if guard.diverged_at is not None else \
@@ -206,7 +210,12 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     samples = [{"input": task.describe(r), "reference": task.target(r), "output": o} for r, o in zip(rows, outputs)]
     saved = run_dir / ("model" if plan.peft_config is None else "adapter")
     result["base_model"] = name_base_model(model, cfg.model, cache)
-    save_atomically(model, saved, plan)
+    if sharded:
+        trainer.save_model(str(saved))  # a collective: Trainer gathers the full state dict, rank 0 writes it
+        if not main:
+            return result
+    else:
+        save_atomically(model, saved, plan)
     discard_plan_files(plan)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished run
     collapsed = collapse_reason(result["loss_curve"],
