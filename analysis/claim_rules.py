@@ -356,16 +356,16 @@ def claim_12(ev: Evidence, v: Verdict) -> Verdict:
         v.missing = "serve_bench.json records (python -m harness.adapters.serve_bench <run> --out ...)"
         return v
     worst_merged, worst_unmerged = 0.0, 0.0
-    for rec in ev.serve:
-        modes = {m["mode"]: m for m in rec.get("modes", [])}
+    for rec in ev.serve:  # serve_bench.json: modes[mode][batch size] = {ms_per_token, ...}
+        modes = rec.get("modes") or {}
         if not {"base", "merged", "unmerged"} <= set(modes):
             continue
-        key = "ms_per_token" if "ms_per_token" in modes["base"] else "s_per_token"
-        base, merged, unmerged = (modes[m][key] for m in ("base", "merged", "unmerged"))
-        worst_merged = max(worst_merged, merged / base - 1)
-        worst_unmerged = max(worst_unmerged, unmerged / merged - 1)
-        v.evidence.append(f"{rec.get('run_id')}: merged {100 * (merged / base - 1):+.1f}% vs base, unmerged "
-                          f"{100 * (unmerged / merged - 1):+.1f}% vs merged")
+        for batch in sorted(modes["merged"], key=int):
+            base, merged, unmerged = (modes[m][batch]["ms_per_token"] for m in ("base", "merged", "unmerged"))
+            worst_merged = max(worst_merged, merged / base - 1)
+            worst_unmerged = max(worst_unmerged, unmerged / merged - 1)
+            v.evidence.append(f"{rec.get('run')} batch {batch}: merged {100 * (merged / base - 1):+.1f}% vs base, "
+                              f"unmerged {100 * (unmerged / merged - 1):+.1f}% vs merged")
     if not v.evidence:
         v.missing = "serve_bench records with base, merged and unmerged modes"
         return v

@@ -147,9 +147,14 @@ def test_claim_11_has_three_parts(case, expected) -> None:
 
 @pytest.mark.parametrize("merged,unmerged,expected", [(1.02, 1.10, SUPPORTED), (1.2, 1.3, REFUTED), (1.07, 1.1, INCONCLUSIVE)])
 def test_claim_12_reads_serve_bench(merged, unmerged, expected) -> None:
-    serve = [{"run_id": "x", "modes": [{"mode": "base", "ms_per_token": 10.0}, {"mode": "merged", "ms_per_token": 10 * merged},
-                                       {"mode": "unmerged", "ms_per_token": 10 * merged * unmerged}]}]
-    assert verdict(12, evidence([], serve=serve)).verdict == expected
+    """serve_bench.json's shape: modes[mode][batch size] -> ms_per_token (the worst batch size decides)."""
+    def at(ms: float) -> dict:
+        return {"1": {"ms_per_token": ms}, "16": {"ms_per_token": ms / 4}}
+
+    serve = [{"run": "x", "modes": {"base": at(10.0), "merged": at(10 * merged), "unmerged": at(10 * merged * unmerged),
+                                    "hotswap": at(12.0)}}]
+    v = verdict(12, evidence([], serve=serve))
+    assert v.verdict == expected and len(v.evidence) == 2
 
 
 @pytest.mark.parametrize("share,expected", [(0.95, SUPPORTED), (0.6, REFUTED), (0.8, INCONCLUSIVE)])
