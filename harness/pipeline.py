@@ -47,7 +47,6 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     if distributed.world().main:  # a failure another rank left in an earlier attempt
         for stale in run_dir.glob("rank*-failure.json"):
             stale.unlink()
-    distributed.start()  # several processes (torchrun / accelerate launch): rank 0 alone scores and records
     main = distributed.world().main
     # FSDP / ZeRO-3 leave each rank a shard of the tuned weights: every rank then runs the scoring's forward
     # passes together (the same rows, so the same gathers) and saves through Trainer, which gathers a full
@@ -71,6 +70,10 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         model, init = start_from(model, cfg.init_from)
     load_s = time.perf_counter() - t0
     plan = plan_method(model, with_steps(eff, steps), kind)
+    # several processes (torchrun / accelerate launch): rank 0 alone scores and records. The group starts after
+    # loading, because under a started group transformers' save_pretrained writes on rank 0 only, and a tiny
+    # quantised model is loaded through a temporary folder each rank writes for itself
+    distributed.start()
     probe = probe_sample()  # general English for the forgetting probe (loss for causal LMs, similarity for encoders)
 
     result: dict[str, Any] = identity(cfg) | {

@@ -35,7 +35,7 @@ def records(runs: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in runs.glob("*/result.json")]
 
 
-@pytest.mark.parametrize("method", ["lora"])  # qlora: rank 1 fails loading the tiny model's folder (open)
+@pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_two_process_ddp_run_writes_one_record_with_every_rank(method: str, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     proc = torchrun(["dist=ddp", "train.max_steps=3", f"method={method}"], runs)
