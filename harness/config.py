@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness.assets import CONF_DIR, check_hub_model
+from harness.distributed import SHARDED, STRATEGIES, world
 from harness.errors import AssetError, ConfigError
 
 # Keys that say where or how a run is reported, not what it is.
@@ -65,8 +66,6 @@ def _normalise_dist(eff: dict[str, Any]) -> None:
     """One process: no `dist` key, so single-process runs keep their identity, whatever the group says. Several (torchrun / accelerate
     launch): the strategy and the world size, which sets the global batch (`none` under a launcher is DDP). The
     world size is the launcher's, or `dist.gpus` before a launch (a SLURM sweep plans its runs in one process)."""
-    from harness.distributed import world
-
     dist = eff.get("dist") or {}
     size = world().size if world().size > 1 else int(dist.get("gpus") or 1)
     strategy = dist.get("strategy", "none")
@@ -170,8 +169,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
 
 def _check_dist(cfg: DictConfig) -> None:
     """The `dist` group: a known strategy, a launcher for a sharded one, its library, and QLoRA's FSDP storage."""
-    from harness.distributed import SHARDED, STRATEGIES, world
-
     dist = cfg.get("dist") or {}
     strategy = dist.get("strategy", "none")
     if strategy not in STRATEGIES:

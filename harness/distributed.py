@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ConfigError
+
 STRATEGIES = ("none", "ddp", "fsdp", "fsdp-offload", "zero2", "zero3")
 SHARDED = ("fsdp", "fsdp-offload", "zero2", "zero3")
 
@@ -84,7 +86,7 @@ def weights_checksum(model) -> float:
         return float(sum(p.detach().double().sum() for p in model.parameters() if p.requires_grad))
 
 
-def training_kwargs(dist_cfg: Any, model_kind: str) -> dict[str, Any]:
+def training_kwargs(dist_cfg: Any) -> dict[str, Any]:
     """TrainingArguments for the strategy: Trainer's own FSDP and DeepSpeed settings."""
     strategy = dist_cfg.strategy
     if strategy in ("none", "ddp"):
@@ -108,8 +110,6 @@ def check_device(eff: dict[str, Any]) -> None:
 
     strategy = (eff.get("dist") or {}).get("strategy", "none")
     if strategy in SHARDED and not torch.cuda.is_available():
-        from harness.errors import ConfigError
-
         raise ConfigError(f"dist={strategy} needs GPUs: on a CPU accelerate runs plain DDP instead of sharding; "
                           "use dist=ddp here")
 

@@ -44,10 +44,10 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     torch.manual_seed(cfg.seed)
     kind = cfg.model.kind
     distributed.check_device(eff)
-    if distributed.world().main:  # a failure another rank left in an earlier attempt
+    main = distributed.world().main
+    if main:  # a failure another rank left in an earlier attempt
         for stale in run_dir.glob("rank*-failure.json"):
             stale.unlink()
-    main = distributed.world().main
     # FSDP / ZeRO-3 leave each rank a shard of the tuned weights: every rank then runs the scoring's forward
     # passes together (the same rows, so the same gathers) and saves through Trainer, which gathers a full
     # state dict; rank 0 still writes alone. With DDP rank 0 holds the whole model and scores it by itself.
@@ -131,7 +131,8 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     record(result)  # a crash from here on keeps the base score and counts
     tags = [f"method:{cfg.method.name}", f"task:{cfg.task.name}", f"model:{cfg.model.name}",
             f"r:{eff['r']}", f"targets:{result['targets']}"]
-    tracker = Tracker(cfg.tracking if main else OmegaConf.create({"backend": "none"}), run_dir, rid, eff, tags, cfg.group, cfg.name)
+    tracking = cfg.tracking if main else OmegaConf.create({"backend": "none"})  # one W&B run: rank 0's
+    tracker = Tracker(tracking, run_dir, rid, eff, tags, cfg.group, cfg.name)
     train_ds = task.train_dataset(data["train"], tokenizer, kind, cfg.train.max_seq_len)
     peak, guard, update = measure.PeakMemory(), DivergenceGuard(), UpdateCheck(model)
     callbacks = [peak, guard, update, LogToFile(), *method_callbacks(model, plan), *tracker.callbacks]
@@ -147,7 +148,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         callbacks.append(curve)
     args = training_arguments(cfg.train, eff["train"]["lr"], eff["train"]["precision"], cfg.seed,
                               run_dir / "checkpoints", max_steps=steps,
-                              dist=distributed.training_kwargs(cfg.dist, kind))
+                              dist=distributed.training_kwargs(cfg.dist))
     trainer = build_trainer(model, tokenizer, train_ds, args, kind, callbacks)
     resume_from = last_checkpoint(run_dir / "checkpoints")
     if resume_from:

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from harness import preflight
+from harness import distributed, preflight
 from harness.assets import CONF_DIR
 from harness.config import config_hash, identity, run_id, validate, with_single_budget
 from harness.errors import HarnessError
@@ -71,17 +71,11 @@ def main(cfg: DictConfig) -> float | None:
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             reason = f"disk full: {reason}"
         return _fail(run_dir, status, reason, multirun, exit_code=1, cfg=cfg)
-    if not _is_main_rank():  # its share is in rank 0's record, which says how the run ended
+    if not distributed.world().main:  # its share is in rank 0's record, which says how the run ended
         return None
     if result["status"] != Status.OK:
         return _fail(run_dir, Status(result["status"]), result.get("reason", ""), multirun, exit_code=1, record=False)
     return result["score"]
-
-
-def _is_main_rank() -> bool:
-    from harness.distributed import world
-
-    return world().main
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -98,8 +92,6 @@ def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code:
     """Record how the run ended (keeping what the record already holds) and say it in one line. Under a
     launcher only rank 0 writes result.json: another rank leaves its reason for rank 0's record, and rank 0,
     stopped because a rank died, names that rank."""
-    from harness import distributed
-
     if distributed.world().size > 1:
         if not distributed.world().main:
             if record and status != Status.INTERRUPTED:

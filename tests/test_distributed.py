@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO, compose
 from harness.config import effective_config, run_id, validate
 from harness.errors import ConfigError
+from harness.training import last_checkpoint
 
 TINY_RUN = ["model=tiny-llama", "tracking=none", "task.n_train=32", "task.n_eval=8", "train.batch_size=4"]
 
@@ -66,7 +67,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
             stat = (proc / "stat").read_text()
         except OSError:
             continue
-        if f"RANK={rank}".encode() in env and f"TORCHELASTIC_RUN_ID".encode() in b"\0".join(env) \
+        if f"RANK={rank}".encode() in env and any(e.startswith(b"TORCHELASTIC_RUN_ID=") for e in env) \
                 and int(stat.rsplit(")", 1)[1].split()[1]) == parent:
             return int(proc.name)
     return None
@@ -78,8 +79,8 @@ def test_a_killed_rank_ends_the_run_truthfully_without_a_hang_and_the_run_resume
     proc = torchrun(args, runs)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline:  # wait until training has written a checkpoint
-            if list(runs.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
+        while time.time() < deadline:  # wait until training has written a checkpoint resume would take
+            if any(last_checkpoint(folder) for folder in runs.glob("*/checkpoints")):
                 break
             time.sleep(0.5)
         victim = _rank_pid(proc.pid, 1)
@@ -156,7 +157,7 @@ def test_fsdp_on_a_cpu_is_refused_rather_than_run_as_ddp(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="use dist=ddp here"):
         distributed.check_device(effective_config(compose(["dist=fsdp", "method=full"])))
     distributed.check_device(effective_config(compose(["dist=ddp"])))  # DDP runs anywhere
-    kwargs = distributed.training_kwargs(compose(["dist=fsdp-offload"]).dist, "causal_lm")
+    kwargs = distributed.training_kwargs(compose(["dist=fsdp-offload"]).dist)
     assert kwargs["fsdp"] is True and kwargs["fsdp_config"]["cpu_offload"] is True
 
 
@@ -180,6 +181,7 @@ def test_the_estimator_gives_one_gpus_share() -> None:
            for d in ((), ("dist=zero2", "dist.gpus=8"), ("dist=fsdp", "dist.gpus=8"))}
     assert big[("dist=fsdp", "dist.gpus=8")] < big[("dist=zero2", "dist.gpus=8")] < big[()]
     assert estimate_overrides(["model=tiny-llama", "method=full", "dist.gpus=1"]).memory.peak == one.peak
+    assert estimate_overrides(["model=tiny-llama", "method=full", "dist=ddp"]).memory.peak == one.peak  # 1 GPU
 
 
 SITECUSTOMIZE = """

@@ -78,12 +78,8 @@ def test_a_lower_precision_save_says_what_it_loses(tiny_runs, tmp_path: Path) ->
     assert info["saved_dtype"] == "bfloat16" and "argmax agrees" in info["note"]
     # check compares the bf16 save with the adapter as the run evaluated it, and says so truthfully
     measured = (as_trained - merged.float()).abs().max().item()
-    # the reloaded model's bf16 matmuls may round differently from the in-memory one merge checked (CPU kernels
-    # depend on the thread count and layout: with one thread here they differed by one bf16 step)
-    step = float(as_trained.abs().max()) * 2**-8
-    assert info["check"]["max_abs_logit_diff"] == pytest.approx(measured, abs=step)
-    assert info["check"]["argmax_agreement"] == pytest.approx(
-        (as_trained.argmax(-1) == merged.argmax(-1)).float().mean().item(), abs=0.01)  # a few near-ties flip
+    assert info["check"]["max_abs_logit_diff"] == pytest.approx(measured, rel=1e-3, abs=1e-6)
+    assert info["check"]["argmax_agreement"] == pytest.approx((as_trained.argmax(-1) == merged.argmax(-1)).float().mean().item())
     assert merge.main([str(tiny_runs["lora_bf16"]), "--out", str(tmp_path / "x"), "--dtype", "int8"]) == 2
 
 

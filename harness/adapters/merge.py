@@ -119,7 +119,13 @@ def merge_run(run: RunFolder, out: Path, dtype: str = "float32") -> dict[str, An
     at_float32 = agreement(unmerged32, logits(merged, inputs))
     if dtype != "float32":
         merged = merged.to(SAVE_DTYPES[dtype])
-    saved_logits = logits(merged, inputs)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    # checked as saved: the folder reloaded the way a user loads it (CPU bf16 kernels can round a reloaded
+    # model's matmuls differently from the in-memory copy's)
+    saved_logits = logits(type(merged).from_pretrained(tmp), inputs)
     info = {
         "run": run.name, "run_dir": str(run.path), "method": run.result["method"], "task": run.result["task"],
         "merged_into": record, "merged_in": "float32", "saved_dtype": dtype,
@@ -134,10 +140,6 @@ def merge_run(run: RunFolder, out: Path, dtype: str = "float32") -> dict[str, An
                         f"(float32 keeps them: --dtype float32)")
     if run.quantization:  # the adapter on the 4-bit base it trained on, against the merged de-quantised model
         info["check"]["max_abs_logit_diff_vs_quantized"] = info["check_vs_adapter_as_trained"]["max_abs_logit_diff"]
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     write_json_atomic(tmp / MERGE_FILE, info)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # a half-written folder never looks like a merged model

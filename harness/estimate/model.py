@@ -407,11 +407,11 @@ def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int]
         method_state=em.adalora_state_bytes([_tensor(p) for n, p in params if p.requires_grad and "lora_" in n])
         if method.get("peft_type") == "ADALORA" else 0,
     )
-    dist = eff.get("dist") or {}
-    if dist.get("strategy", "none") != "none" or int(dist.get("gpus", 1)) > 1:
+    dist = eff.get("dist")
+    if dist:  # one GPU's share (per_gpu leaves a one-GPU run as it is)
         memory = em.per_gpu(memory, dist["strategy"] if dist["strategy"] != "none" else "ddp",
                             int(dist.get("gpus") or dist.get("world_size") or 1), *_largest_unit(model))
-        notes.append(memory.notes[-1])
+        notes.extend(memory.notes)
     if memory.paged_optimizer:
         notes.append("paged optimizer: states sit in CUDA unified memory (not in torch's allocated figure) and move "
                      "to host RAM under pressure")
