@@ -84,6 +84,62 @@ def test_bundled_model_answers_are_unchanged_by_length_batching() -> None:
     assert t.score(by_length, list(test)) == t.score(in_order, list(test))
 
 
+def test_a_shared_prefix_run_once_gives_the_same_next_token_scores() -> None:
+    # the tiny random model answers newlines to everything, so compare what greedy decoding chooses from: the
+    # scores of every generated position, prefix cached and middle-padded vs plain left padding
+    from harness.tasks.base import generation_inputs, shared_prefix
+
+    model, tokenizer, t, test = _setup("tiny-llama", "classify", 6, "fp32")
+    prompts = [t.prompt_ids(tokenizer, r) for r in test]
+    assert len(set(map(len, prompts))) > 1  # padding between the shared part and each prompt's own
+    prefix = shared_prefix(model, prompts)
+    assert len(prefix) >= 8 and all(p[:len(prefix)] == prefix and len(p) > len(prefix) for p in prompts)
+    pad = tokenizer.pad_token_id
+    runs = {}
+    widths: list[int] = []
+    hook = model.model.register_forward_pre_hook(lambda m, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+                                                 with_kwargs=True)
+    try:
+        for name, share in [("plain", None), ("shared", prefix)]:
+            inputs = generation_inputs(prompts, pad, "cpu", model, share)
+            with torch.no_grad():
+                runs[name] = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=pad,
+                                            output_scores=True, return_dict_in_generate=True).scores
+    finally:
+        hook.remove()
+    longest = max(map(len, prompts))
+    # plain: the whole prompt, then one token a step; shared: the prefix once, then only each prompt's own part
+    assert widths[:3] == [longest, 1, 1] and widths[3:] == [len(prefix), longest - len(prefix), 1, 1]
+    for plain, shared in zip(runs["plain"], runs["shared"]):
+        torch.testing.assert_close(shared, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_no_prefix_is_shared_when_it_is_short_or_the_method_uses_the_cache() -> None:
+    from peft import PrefixTuningConfig, get_peft_model
+
+    from harness.tasks.base import shared_prefix
+
+    assert shared_prefix(None, [[1, 2, 3, 4], [1, 2, 3, 5]]) == []  # 3 shared tokens: not worth a pass
+    long = list(range(20))
+    assert shared_prefix(None, [long + [7], long + [8, 9]]) == long
+    assert shared_prefix(None, [long, long + [8, 9]]) == long[:-1]  # every prompt keeps a token of its own
+    model, tokenizer, t, test = _setup("tiny-llama", "classify", 2, "fp32")
+    prompts = [t.prompt_ids(tokenizer, r) for r in test]
+    assert shared_prefix(model, prompts)
+    prefix_tuned = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    assert shared_prefix(prefix_tuned, prompts) == []  # peft feeds its virtual tokens through the cache
+
+
+@pytest.mark.slow
+def test_bundled_model_answers_are_unchanged_by_the_shared_prefix() -> None:
+    for task in ("classify", "extract"):
+        model, tokenizer, t, test = _setup("smollm2-135m", task, 16, "fp32")
+        shared = t.predict(model, tokenizer, test, "causal_lm", batch_size=8, max_len=256)
+        plain = t.predict(model, tokenizer, test, "causal_lm", batch_size=8, max_len=256, share_prefix=False)
+        assert shared == plain, [(a, b) for a, b in zip(shared, plain) if a != b][:3]
+        assert any(shared)  # real answers, not a degenerate empty output
+
+
 def test_eval_benchmark_answers_the_same_prompts_as_the_plain_loop() -> None:
     from benchmarks.eval_bench import measure
 

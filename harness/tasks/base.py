@@ -9,7 +9,9 @@ byte-identical files, and their SHA-256 is the run's data fingerprint.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import inspect
 import json
 import os
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ import datasets
 import evaluate
 import torch
 from omegaconf import DictConfig
+from transformers import GenerationMixin
 
 SPLITS = ("train", "validation", "test")
 METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
@@ -183,13 +186,14 @@ class Task:
     # ---- answering ----
     @torch.no_grad()
     def predict(self, model, tokenizer, split: datasets.Dataset, kind: str, batch_size: int, max_len: int,
-                by_length: bool = True) -> list[str]:
+                by_length: bool = True, share_prefix: bool = True) -> list[str]:
         """Greedy, batched answers for a causal LM (`answers`); arg-max labels for an encoder."""
         model.eval()
         rows = list(split)
         device = next(model.parameters()).device
         if kind == "causal_lm":
-            return self.answers(model, tokenizer, rows, device, batch_size, max_len, by_length=by_length)
+            return self.answers(model, tokenizer, rows, device, batch_size, max_len, by_length=by_length,
+                                share_prefix=share_prefix)
         outputs: list[str] = []
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
@@ -200,33 +204,85 @@ class Task:
         return outputs
 
     def answers(self, model, tokenizer, rows: list[dict[str, Any]], device, batch_size: int, max_len: int,
-                max_new_tokens: int | None = None, by_length: bool = True) -> list[str]:
+                max_new_tokens: int | None = None, by_length: bool = True, share_prefix: bool = True) -> list[str]:
         """Greedy answers in the rows' order. With `by_length` the prompts are batched longest first, so a batch
         holds prompts of similar length and little left padding (the first batch is the largest, so a memory
         problem shows at once); within a batch each sequence stops at its EOS, generation ends once every one
-        has, and the KV cache is used. Outputs equal the prompt-order batching's (tests/test_scoring.py)."""
+        has, and the KV cache is used. With `share_prefix` the tokens every prompt starts with (chat template,
+        instruction; 48 of classify's 85 on smollm2-135m) are run through the model once and their cache reused
+        by every batch. Outputs equal the prompt-order, one-by-one
+        answers (tests/test_scoring.py)."""
         prompts = [self.prompt_ids(tokenizer, r)[-max_len:] for r in rows]
         order = sorted(range(len(rows)), key=lambda i: -len(prompts[i])) if by_length else list(range(len(rows)))
+        prefix = shared_prefix(model, prompts) if share_prefix else []
+        cache = prefix_cache(model, prefix, device) if prefix else None
         outputs = [""] * len(rows)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             texts = generate_greedy(model, tokenizer, [prompts[i] for i in chunk], device,
-                                    max_new_tokens or self.cfg.max_new_tokens)
+                                    max_new_tokens or self.cfg.max_new_tokens, prefix=prefix, cache=cache)
             for i, text in zip(chunk, texts):
                 outputs[i] = text
         return outputs
 
 
-def generate_greedy(model, tokenizer, prompts: list[list[int]], device, max_new_tokens: int) -> list[str]:
-    """One left-padded batch through `model.generate`: greedy, KV cache on, stopping at EOS."""
-    batch = {k: v.to(device) for k, v in left_padded(prompts, tokenizer.pad_token_id).items()}
-    width = batch["input_ids"].shape[1]
+MIN_SHARED_PREFIX = 8  # shorter common beginnings are not worth a separate forward pass
+
+
+def shared_prefix(model, prompts: list[list[int]]) -> list[int]:
+    """The tokens every prompt begins with, leaving each at least one token of its own (the position whose
+    logits start the answer); [] when too short to pay off, or when the method itself feeds the attention cache
+    (prefix / prompt tuning: peft prepends its virtual tokens through the same cache)."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return []
+    if not prompts:
+        return []
+    prefix = os.path.commonprefix(prompts)[:min(map(len, prompts)) - 1]
+    return list(prefix) if len(prefix) >= MIN_SHARED_PREFIX else []
+
+
+def generate_greedy(model, tokenizer, prompts: list[list[int]], device, max_new_tokens: int,
+                    prefix: list[int] | None = None, cache=None) -> list[str]:
+    """One batch through `model.generate`: greedy, KV cache on, stopping at EOS (inputs: `generation_inputs`)."""
+    inputs = generation_inputs(prompts, tokenizer.pad_token_id, device, model, prefix, cache)
+    width = inputs["input_ids"].shape[1]
     with contiguous_head_input(model):
         generated = model.generate(
-            **batch, max_new_tokens=max_new_tokens, do_sample=False,
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False,
             use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
     return [tokenizer.decode(g[width:], skip_special_tokens=True).strip() for g in generated]
+
+
+def generation_inputs(prompts: list[list[int]], pad: int, device, model=None, prefix: list[int] | None = None,
+                      cache=None) -> dict[str, Any]:
+    """`generate`'s inputs for one batch. Without `prefix` the prompts are left-padded. With it (a beginning
+    every prompt shares, and optionally `cache`, its `prefix_cache`) each sequence starts from a copy of the
+    prefix's keys and values and only the rest of each prompt is run, padded between the shared part and its
+    own: the attention mask hides the padding, and generate's position ids (the mask's running count) give every
+    token the position it has in the unpadded prompt."""
+    if not prefix:
+        return {k: v.to(device) for k, v in left_padded(prompts, pad).items()}
+    cache = copy.deepcopy(cache if cache is not None else prefix_cache(model, prefix, device))
+    cache.batch_repeat_interleave(len(prompts))  # generate extends its copy in place
+    rest = left_padded([p[len(prefix):] for p in prompts], pad)
+    inputs = {"input_ids": torch.cat([torch.tensor([prefix] * len(prompts)), rest["input_ids"]], dim=1),
+              "attention_mask": torch.cat([torch.ones(len(prompts), len(prefix), dtype=torch.long),
+                                           rest["attention_mask"]], dim=1)}
+    return {k: v.to(device) for k, v in inputs.items()} | {CACHE_KWARG: cache}
+
+
+# transformers renamed generate's `past_key_values` to `cache` (the old name warns until its removal in 5.40)
+CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters \
+    else "past_key_values"
+
+
+def prefix_cache(model, prefix: list[int], device):
+    """The attention cache (keys and values of every layer) of `prefix` as one sequence."""
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
+    return out["cache"] if "cache" in out else out.past_key_values  # renamed in transformers 5.x
 
 
 def left_padded(prompts: list[list[int]], pad: int) -> dict[str, torch.Tensor]:

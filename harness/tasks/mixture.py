@@ -96,7 +96,7 @@ class MixtureTask(Task):
 
     @torch.no_grad()
     def predict(self, model, tokenizer, split: datasets.Dataset, kind: str, batch_size: int, max_len: int,
-                by_length: bool = True) -> list[str]:
+                by_length: bool = True, share_prefix: bool = True) -> list[str]:
         """Greedy answers, generated per component so each keeps its own `max_new_tokens` budget."""
         if kind != "causal_lm":
             raise ConfigError(f"task '{self.name}' needs a causal LM (generation); model kind is {kind}")
@@ -107,7 +107,7 @@ class MixtureTask(Task):
         for name, task in self.components.items():
             index = [i for i, r in enumerate(rows) if r["task"] == name]
             answers = self.answers(model, tokenizer, [rows[i] for i in index], device, batch_size, max_len,
-                                   task.cfg.max_new_tokens, by_length=by_length)
+                                   task.cfg.max_new_tokens, by_length=by_length, share_prefix=share_prefix)
             for i, answer in zip(index, answers):
                 outputs[i] = answer
         return outputs
