@@ -60,12 +60,27 @@ def gather(roots: Sequence[Path], estimates: bool = True) -> Evidence:
         ev.intruder_summary = pd.read_csv(folder / "intruder_summary.csv")
         ev.intruder_correlations = json.loads((folder / "intruder_correlations.json").read_text()) | {
             "source": str(folder)}
+    ev.forgetting_links = forgetting_links(complete)
     ev.serve = [json.loads(p.read_text()) for p in _glob(roots, "serve_bench.json")]
     ev.merges = [json.loads(p.read_text()) | {"name": p.parent.parent.name if p.parent.name == "report" else p.parent.name}
                  for p in _glob(roots, "merge_table.json")]
     if estimates:
         ev.estimates = estimator_rows()
     return ev
+
+
+def forgetting_links(folders: Sequence[Path]) -> list[dict[str, Any]]:
+    """Intruders vs forgetting per base model, each from the analysis holding the most of that model's runs: an
+    encoder's probe (similarity ranking) and a causal LM's (loss on general English) are on different scales, and
+    the study analyses them in separate folders (the encoder sweeps, the causal-LM arm)."""
+    best: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        by_model = json.loads((folder / "intruder_correlations.json").read_text()).get("by_model") or {}
+        for model, corr in by_model.items():
+            link = (corr.get("forgetting") or {}) | {"model": model, "source": str(folder)}
+            if link.get("n") and link["n"] > best.get(model, {}).get("n", 0):
+                best[model] = link
+    return [best[m] for m in sorted(best)]
 
 
 def markdown(verdicts: list[Verdict]) -> str:

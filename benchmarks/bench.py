@@ -288,12 +288,14 @@ def verdict_markdown(overhead: list[dict[str, Any]], evaluation, limit: dict[str
     rows = evaluation if isinstance(evaluation, list) else []
     if rows:
         lines += ["", "| evaluation | examples | harness ex/s | plain ex/s | harness gen tok/s | plain gen tok/s | "
-                  "speedup (target >= 1.5x) | same answers |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "speedup (target >= 1.5x) | same answers | shared prefix: speedup, same answers |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             lines.append(f"| {r['task']} ({r['precision']}, batch {r['batch_size']}) | {r['examples']} | "
                          f"{r['harness_examples_per_s']:.2f} | {r['plain_examples_per_s']:.2f} | "
                          f"{r['harness_generated_tokens_per_s']:.0f} | {r['plain_generated_tokens_per_s']:.0f} | "
-                         f"{r['speedup']:.2f}x | {r['same_answers']}/{r['examples']} |")
+                         f"{r['speedup']:.2f}x | {r['same_answers']}/{r['examples']} | "
+                         f"{r['prefix_speedup']:.2f}x, {r['same_answers_unshared']}/{r['examples']} |")
     elif evaluation:
         lines.append(f"evaluation benchmark: {evaluation.get('error')}")
     return "\n".join(lines) + "\n"

@@ -6,7 +6,8 @@
 Both sides answer the same prompts greedily with the same `max_new_tokens`, on the same model in the same
 precision (bf16, as an adapter run scores): the harness through `Task.predict` (batches of `--batch-size` grouped
 by prompt length, each sequence stopping at EOS, KV cache; harness/tasks/base.py), the plain side one prompt at a
-time, the loop a first script would write. Reported per task: examples/s and generated tokens/s (up to and
+time, the loop a first script would write; and, to show what running the prompts' shared beginning once saves,
+the harness scorer with `share_prefix=False`. Reported per task: examples/s and generated tokens/s (up to and
 including each answer's EOS) for both, and the ratio harness / plain. `benchmarks.bench` runs this between
 matmul-limit readings.
 """
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 
 
 def _setup(model_name: str, task_name: str, n: int, precision: str):
@@ -66,6 +66,9 @@ def measure(model_name: str, task_name: str, n: int, batch_size: int, precision:
     t0 = time.perf_counter()
     harness_out = task.predict(model, tokenizer, test, "causal_lm", batch_size, 256)
     harness_s = time.perf_counter() - t0
+    t0 = time.perf_counter()  # the same scorer without the shared prefix: what running it once saves
+    unshared_out = task.predict(model, tokenizer, test, "causal_lm", batch_size, 256, share_prefix=False)
+    unshared_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     plain_out = plain_loop(model, tokenizer, task, rows)
     plain_s = time.perf_counter() - t0
@@ -78,6 +81,8 @@ def measure(model_name: str, task_name: str, n: int, batch_size: int, precision:
         "harness_generated_tokens_per_s": h_tokens / harness_s, "plain_generated_tokens_per_s": p_tokens / plain_s,
         "speedup": plain_s / harness_s,
         "same_answers": sum(a == b for a, b in zip(harness_out, plain_out)),
+        "unshared_s": round(unshared_s, 3), "prefix_speedup": unshared_s / harness_s,
+        "same_answers_unshared": sum(a == b for a, b in zip(harness_out, unshared_out)),
     }
 
 

@@ -3,7 +3,9 @@ the committed report rebuilds from the committed records."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -143,6 +145,33 @@ def _intruders(low_rank: tuple[float, float, float], rho_f: float, p_f: float, c
 def test_claim_11_has_three_parts(case, expected) -> None:
     v = verdict(11, _intruders(*case))
     assert v.verdict == expected and len(v.evidence) == 4
+
+
+@pytest.mark.parametrize("lm,expected", [((0.9, 0.01), SUPPORTED), ((-0.9, 0.01), REFUTED), ((0.5, 0.3), INCONCLUSIVE)])
+def test_claim_11_reads_the_forgetting_link_of_every_base_model(lm, expected) -> None:
+    ev = _intruders((8, 4, 12), 0.8, 0.01, [9, 8, 3, 2, 0, 0])
+    ev.forgetting_links = [{"model": "minilm-l6", "rho": 0.8, "p": 0.01, "n": 21},
+                           {"model": "smollm2-135m", "rho": lm[0], "p": lm[1], "n": 5}]
+    v = verdict(11, ev)
+    assert v.verdict == expected and len(v.evidence) == 5 and "smollm2-135m" in v.evidence[-1]
+
+
+def test_the_forgetting_link_per_model_comes_from_the_analysis_with_most_of_its_runs(tmp_path) -> None:
+    from analysis.claims import forgetting_links
+
+    def analysis(name: str, by_model: dict) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "intruder_correlations.json").write_text(json.dumps({"by_model": by_model}))
+        return folder
+
+    enc_small = analysis("a", {"minilm-l6": {"forgetting": {"rho": 0.1, "p": 0.7, "n": 6}}})
+    enc_big = analysis("b", {"minilm-l6": {"forgetting": {"rho": -0.2, "p": 0.4, "n": 21}}})
+    lm = analysis("c", {"smollm2-135m": {"forgetting": {"rho": 0.9, "p": 0.04, "n": 5}},
+                        "minilm-l6": {"forgetting": {"rho": None, "p": None, "n": 1}}})
+    links = forgetting_links([enc_small, enc_big, lm])
+    assert [(x["model"], x["n"], x["source"]) for x in links] == [("minilm-l6", 21, str(enc_big)),
+                                                                  ("smollm2-135m", 5, str(lm))]
 
 
 @pytest.mark.parametrize("merged,unmerged,expected", [(1.02, 1.10, SUPPORTED), (1.2, 1.3, REFUTED), (1.07, 1.1, INCONCLUSIVE)])

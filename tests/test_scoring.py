@@ -145,6 +145,7 @@ def test_eval_benchmark_answers_the_same_prompts_as_the_plain_loop() -> None:
 
     row = measure("tiny-llama", "extract", 6, batch_size=4, precision="fp32")
     assert row["examples"] == 6 and row["same_answers"] == 6  # same prompts, same greedy answers
+    assert row["same_answers_unshared"] == 6 and row["prefix_speedup"] == pytest.approx(row["unshared_s"] / row["harness_s"], rel=1e-2)
     assert row["harness_examples_per_s"] > 0 and row["speedup"] == pytest.approx(row["plain_s"] / row["harness_s"], rel=1e-2)
 
 
