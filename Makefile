@@ -63,7 +63,8 @@ study: setup
 	    *) extra="model=qwen2.5-0.5b";; esac; fi; \
 	  $(PY) -m harness.run --multirun --config-dir sweeps --config-name $$s hydra/launcher=$(LAUNCHER) \
 	    paths.runs=runs/$(STUDY)/$$s $$extra $(ARGS); \
-	  case $$s in intruder*|continual) $(PY) -m analysis.intruder runs/$(STUDY)/$$s --out results/$(STUDY)/$$s/report;; esac; \
+	  case $$s in intruder-lm) scale="--scale-intruders 0.5,0.7";; *) scale="";; esac; \
+	  case $$s in intruder*|continual) $(PY) -m analysis.intruder runs/$(STUDY)/$$s --out results/$(STUDY)/$$s/report $$scale;; esac; \
 	  case $$s in continual) $(PY) -m analysis.continual runs/$(STUDY)/$$s --out results/$(STUDY)/$$s/report;; esac; \
 	  $(PY) -m analysis.records runs/$(STUDY)/$$s results/$(STUDY)/$$s/runs; \
 	  case $$s in fair-*) $(PY) -m analysis.report --runs results/$(STUDY)/$$s/runs --out results/$(STUDY)/$$s/report;; esac; \

@@ -265,3 +265,5 @@ def test_make_study_runs_each_sweep_then_its_analyses_and_the_ledger() -> None:
               "analysis.report --runs results/study-gpu/fair-classify", "config-name intruder-lm",
               "analysis.intruder runs/study-gpu/intruder-lm", "analysis.claims --runs results/study-gpu")]
     assert order == sorted(order)  # each sweep, then its analyses and records, the ledger last
+    analyses = [line for line in lines if "analysis.intruder" in line]
+    assert len(analyses) == 1 and "--scale-intruders 0.5,0.7" in analyses[0]  # the causal-LM arm's causal test
