@@ -70,15 +70,19 @@ def gather(roots: Sequence[Path], estimates: bool = True) -> Evidence:
 
 
 def forgetting_links(folders: Sequence[Path]) -> list[dict[str, Any]]:
-    """Intruders vs forgetting per base model, each from the analysis holding the most of that model's runs: an
+    """Intruders vs forgetting per base model, each from the analysis holding the most of that model's runs
+    (among those where rho is defined: an analysis whose counts are all 0 has none): an
     encoder's probe (similarity ranking) and a causal LM's (loss on general English) are on different scales, and
     the study analyses them in separate folders (the encoder sweeps, the causal-LM arm)."""
+    def rank(link: dict[str, Any]) -> tuple[bool, int]:
+        return link.get("rho") is not None, link.get("n") or 0
+
     best: dict[str, dict[str, Any]] = {}
     for folder in folders:
         by_model = json.loads((folder / "intruder_correlations.json").read_text()).get("by_model") or {}
         for model, corr in by_model.items():
             link = (corr.get("forgetting") or {}) | {"model": model, "source": str(folder)}
-            if link.get("n") and link["n"] > best.get(model, {}).get("n", 0):
+            if link.get("n") and (model not in best or rank(link) > rank(best[model])):
                 best[model] = link
     return [best[m] for m in sorted(best)]
 

@@ -169,7 +169,8 @@ def test_the_forgetting_link_per_model_comes_from_the_analysis_with_most_of_its_
     enc_big = analysis("b", {"minilm-l6": {"forgetting": {"rho": -0.2, "p": 0.4, "n": 21}}})
     lm = analysis("c", {"smollm2-135m": {"forgetting": {"rho": 0.9, "p": 0.04, "n": 5}},
                         "minilm-l6": {"forgetting": {"rho": None, "p": None, "n": 1}}})
-    links = forgetting_links([enc_small, enc_big, lm])
+    all_zero = analysis("d", {"smollm2-135m": {"forgetting": {"rho": None, "p": None, "n": 9}}})  # no intruder
+    links = forgetting_links([enc_small, enc_big, lm, all_zero])
     assert [(x["model"], x["n"], x["source"]) for x in links] == [("minilm-l6", 21, str(enc_big)),
                                                                   ("smollm2-135m", 5, str(lm))]
 
