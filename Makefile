@@ -54,7 +54,7 @@ sweep: setup
 # records copied without weights to results/study/<sweep>/, then the ledger and results/REPORT.md.
 # SCALE=gpu: the same sweeps on larger hub presets (roberta-base for the encoder sweeps, qwen2.5-0.5b for the
 # causal-LM ones) into runs/study-gpu and results/study-gpu, for a CUDA machine.
-STUDY_SWEEPS ?= fair-classify fair-style intruder intruder-selected intruder-lm continual
+STUDY_SWEEPS ?= fair-classify fair-style fair-knowledge intruder intruder-selected intruder-lm continual
 SCALE ?= cpu
 STUDY := study$(if $(filter gpu,$(SCALE)),-gpu,)
 study: setup

@@ -23,13 +23,18 @@ HARNESS_DIR = Path(__file__).resolve().parent
 SCORING_SOURCES = ("tasks/*.py", "metrics/*/*.py", "forgetting.py", "base_scores.py")
 
 
-def scoring_code_hash() -> str:
+def scoring_code_hash(folder: Path = HARNESS_DIR) -> str:
     digest = hashlib.sha256()
     for pattern in SCORING_SOURCES:
-        for path in sorted(HARNESS_DIR.glob(pattern)):
+        for path in sorted(folder.glob(pattern)):
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+# Taken once, when the scoring code is imported, so it names the code this process runs: read at every run, a
+# sweep process whose files were edited mid-sweep would store scores of the old code under the new code's key.
+SCORING_CODE = scoring_code_hash()
 
 
 def base_key(eff: dict[str, Any], model_fingerprint: str, data_fingerprint: str, versions: dict[str, Any]) -> str:
@@ -39,7 +44,7 @@ def base_key(eff: dict[str, Any], model_fingerprint: str, data_fingerprint: str,
         "quantization": eff["method"].get("quantization"), "data": data_fingerprint, "task": eff["task"],
         "eval": {k: train.get(k) for k in ("eval_batch_size", "max_seq_len")},
         "seed": eff["seed"] if eff["model"].get("kind") != "causal_lm" else None,
-        "code": scoring_code_hash(), "versions": {k: versions.get(k) for k in ("torch", "transformers", "peft", "bitsandbytes")},
+        "code": SCORING_CODE, "versions": {k: versions.get(k) for k in ("torch", "transformers", "peft", "bitsandbytes")},
     }
     if eff.get("init_from"):  # a continual stage's untuned model is its parent's trained one
         key["init_from"] = eff["init_from"]

@@ -28,8 +28,8 @@ def torchrun(args: list[str], runs: Path, **kwargs) -> subprocess.Popen:
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "harness.run", *TINY_RUN, *args, f"paths.runs={runs}"]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **kwargs)
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
 def records(runs: Path) -> list[dict]:
@@ -75,21 +75,27 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 
 def test_a_killed_rank_ends_the_run_truthfully_without_a_hang_and_the_run_resumes(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    args = ["dist=ddp", "train.max_steps=400", "train.save_steps=10"]
-    proc = torchrun(args, runs)
+    args = ["dist=ddp", "train.max_steps=1000", "train.save_steps=10"]
+    # the launcher's output goes to a file: an unread pipe fills (the progress bar alone) and blocks the ranks
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        proc = torchrun(args, runs, stdout=out)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:  # wait until training has written a checkpoint resume would take
-            if any(last_checkpoint(folder) for folder in runs.glob("*/checkpoints")):
+        victim, deadline = None, time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            # rank 1 is found as soon as it starts, and killed once a checkpoint that resume takes exists
+            victim = victim or _rank_pid(proc.pid, 1)
+            if victim and any(last_checkpoint(folder) for folder in runs.glob("*/checkpoints")):
                 break
-            time.sleep(0.5)
-        victim = _rank_pid(proc.pid, 1)
-        assert victim is not None, "rank 1 not found"
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before the kill: {log.read_text()[-2000:]}"
+        assert victim is not None, f"rank 1 not found: {log.read_text()[-2000:]}"
         os.kill(victim, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=180)  # no hang: the launcher stops rank 0 too
+        proc.wait(timeout=180)  # no hang: the launcher stops rank 0 too
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     assert proc.returncode != 0
     [rec] = records(runs)
     # rank 0 either hears it from gloo first (its collective's peer is gone) or is stopped by the launcher
@@ -100,7 +106,7 @@ def test_a_killed_rank_ends_the_run_truthfully_without_a_hang_and_the_run_resume
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out[-3000:]
     [rec] = records(runs)
-    assert rec["status"] == "ok" and rec["resumed_from"].startswith("checkpoint-") and rec["train_steps_done"] == 400
+    assert rec["status"] == "ok" and rec["resumed_from"].startswith("checkpoint-") and rec["train_steps_done"] == 1000
     assert rec["weights_in_sync"] is True
 
 

@@ -87,6 +87,17 @@ def test_base_scores_are_cached_per_cell_and_missed_on_any_change(runs: Path, tm
     assert len(list((tmp_path / "base").glob("*.json"))) == 3
 
 
+def test_the_scoring_code_key_names_the_code_this_process_imported(tmp_path: Path, monkeypatch) -> None:
+    from harness import base_scores
+
+    (tmp_path / "forgetting.py").write_text("# an edit made while a sweep runs\n")
+    assert base_scores.scoring_code_hash(tmp_path) != base_scores.SCORING_CODE
+    eff = {"train": {"precision": "bf16"}, "model": {"kind": "causal_lm"}, "method": {}, "task": {}, "seed": 0}
+    before = base_scores.base_key(eff, "m", "d", {})
+    monkeypatch.setattr(base_scores, "HARNESS_DIR", tmp_path)  # the files change on disk after import
+    assert base_scores.base_key(eff, "m", "d", {}) == before
+
+
 # ---- learning-rate grids and selection ----
 
 def test_lr_candidates_are_centred_on_the_default_and_follow_rank_scaling() -> None:

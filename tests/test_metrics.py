@@ -146,3 +146,39 @@ def test_probe_loss_equals_the_models_own_loss(tiny) -> None:
     whole = probe_loss(model, tokenizer, probe_sample())
     assert model.training
     assert math.isfinite(whole) and 0 < whole < 2 * math.log(len(tokenizer))  # random init: about log(vocab)
+
+
+def test_probe_loss_projects_only_real_positions_in_length_order(tiny) -> None:
+    """Batched longest first with the output head on positions whose next token is real: the same loss as one
+    passage at a time, at every batch size, and the head sees no padding."""
+    from harness.forgetting import probe_loss, probe_sample
+
+    model, tokenizer = tiny
+    passages = probe_sample()[:7]
+    ids = [tokenizer(p, truncation=True, max_length=128)["input_ids"] for p in passages]
+    one_by_one = sum(probe_loss(model, tokenizer, [p]) * (len(i) - 1) for p, i in zip(passages, ids))
+    expected = one_by_one / sum(len(i) - 1 for i in ids)
+    seen: list[int] = []
+    head = model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[-2] * (
+        args[0].shape[0] if args[0].dim() == 3 else 1)))
+    try:
+        for batch_size in (2, 3, 16):
+            seen.clear()
+            assert probe_loss(model, tokenizer, passages, batch_size=batch_size) == pytest.approx(expected, rel=1e-5)
+            assert sum(seen) == sum(len(i) - 1 for i in ids)  # padded: batch x longest, more
+    finally:
+        handle.remove()
+
+
+def test_probe_loss_under_prompt_tuning_keeps_the_plain_path(tiny) -> None:
+    import peft
+
+    from harness.forgetting import _keeps_labelled_logits, probe_loss, probe_sample
+
+    model, tokenizer = tiny
+    assert _keeps_labelled_logits(model)
+    # prompt tuning wraps the shared fixture without changing its layers: virtual tokens shift the positions
+    tuned = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    assert not _keeps_labelled_logits(tuned)
+    assert math.isfinite(probe_loss(tuned, tokenizer, probe_sample()[:3], batch_size=2))
