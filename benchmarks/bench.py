@@ -133,7 +133,8 @@ def run_overhead(a: argparse.Namespace, work: Path, tag: str, base_scores: Path,
     train = r["train_runtime_s"]
     return {"tag": tag, "wall_s": round(wall, 2), "train_runtime_s": train, "overhead_ratio": (wall - train) / train,
             "base_cached": r.get("base_cached"), "base_eval_s": r.get("base_eval_s"), "eval_s": r.get("eval_s"),
-            "final_eval_s": r.get("final_eval_s"), "model_load_s": r.get("model_load_s"), "extra": list(extra)}
+            "final_eval_s": r.get("final_eval_s"), "final_probe_s": r.get("final_probe_s"),
+            "startup_s": r.get("startup_s"), "model_load_s": r.get("model_load_s"), "extra": list(extra)}
 
 
 def run_eval_bench(a: argparse.Namespace, work: Path) -> list[dict[str, Any]] | dict[str, Any]:
@@ -278,13 +279,14 @@ def verdict_markdown(overhead: list[dict[str, Any]], evaluation, limit: dict[str
                      + (" - TOO NOISY TO QUOTE (> 20%)." if limit["too_noisy"] else "."))
     if overhead:
         lines += ["", "| default run | wall s | training s | overhead ratio (target <= 0.15 warm) | base cached | "
-                  "final scoring s | validation s |", "|---|---:|---:|---:|---|---:|---:|"]
+                  "start-up s | final scoring s (probe s) | validation s |", "|---|---:|---:|---:|---|---:|---:|---:|"]
         for r in overhead:
             if "error" in r:
-                lines.append(f"| {r['case']} | error: {r['error']} | | | | | |")
+                lines.append(f"| {r['case']} | error: {r['error']} | | | | | | |")
                 continue
             lines.append(f"| {r['case']} | {r['wall_s']:.1f} | {r['train_runtime_s']:.1f} | {r['overhead_ratio']:.2f} | "
-                         f"{r['base_cached']} | {r['final_eval_s']} | {r['eval_s']} |")
+                         f"{r['base_cached']} | {r.get('startup_s')} | {r['final_eval_s']} ({r.get('final_probe_s')}) | "
+                         f"{r['eval_s']} |")
     rows = evaluation if isinstance(evaluation, list) else []
     if rows:
         lines += ["", "| evaluation | examples | harness ex/s | plain ex/s | harness gen tok/s | plain gen tok/s | "

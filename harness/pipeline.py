@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,9 +38,14 @@ log = logging.getLogger("harness")
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator.*")
 N_SAMPLES = 5  # input / reference / output triples kept in the record
+_FIRST_RUN_OF_PROCESS = [True]  # a sweep's later runs start with the libraries already imported
 
 
 def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> dict[str, Any]:
+    # seconds from the process's start to here (interpreter, imports, config): what a run pays before its own
+    # work, recorded for the first run of a process only
+    startup_s = round(time.time() - psutil.Process().create_time(), 3) if _FIRST_RUN_OF_PROCESS[0] else None
+    _FIRST_RUN_OF_PROCESS[0] = False
     cache = cache_dir(cfg.paths.cache)
     torch.manual_seed(cfg.seed)
     kind = cfg.model.kind
@@ -87,6 +93,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         "started_at": now(),
         "pid": os.getpid(), "host": socket.gethostname(), "config": eff,
         "versions": versions(), "git_commit": git_commit(), "code_fingerprint": code_fingerprint(), "model_load_s": round(load_s, 3),
+        "startup_s": startup_s,
         "mem_after_load": measure.current_memory(),
         "weight_footprint_bytes": model.get_memory_footprint(), "quantization": quantization_record(model),
     }
@@ -186,6 +193,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     t0 = time.perf_counter()
     val_metrics, val_outputs = score(val_split)
     metrics, outputs = score(test_split)
+    t_probe = time.perf_counter()
     if kind == "causal_lm":  # forgetting: loss on general text after training minus before
         after = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
         result |= {"forgetting_after": after, "forgetting": after - result["forgetting_before"],
@@ -193,6 +201,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     else:
         result |= similarity_forgetting(probe_before, sentence_embeddings(model, tokenizer, probe, cfg.train.eval_batch_size))
     result["final_eval_s"] = round(time.perf_counter() - t0, 3)
+    result["final_probe_s"] = round(time.perf_counter() - t_probe, 3)
     if init is not None:  # forgetting of the earlier stages' tasks, and of general text since the root's base
         t0 = time.perf_counter()
 

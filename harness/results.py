@@ -157,10 +157,12 @@ FIELDS: tuple[Field, ...] = (
         "task re-scored now against its score at that stage; general-text forgetting since the root's base; the "
         'seconds that took',
     ),
-    Field(('device', 'torch_threads', 'model_load_s', 'final_eval_s', 'train_loop_s'),
+    Field(('device', 'torch_threads', 'startup_s', 'model_load_s', 'final_eval_s', 'final_probe_s', 'train_loop_s'),
         'where and how long: `cuda` or `cpu`, torch\'s intra-op threads (under the joblib launcher each of its '
-        'n_jobs worker processes gets cores // n_jobs), seconds to load the model, to score the tuned model '
-        '(validation, test, probe) and the training loop with periodic validation in it',
+        'n_jobs worker processes gets cores // n_jobs), seconds from the process\'s start to the run\'s (interpreter, '
+        'imports, config; the first run of a process only, null for a sweep\'s later runs), to load the model, to '
+        'score the tuned model (validation, test, probe) and the forgetting probe\'s share of that, and the training '
+        'loop with periodic validation in it',
     ),
     Field(('mem_after_load', 'mem_after_method', 'target_modules'),
         'memory after loading the model and after applying the method (CUDA allocated/reserved, CPU resident '

@@ -105,6 +105,9 @@ def test_cli_run_creates_its_own_folder_and_skips_a_finished_one(tmp_path: Path)
     assert len(folders) == 1 and folders[0].name.startswith("classify_tiny-llama_lora_r16_qv_s0_")
     assert (folders[0] / ".hydra" / "config.yaml").exists()
     assert "score      accuracy" in first.stdout
+    rec = json.loads((folders[0] / "result.json").read_text())
+    # the process's start-up (interpreter, imports, config) is its own field; the probe's share of final scoring
+    assert 0.5 < rec["startup_s"] < 120 and 0 < rec["final_probe_s"] < rec["final_eval_s"]
     # run.log holds the run's log: what was loaded, the untuned score, every logged step, the summary
     log_text = (folders[0] / "run.log").read_text()
     for expected in ("tiny-llama loaded", "untuned model: accuracy", "step 1/3: {'loss':", "step 3/3:",
