@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from hydra import compose, initialize_config_dir
@@ -21,6 +22,12 @@ def _compose(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
+@functools.cache
+def _default_keys() -> tuple[str, ...]:
+    """Every key of the composed default config (one compose per process: `check` asks twice)."""
+    return tuple(all_keys(OmegaConf.to_container(_compose([]))))
+
+
 def check_overrides(overrides: list[str]) -> bool:
     """Unknown group options and keys as one line each (with a "did you mean"); True when the overrides sweep.
     The one override check of the harness: `harness.run` calls it before Hydra starts, `harness.estimate`
@@ -30,7 +37,7 @@ def check_overrides(overrides: list[str]) -> bool:
     except HydraException as err:
         raise ConfigError(f"cannot parse the overrides: {str(err).splitlines()[0]}") from None
     groups = config_groups()
-    known_keys = all_keys(OmegaConf.to_container(_compose([])))
+    known_keys = _default_keys()
     for o in parsed:
         key = o.key_or_group
         if key in groups and not o.is_delete():
