@@ -46,8 +46,10 @@ run: setup
 	$(PY) -m harness.run $(ARGS)
 
 # LAUNCHER: basic (one run after another), joblib (parallel on this machine), slurm, submitit_local
+# TASK: a file of sweeps/ or of sweeps/study/ (the grids behind the claims ledger)
+SWEEP_DIR = $(if $(wildcard sweeps/study/$(TASK).yaml),sweeps/study,sweeps)
 sweep: setup
-	$(PY) -m harness.run --multirun --config-dir sweeps --config-name $(TASK) \
+	$(PY) -m harness.run --multirun --config-dir $(SWEEP_DIR) --config-name $(TASK) \
 	  hydra/launcher=$(if $(filter slurm,$(LAUNCHER)),submitit_slurm,$(LAUNCHER)) $(ARGS)
 
 # The study behind the claims ledger (analysis/claims.py): its sweeps one after another, each resumable, their analyses, the
@@ -61,7 +63,7 @@ study: setup
 	set -e; for s in $(STUDY_SWEEPS); do \
 	  extra=""; if [ "$(SCALE)" = gpu ]; then case $$s in fair-classify|intruder|intruder-selected) extra="model=roberta-base";; \
 	    *) extra="model=qwen2.5-0.5b";; esac; fi; \
-	  $(PY) -m harness.run --multirun --config-dir sweeps --config-name $$s hydra/launcher=$(LAUNCHER) \
+	  $(PY) -m harness.run --multirun --config-dir sweeps/study --config-name $$s hydra/launcher=$(LAUNCHER) \
 	    paths.runs=runs/$(STUDY)/$$s $$extra $(ARGS); \
 	  case $$s in intruder-lm) scale="--scale-intruders 0.5,0.7";; *) scale="";; esac; \
 	  case $$s in intruder*|continual) $(PY) -m analysis.intruder runs/$(STUDY)/$$s --out results/$(STUDY)/$$s/report $$scale;; esac; \

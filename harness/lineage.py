@@ -8,7 +8,7 @@ A stage loads the pre-trained base, applies every ancestor's change root first (
 weights, a full fine-tune's saved weights are loaded), and then trains as any run does: a new adapter of its
 own method on top, or every weight for full FT. Its record names the chain (`init_from`), and after training it
 also scores every earlier stage's task on that task's own test split (`earlier_tasks`), so forgetting of the
-earlier tasks is read from the last stage's folder. `sweeps/continual.yaml` builds such chains (`stages:` in a
+earlier tasks is read from the last stage's folder. `sweeps/study/continual.yaml` builds such chains (`stages:` in a
 sweep file, harness/sweeper.py).
 
 A stage's identity holds its parent's run_id (whose own identity holds its parent's), so a chain is one identity

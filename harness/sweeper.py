@@ -13,7 +13,7 @@ N + S - 1 runs per variant instead of N x S. With `lr_widen=K`, a variant whose 
 the rates tried gets the next grid rate beyond it, up to K more. Both phases skip what is already done, so an
 interrupted sweep resumes where it stopped; records say which phase ran them (`lr_protocol`).
 
-With `stages: [[task=classify], [task=extract], ...]` (sweeps/continual.yaml) every grid point runs the stages
+With `stages: [[task=classify], [task=extract], ...]` (sweeps/study/continual.yaml) every grid point runs the stages
 one after another, each starting from the previous stage's run (`init_from`, harness/lineage.py).
 """
 

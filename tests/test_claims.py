@@ -261,6 +261,7 @@ def test_make_study_runs_each_sweep_then_its_analyses_and_the_ledger() -> None:
     sweeps = [line for line in lines if "harness.run --multirun" in line]
     assert len(sweeps) == 2 and "model=roberta-base" in sweeps[0] and "model=qwen2.5-0.5b" in sweeps[1]
     assert all("paths.runs=runs/study-gpu/" in line for line in sweeps)
+    assert all("--config-dir sweeps/study " in line for line in sweeps)  # the study's grids live in sweeps/study/
     order = [next(i for i, line in enumerate(lines) if key in line) for key in
              ("config-name fair-classify", "analysis.records runs/study-gpu/fair-classify",
               "analysis.report --runs results/study-gpu/fair-classify", "config-name intruder-lm",

@@ -18,7 +18,9 @@ from conftest import REPO, TINY, run_cli
 from harness.assets import CONF_DIR
 from harness.config import effective_config
 
-SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
+# sweeps/ holds the grids of `make sweep`, sweeps/study/ those behind the claims ledger (`make study`)
+SWEEP_FILES = {p.stem: p for folder in ("sweeps", "sweeps/study") for p in (REPO / folder).glob("*.yaml")}
+SWEEPS = sorted(SWEEP_FILES)
 TINY_SWEEP = ["model=tiny-llama", *TINY]
 
 
@@ -32,9 +34,10 @@ def test_every_sweep_file_composes_with_its_grid(name: str, tmp_path: Path) -> N
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    # `make sweep` puts sweeps/ on the search path next to conf/ (--config-dir); a merged copy does the same here
+    # `make sweep` puts the file's folder on the search path next to conf/ (--config-dir); a merged copy does the
+    # same here, with the file's own folder only (a sweep file may build on another of it: defaults: [intruder])
     shutil.copytree(CONF_DIR, tmp_path / "conf")
-    for sweep_file in (REPO / "sweeps").glob("*.yaml"):  # a sweep file may build on another (defaults: [intruder])
+    for sweep_file in SWEEP_FILES[name].parent.glob("*.yaml"):
         shutil.copy(sweep_file, tmp_path / "conf" / sweep_file.name)
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
