@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import AssetError
+from harness.training import keeps_labelled_logits
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 SKIP_FILES = {"art", "ascii-art"}  # drawings, not prose
@@ -71,7 +72,7 @@ def probe_loss(model, tokenizer, passages: list[str], batch_size: int = 16, max_
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    keep_only = _keeps_labelled_logits(model)
+    keep_only = keeps_labelled_logits(model)
     total, count = 0.0, 0
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
@@ -97,23 +98,6 @@ def probe_loss(model, tokenizer, passages: list[str], batch_size: int = 16, max_
         tokenizer.padding_side = side
         model.train(was_training)
     return total / max(count, 1)
-
-
-def _keeps_labelled_logits(model) -> bool:
-    """The model projects only the positions a boolean `logits_to_keep` marks and scores `shift_labels` as given
-    (transformers' ForCausalLMLoss); not under prompt learning."""
-    import inspect
-
-    import peft
-    from transformers.loss.loss_utils import ForCausalLMLoss
-
-    if isinstance(model, peft.PeftModel):
-        if model.active_peft_config.is_prompt_learning:
-            return False
-        model = model.get_base_model()
-    params = inspect.signature(model.forward).parameters
-    return ("logits_to_keep" in params and "use_cache" in params
-            and getattr(model, "loss_function", None) is ForCausalLMLoss)
 
 
 @torch.no_grad()

@@ -244,6 +244,13 @@ def _keeps_logits(model: torch.nn.Module) -> bool:
     return _accepts(model, "logits_to_keep") and getattr(_base_model(model), "loss_function", None) is ForCausalLMLoss
 
 
+def keeps_labelled_logits(model: torch.nn.Module) -> bool:
+    """The model projects only the positions a boolean `logits_to_keep` marks and scores `shift_labels` as given
+    (transformers' ForCausalLMLoss), with the cache off: what training's labelled-logits batches and the
+    forgetting probe rely on. Not under prompt learning (virtual tokens shift the positions)."""
+    return not _prompt_learning(model) and _accepts(model, "use_cache") and _keeps_logits(model)
+
+
 # ---- attention for flattened batches ----
 PACKED_ATTENTION = "harness_packed"
 # Attention modules whose computation is transformers' plain (GQA) scaled dot-product one, so the Llama eager

@@ -75,6 +75,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 
 def test_a_killed_rank_ends_the_run_truthfully_without_a_hang_and_the_run_resumes(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
+    # 1000 steps: the tiny model trains ~30 steps/s here, and a shorter run can be over before the kill
     args = ["dist=ddp", "train.max_steps=1000", "train.save_steps=10"]
     # the launcher's output goes to a file: an unread pipe fills (the progress bar alone) and blocks the ranks
     log = tmp_path / "first.log"

@@ -174,11 +174,12 @@ def test_probe_loss_projects_only_real_positions_in_length_order(tiny) -> None:
 def test_probe_loss_under_prompt_tuning_keeps_the_plain_path(tiny) -> None:
     import peft
 
-    from harness.forgetting import _keeps_labelled_logits, probe_loss, probe_sample
+    from harness.forgetting import probe_loss, probe_sample
+    from harness.training import keeps_labelled_logits
 
     model, tokenizer = tiny
-    assert _keeps_labelled_logits(model)
+    assert keeps_labelled_logits(model)
     # prompt tuning wraps the shared fixture without changing its layers: virtual tokens shift the positions
     tuned = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
-    assert not _keeps_labelled_logits(tuned)
+    assert not keeps_labelled_logits(tuned)
     assert math.isfinite(probe_loss(tuned, tokenizer, probe_sample()[:3], batch_size=2))
