@@ -10,13 +10,14 @@ Hydra's resolved config (`.hydra/`), the log, and W&B's files. `main` returns th
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -52,6 +53,23 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """While a run's ending is recorded, SIGTERM and SIGINT wait: a launcher sends SIGTERM to every rank as
+    soon as one dies, often just after this rank heard of it from gloo, and an interrupt raised while the
+    failure was being written left the record saying "running". One that arrived is raised afterwards."""
+    arrived: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if arrived:
+        raise KeyboardInterrupt(f"signal {signal.Signals(arrived[0]).name}")
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     signal.signal(signal.SIGTERM, _terminate)
@@ -59,23 +77,32 @@ def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = main_body(cfg, run_dir)
-    except HarnessError as err:
-        return _fail(run_dir, Status.INVALID, str(err), multirun, exit_code=2, cfg=cfg)
-    except KeyboardInterrupt as err:
-        _fail(run_dir, Status.INTERRUPTED, f"interrupted ({err or 'SIGINT'})", multirun, exit_code=130, cfg=cfg)
-        raise  # in a sweep too: an interrupt stops the sweep (its summary still runs), not only the current run
-    except Exception as err:  # noqa: BLE001 - recorded, then reported in one line
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        status = Status.OOM if _is_oom(err) else Status.FAILED
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            reason = f"disk full: {reason}"
-        return _fail(run_dir, status, reason, multirun, exit_code=1, cfg=cfg)
+    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - recorded, then reported in one line
+        with _signals_deferred():
+            return _end(err, cfg, run_dir, multirun)
     if not distributed.world().main:  # its share is in rank 0's record, which says how the run ended
         return None
     if result["status"] != Status.OK:
         return _fail(run_dir, Status(result["status"]), result.get("reason", ""), multirun, exit_code=1, record=False)
     return result["score"]
+
+
+def _end(err: BaseException, cfg: DictConfig, run_dir: Path, multirun: bool) -> None:
+    """Record how a run that raised ended; an interrupt is raised again, so it stops a sweep too (its summary
+    still runs), not only the current run."""
+    if isinstance(err, HarnessError):
+        return _fail(run_dir, Status.INVALID, str(err), multirun, exit_code=2, cfg=cfg)
+    if isinstance(err, KeyboardInterrupt):
+        _fail(run_dir, Status.INTERRUPTED, f"interrupted ({err or 'SIGINT'})", multirun, exit_code=130, cfg=cfg)
+        raise err
+    # each rank its own traceback: the rank that failed first is the one to read, and a shared file kept the last
+    name = "error.txt" if distributed.world().main else f"rank{distributed.world().rank}-error.txt"
+    (run_dir / name).write_text("".join(traceback.format_exception(err)))
+    status = Status.OOM if _is_oom(err) else Status.FAILED
+    reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        reason = f"disk full: {reason}"
+    return _fail(run_dir, status, reason, multirun, exit_code=1, cfg=cfg)
 
 
 def _is_oom(err: BaseException) -> bool:

@@ -341,18 +341,20 @@ def packs_with_own_attention(model: torch.nn.Module) -> bool:
     return config._attn_implementation == "sdpa" and config.model_type in PLAIN_ATTENTION_TYPES
 
 
-def last_checkpoint(folder: Path) -> str | None:
+def last_checkpoint(folder: Path, remove_incomplete: bool = True) -> str | None:
     """The newest complete `checkpoint-N` folder Trainer left (a re-run of an unfinished run resumes from it).
 
     Trainer writes the weights, optimizer and RNG state first and `trainer_state.json` last, so a checkpoint is
     complete once that file parses. A run killed while saving leaves a newer, incomplete folder: it is removed
-    (Trainer would otherwise fail to resume from it, or later mix its files into a fresh save)."""
+    (Trainer would otherwise fail to resume from it, or later mix its files into a fresh save). Anything that
+    looks while a run is alive passes remove_incomplete=False: the folder Trainer is writing is incomplete too."""
     if not folder.is_dir():
         return None
     for checkpoint in reversed(sort_checkpoints(str(folder))):  # newest first
         if _is_complete(Path(checkpoint)):
             return checkpoint
-        shutil.rmtree(checkpoint, ignore_errors=True)
+        if remove_incomplete:
+            shutil.rmtree(checkpoint, ignore_errors=True)
     return None
 
 

@@ -197,6 +197,9 @@ def test_resume_skips_a_checkpoint_the_kill_left_half_written(tmp_path: Path) ->
         if state is not None:
             (folder / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     (folder / "checkpoint-notes").mkdir()
+    # looking while a run is alive removes nothing: the newest folder may be the one Trainer is writing
+    assert last_checkpoint(folder, remove_incomplete=False) == str(folder / "checkpoint-5")
+    assert len(list(folder.iterdir())) == 4
     assert last_checkpoint(folder) == str(folder / "checkpoint-5")
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-5", "checkpoint-notes"]
     assert last_checkpoint(tmp_path / "absent") is None
