@@ -59,8 +59,9 @@ def _signals_deferred() -> Iterator[None]:
     soon as one dies, often just after this rank heard of it from gloo, and an interrupt raised while the
     failure was being written left the record saying "running". One that arrived is raised afterwards."""
     arrived: list[int] = []
+    # a signal the process ignores (SIGINT in a background job) stays ignored
     previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum))
-                for sig in (signal.SIGTERM, signal.SIGINT)}
+                for sig in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
     finally:

@@ -145,16 +145,18 @@ def test_a_sigterm_while_a_failure_is_recorded_waits_for_the_record(tmp_path: Pa
 
     monkeypatch.setattr(run, "code_fingerprint", sigterm_then_fingerprint)
     previous = signal.signal(signal.SIGTERM, run._terminate)
+    interrupt_handler = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job, Python's own otherwise
     try:
         with pytest.raises(KeyboardInterrupt, match="SIGTERM"):  # raised once the record is written
             with run._signals_deferred():
                 run._end(RuntimeError("Connection closed by peer"), compose(TINY_RUN), tmp_path, multirun=True)
+        assert signal.getsignal(signal.SIGTERM) is run._terminate, "the run's own handler is put back"
     finally:
         signal.signal(signal.SIGTERM, previous)
     rec = json.loads((tmp_path / "result.json").read_text())
     assert rec["status"] == "failed" and rec["reason"] == "RuntimeError: Connection closed by peer"
     assert "Connection closed by peer" in (tmp_path / "error.txt").read_text()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handlers are put back"
+    assert signal.getsignal(signal.SIGINT) is interrupt_handler, "the handlers are put back"
 
 
 def test_single_process_runs_carry_no_dist_key() -> None:
