@@ -22,7 +22,8 @@ Time to a verdict, in the same invocation:
   (benchmarks/eval_bench.py): examples/s, generated tokens/s, and the ratio (target >= 1.5x);
 - per-run overhead ratio = (wall time - training time) / training time of a default run
   (`python -m harness.run`, timed from outside the process, start to exit): cold (its cell's base scores not
-  cached yet), warm (the next seed: base scores cached; target <= 0.15), and warm with periodic validation on.
+  cached yet), warm (the next seed: base scores cached; target <= 0.15), and warm with periodic validation on;
+  `--warm-budgets train.epochs=1` adds warm runs at other budgets (the overhead is fixed, the ratio is not).
 - The matmul limit is read before and after every timed job (bf16 2048^3); an invocation whose readings spread by
   more than 20% is flagged too noisy to quote.
 
@@ -318,6 +319,9 @@ def main() -> None:
     parser.add_argument("--sweep-runs", type=int, default=3, help="runs of the in-process sweep that times per-run overhead; 0 skips")
     parser.add_argument("--overhead", action=argparse.BooleanOptionalAction, default=True,
                         help="time default runs from outside (cold, warm, warm with validation)")
+    parser.add_argument("--warm-budgets", default="",
+                        help="more warm default runs at other budgets, e.g. 'train.epochs=1' (comma-separated overrides);"
+                             " the overhead is fixed per run, so its ratio falls as training grows")
     parser.add_argument("--eval-tasks", default="extract,classify", help="tasks of the evaluation benchmark; '' skips")
     parser.add_argument("--eval-n", type=int, default=48)
     parser.add_argument("--lock", default="/tmp/harness-cpu.lock", help="flock file for heavy runs; '' for none")
@@ -354,6 +358,7 @@ def main() -> None:
     if a.overhead:
         cache = work / "base-scores"  # a fresh cache: the first run is cold, the next seeds find its scores
         cases = [("cold", 0, ()), ("warm", 1, ()), ("warm, validation every 20 steps", 2, ("train.eval_every=20",))]
+        cases += [(f"warm, {budget}", 3 + i, (budget,)) for i, budget in enumerate(b for b in a.warm_budgets.split(",") if b)]
         for label, seed, extra in cases:
             res = timed(limits, f"overhead {label}", run_overhead, a, work, f"overhead-{seed}", cache, seed, extra)
             overhead.append(res | {"case": label})

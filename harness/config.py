@@ -256,7 +256,9 @@ def with_single_budget(overrides: list[str]) -> list[str]:
     if len(given) != 1:
         return overrides
     (other,) = set(BUDGET_KEYS) - given
-    return [*overrides, f"{other}=null"]
+    # beside the given key, not at the end: after a trailing `--cfg job` Hydra's parser refuses a positional
+    at = next(i for i, o in enumerate(overrides) if o.lstrip("+~").split("=", 1)[0] in given)
+    return [*overrides[:at + 1], f"{other}=null", *overrides[at + 1:]]
 
 
 def check_writable(path: Path, name: str) -> None:

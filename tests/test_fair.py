@@ -39,6 +39,8 @@ def test_exactly_one_budget_is_set() -> None:
     assert with_single_budget(["train.epochs=2"]) == ["train.epochs=2", "train.max_steps=null"]
     assert with_single_budget(["train.max_steps=5"]) == ["train.max_steps=5", "train.epochs=null"]
     assert with_single_budget(["train.max_steps=5", "train.epochs=2"]) == ["train.max_steps=5", "train.epochs=2"]
+    # a trailing option (`--cfg job`) keeps its value: the null goes beside the budget it follows from
+    assert with_single_budget(["train.epochs=2", "--cfg", "job"]) == ["train.epochs=2", "train.max_steps=null", "--cfg", "job"]
     with pytest.raises(ConfigError, match="exactly one of train.max_steps and train.epochs .both set"):
         validate(compose(["train.epochs=2"]))
     with pytest.raises(ConfigError, match="neither set"):
@@ -85,6 +87,22 @@ def test_base_scores_are_cached_per_cell_and_missed_on_any_change(runs: Path, tm
     assert other_data["base_cached"] is False and other_precision["base_cached"] is False
     assert second["base_score"] == first["base_score"] and second["forgetting_before"] == first["forgetting_before"]
     assert len(list((tmp_path / "base").glob("*.json"))) == 3
+
+
+def test_the_base_key_changes_with_weights_data_and_evaluation_settings_only() -> None:
+    from harness.base_scores import base_key
+
+    eff = validate(compose(["model=tiny-llama", *TINY]))
+    key = base_key(eff, "weights-a", "data-a", {"torch": "2.13.0"})
+    changed = lambda **train: eff | {"train": eff["train"] | train}  # noqa: E731
+    assert base_key(changed(lr=1e-2), "weights-a", "data-a", {"torch": "2.13.0"}) == key  # training-only knob
+    assert base_key(eff | {"seed": 7}, "weights-a", "data-a", {"torch": "2.13.0"}) == key  # causal LM: seed-free
+    misses = [base_key(eff, "weights-b", "data-a", {"torch": "2.13.0"}),      # other weights, same config
+              base_key(eff, "weights-a", "data-b", {"torch": "2.13.0"}),      # other data
+              base_key(changed(eval_batch_size=7), "weights-a", "data-a", {"torch": "2.13.0"}),
+              base_key(changed(max_seq_len=64), "weights-a", "data-a", {"torch": "2.13.0"}),
+              base_key(eff, "weights-a", "data-a", {"torch": "2.14.0"})]     # other library version
+    assert len({key, *misses}) == 1 + len(misses)
 
 
 def test_the_scoring_code_key_names_the_code_this_process_imported(tmp_path: Path, monkeypatch) -> None:
