@@ -23,7 +23,10 @@ Time to a verdict, in the same invocation:
 - per-run overhead ratio = (wall time - training time) / training time of a default run
   (`python -m harness.run`, timed from outside the process, start to exit): cold (its cell's base scores not
   cached yet), warm (the next seed: base scores cached; target <= 0.15), and warm with periodic validation on;
-  `--warm-budgets train.epochs=1` adds warm runs at other budgets (the overhead is fixed, the ratio is not).
+  `--warm-budgets train.epochs=1` adds warm runs at other budgets (the overhead is fixed, the ratio is not);
+- the same ratio inside one sweep process (`--sweep-runs` LoRA seeds, imports paid once, base scores computed by
+  the first run and reused by the rest): per run and for the whole process; `--sweep-budget default` gives its
+  runs the default run's budget and evaluation, `quick` (the default) only times the fixed costs.
 - The matmul limit is read before and after every timed job (bf16 2048^3); an invocation whose readings spread by
   more than 20% is flagged too noisy to quote.
 
@@ -97,24 +100,47 @@ def run_harness(method: str, a: argparse.Namespace, work: Path, tag: str) -> dic
 
 
 def sweep_overhead(a: argparse.Namespace, work: Path, n_runs: int) -> dict[str, Any]:
-    """Per-run fixed overhead inside one sweep process (Hydra's basic launcher runs a sweep's jobs in-process, so
-    imports are paid once): wall time of each run minus its training loop and its scoring (evaluate + forgetting
-    probe, which grow with the evaluation set, not per run)."""
+    """A sweep of `n_runs` LoRA seeds in one process (Hydra's basic launcher runs a sweep's jobs in-process, so
+    imports are paid once), with a base-score cache of its own: the first run computes the untuned model's scores,
+    the others reuse them. `--sweep-budget quick` (4 steps, `--n-eval` rows) times the fixed costs only;
+    `default` runs the default run's budget and evaluation, where the overhead ratio means what it does for a
+    single default run (`sweep_slots`)."""
     runs, timings, log = work / "runs-sweep", work / "timings-sweep.json", work / "sweep.log"
+    budget = ["train.max_steps=4", f"train.batch_size={a.batch_size}", f"task.n_eval={a.n_eval}"] \
+        if a.sweep_budget == "quick" else []
     cmd = [sys.executable, "-m", "benchmarks.timed_run", "-m", "method=lora", f"model={a.model}", "task=classify",
-           f"seed={','.join(str(i) for i in range(n_runs))}", "train.max_steps=4", f"train.batch_size={a.batch_size}",
-           f"task.n_eval={a.n_eval}", "tracking=none", f"paths.runs={runs}", "rerun=true", *a.harness_args]
+           f"seed={','.join(str(i) for i in range(n_runs))}", *budget, "tracking=none", f"paths.runs={runs}",
+           f"paths.base_scores={work / 'base-scores-sweep'}", "rerun=true", *a.harness_args]
     rc = _run(cmd, {"BENCH_TIMINGS": str(timings)}, log)
     if rc != 0 or not timings.exists():
         return {"error": f"exit {rc}, see {log}"}
-    t = json.loads(timings.read_text())
-    per_run = []
-    for r in t["runs"]:
+    return sweep_slots(json.loads(timings.read_text())) | {"budget": a.sweep_budget}
+
+
+def sweep_slots(timings: dict[str, Any]) -> dict[str, Any]:
+    """Where a sweep process's wall time went, run by run (`timings`: benchmarks.timed_run's report).
+
+    A run's slot runs from the previous run's end (the process's start for the first, so it carries the
+    interpreter and imports) to its own end: the launcher's work between runs is in it, and the slots add up to
+    the process's wall time less its exit. Per run: overhead ratio (slot - training) / training, and the fixed
+    overhead, its own wall time less training and scoring (evaluate + forgetting probe). For the whole sweep:
+    (process wall - all training) / all training, and the median ratio of the runs after the first (imports
+    paid, base scores cached: what each further seed costs)."""
+    per_run, previous_end = [], 0.0
+    for r in timings["runs"]:
+        train = r["train_runtime_s"] or 0.0
         scoring = r["phases_s"].get("evaluate", 0.0) + r["phases_s"].get("forgetting_probe", 0.0)
-        per_run.append({"wall_s": r["wall_s"], "train_runtime_s": r["train_runtime_s"], "scoring_s": scoring,
-                        "fixed_overhead_s": r["wall_s"] - (r["train_runtime_s"] or 0.0) - scoring, "phases_s": r["phases_s"]})
-    first_start = t["python_startup_s"] + t["phases_s"].get("imports", 0.0)
-    return {"runs": per_run, "process_start_and_imports_s": first_start,
+        slot = r["ended_s"] - previous_end
+        previous_end = r["ended_s"]
+        per_run.append({"slot_s": slot, "wall_s": r["wall_s"], "train_runtime_s": train, "scoring_s": scoring,
+                        "overhead_ratio": (slot - train) / train if train else None, "base_cached": r.get("base_cached"),
+                        "fixed_overhead_s": r["wall_s"] - train - scoring, "phases_s": r["phases_s"]})
+    trained = sum(r["train_runtime_s"] for r in per_run)
+    later = [r["overhead_ratio"] for r in per_run[1:] if r["overhead_ratio"] is not None]
+    return {"runs": per_run, "process_wall_s": timings["wall_s"],
+            "process_start_and_imports_s": timings["python_startup_s"] + timings["phases_s"].get("imports", 0.0),
+            "overhead_ratio": (timings["wall_s"] - trained) / trained if trained else None,
+            "later_runs_overhead_ratio_median": _median(later) if later else None,
             "fixed_overhead_s_median": _median([r["fixed_overhead_s"] for r in per_run])}
 
 
@@ -240,6 +266,10 @@ def summarise(raw: dict[str, Any], matmul: dict[str, Any], labelled: float, head
     return rows
 
 
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def markdown(rows: list[dict[str, Any]], matmul: dict[str, Any], meta: dict[str, Any], sweep: dict | None) -> str:
     r = matmul["rates"]
     lines = [
@@ -264,11 +294,16 @@ def markdown(rows: list[dict[str, Any]], matmul: dict[str, Any], meta: dict[str,
     lines += ["", "Fixed overhead = process wall time - training loop - scoring (evaluate + forgetting probe): start-up, "
               "imports, data, model load, tokenise, Trainer set-up, save."]
     if sweep and "runs" in sweep:
-        lines.append(
-            f"In one sweep process ({len(sweep['runs'])} LoRA runs, imports paid once: "
-            f"{sweep['process_start_and_imports_s']:.1f} s): per-run fixed overhead "
-            + ", ".join(f"{r['fixed_overhead_s']:.1f}" for r in sweep["runs"])
-            + " s; scoring per run " + ", ".join(f"{r['scoring_s']:.1f}" for r in sweep["runs"]) + " s.")
+        lines += ["", f"In one sweep process ({len(sweep['runs'])} LoRA seeds, budget `{sweep.get('budget', 'quick')}`, "
+                  f"its own base-score cache; interpreter and imports paid once: {sweep['process_start_and_imports_s']:.1f} s): "
+                  f"overhead ratio {_ratio(sweep['overhead_ratio'])} for the whole process ({sweep['process_wall_s']:.1f} s), "
+                  f"{_ratio(sweep['later_runs_overhead_ratio_median'])} the median of the runs after the first.", "",
+                  "| run | slot s | training s | overhead ratio | base cached | scoring s | fixed overhead s |",
+                  "|---:|---:|---:|---:|---|---:|---:|"]
+        lines += [f"| {i} | {r['slot_s']:.1f} | {r['train_runtime_s']:.1f} | {_ratio(r['overhead_ratio'])} | "
+                  f"{r['base_cached']} | {r['scoring_s']:.1f} | {r['fixed_overhead_s']:.1f} |" for i, r in enumerate(sweep["runs"])]
+        lines.append("Slot: from the previous run's end (the process's start for the first) to this run's end; "
+                     "fixed overhead: the run's own time less training and scoring.")
     return "\n".join(lines) + "\n"
 
 
@@ -317,6 +352,9 @@ def main() -> None:
     parser.add_argument("--matmul-repeats", type=int, default=10)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--sweep-runs", type=int, default=3, help="runs of the in-process sweep that times per-run overhead; 0 skips")
+    parser.add_argument("--sweep-budget", choices=("quick", "default"), default="quick",
+                        help="the in-process sweep's runs: quick (4 steps, --n-eval rows: fixed costs) or the default "
+                             "run's budget and evaluation (overhead ratios comparable with a default run's)")
     parser.add_argument("--overhead", action=argparse.BooleanOptionalAction, default=True,
                         help="time default runs from outside (cold, warm, warm with validation)")
     parser.add_argument("--warm-budgets", default="",
@@ -353,7 +391,9 @@ def main() -> None:
 
     sweep = timed(limits, "sweep", sweep_overhead, a, work, a.sweep_runs) if a.sweep_runs else None
     if sweep:
-        print(f"  sweep   per-run fixed overhead {sweep.get('fixed_overhead_s_median')}", flush=True)
+        print("  sweep   " + (sweep.get("error") or f"overhead ratio {_ratio(sweep['overhead_ratio'])} for the process, "
+              f"{_ratio(sweep['later_runs_overhead_ratio_median'])} median after the first run; per-run fixed overhead "
+              f"{sweep['fixed_overhead_s_median']:.1f} s"), flush=True)
     overhead = []
     if a.overhead:
         cache = work / "base-scores"  # a fresh cache: the first run is cold, the next seeds find its scores

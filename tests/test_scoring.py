@@ -158,3 +158,20 @@ def test_a_moving_matmul_limit_flags_the_invocation() -> None:
     assert not quiet.summary()["too_noisy"] and noisy.summary()["too_noisy"]
     assert "TOO NOISY" in verdict_markdown([], [], noisy.summary())
     assert "TOO NOISY" not in verdict_markdown([], [], quiet.summary())
+
+
+def test_a_sweeps_slots_add_up_to_its_wall_time_and_give_each_run_its_overhead_ratio() -> None:
+    from benchmarks.bench import sweep_slots
+
+    def run(started, ended, train, evaluate, cached):
+        return {"started_s": started, "ended_s": ended, "wall_s": ended - started, "train_runtime_s": train,
+                "base_cached": cached, "phases_s": {"evaluate": evaluate, "forgetting_probe": 2.0}}
+
+    timings = {"wall_s": 100.0, "python_startup_s": 1.0, "phases_s": {"imports": 6.0},
+               "runs": [run(8.0, 40.0, 20.0, 5.0, False), run(41.0, 70.0, 25.0, 1.0, True), run(70.5, 98.0, 25.0, 0.5, True)]}
+    out = sweep_slots(timings)
+    assert [r["slot_s"] for r in out["runs"]] == [40.0, 30.0, 28.0]  # the gaps between runs belong to the next
+    assert [r["overhead_ratio"] for r in out["runs"]] == pytest.approx([1.0, 0.2, 0.12])
+    assert out["later_runs_overhead_ratio_median"] == pytest.approx(0.16)  # imports and base scores paid by run 0
+    assert out["overhead_ratio"] == pytest.approx(30 / 70) and out["process_start_and_imports_s"] == 7.0
+    assert [r["fixed_overhead_s"] for r in out["runs"]] == pytest.approx([5.0, 1.0, 0.0])
