@@ -136,11 +136,10 @@ def sweep_slots(timings: dict[str, Any]) -> dict[str, Any]:
                         "overhead_ratio": (slot - train) / train if train else None, "base_cached": r.get("base_cached"),
                         "fixed_overhead_s": r["wall_s"] - train - scoring, "phases_s": r["phases_s"]})
     trained = sum(r["train_runtime_s"] for r in per_run)
-    later = [r["overhead_ratio"] for r in per_run[1:] if r["overhead_ratio"] is not None]
     return {"runs": per_run, "process_wall_s": timings["wall_s"],
             "process_start_and_imports_s": timings["python_startup_s"] + timings["phases_s"].get("imports", 0.0),
             "overhead_ratio": (timings["wall_s"] - trained) / trained if trained else None,
-            "later_runs_overhead_ratio_median": _median(later) if later else None,
+            "later_runs_overhead_ratio_median": _median([r["overhead_ratio"] for r in per_run[1:]]),
             "fixed_overhead_s_median": _median([r["fixed_overhead_s"] for r in per_run])}
 
 

@@ -54,7 +54,7 @@ def _instrument() -> None:
     execute = pipeline.execute
 
     def timed_execute(*args, **kwargs):
-        before, t0, started = dict(clock.totals), time.perf_counter(), time.time()
+        before, t0 = dict(clock.totals), time.perf_counter()
         step_timer.times.clear()
         result = {}
         try:
@@ -62,10 +62,10 @@ def _instrument() -> None:
             return result
         finally:
             phases = {k: round(v - before.get(k, 0.0), 3) for k, v in clock.totals.items()}
-            # seconds since the process started: a sweep's runs and the launcher's work between them add up to
-            # the process's wall time (benchmarks.bench.sweep_slots)
+            # `ended_s`, seconds since the process started: a sweep's runs and the launcher's work between them add
+            # up to the process's wall time (benchmarks.bench.sweep_slots)
             per_run.append({"run_id": result.get("run_id"), "wall_s": time.perf_counter() - t0,
-                            "started_s": started - T_INTERPRETER, "ended_s": time.time() - T_INTERPRETER,
+                            "ended_s": time.time() - T_INTERPRETER,
                             "train_runtime_s": result.get("train_runtime_s"), "base_cached": result.get("base_cached"),
                             "phases_s": phases, **step_timer.summary()})
 

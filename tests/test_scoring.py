@@ -164,7 +164,7 @@ def test_a_sweeps_slots_add_up_to_its_wall_time_and_give_each_run_its_overhead_r
     from benchmarks.bench import sweep_slots
 
     def run(started, ended, train, evaluate, cached):
-        return {"started_s": started, "ended_s": ended, "wall_s": ended - started, "train_runtime_s": train,
+        return {"ended_s": ended, "wall_s": ended - started, "train_runtime_s": train,
                 "base_cached": cached, "phases_s": {"evaluate": evaluate, "forgetting_probe": 2.0}}
 
     timings = {"wall_s": 100.0, "python_startup_s": 1.0, "phases_s": {"imports": 6.0},
