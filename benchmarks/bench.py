@@ -26,7 +26,8 @@ Time to a verdict, in the same invocation:
   `--warm-budgets train.epochs=1` adds warm runs at other budgets (the overhead is fixed, the ratio is not);
 - the same ratio inside one sweep process (`--sweep-runs` LoRA seeds, imports paid once, base scores computed by
   the first run and reused by the rest): per run and for the whole process; `--sweep-budget default` gives its
-  runs the default run's budget and evaluation, `quick` (the default) only times the fixed costs.
+  runs the default run's budget and evaluation, `study` the classify study's (sweeps/classify.yaml, one epoch),
+  `quick` (the default) only times the fixed costs.
 - The matmul limit is read before and after every timed job (bf16 2048^3); an invocation whose readings spread by
   more than 20% is flagged too noisy to quote.
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,30 +46,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.jobs import REPO, hold_lock, median, ratio_text, run_logged
+from benchmarks.verdict import (Limits, run_eval_bench, run_overhead, sweep_markdown, sweep_overhead, timed,
+                                verdict_markdown)
 from harness.runfolder import find_runs, read_record
 
-REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 METHODS = ("full", "lora", "qlora", "dora", "ia3")
-ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}
-
-
-def hold_lock(path: str):
-    """Block until the shared flock is ours; it is released when the process exits."""
-    import fcntl
-
-    handle = open(path, "a")  # noqa: SIM115 - kept open for the life of the process
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"bench: waiting for {path} (another heavy job holds it)", flush=True)
-        fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
-
-
-def _run(cmd: list[str], env: dict[str, str], log: Path) -> int:
-    with open(log, "w") as fh:
-        return subprocess.run(cmd, cwd=REPO, env={**os.environ, **ENV, **env}, stdout=fh, stderr=subprocess.STDOUT).returncode
 
 
 def run_harness(method: str, a: argparse.Namespace, work: Path, tag: str) -> dict[str, Any]:
@@ -79,7 +62,7 @@ def run_harness(method: str, a: argparse.Namespace, work: Path, tag: str) -> dic
            f"train.max_steps={a.steps}", f"train.batch_size={a.batch_size}", f"task.n_eval={a.n_eval}",
            f"r={a.r}", "targets=qv", "tracking=none", f"paths.runs={runs}", "rerun=true", "train.logging_steps=5",
            *a.harness_args]
-    rc = _run(cmd, {"BENCH_TIMINGS": str(timings)}, log)
+    rc = run_logged(cmd, {"BENCH_TIMINGS": str(timings)}, log)
     results = [read_record(f) for f in find_runs([runs])] if runs.is_dir() else []
     if rc != 0 or not results:
         return {"error": f"exit {rc}, see {log}", "log_tail": log.read_text()[-2000:]}
@@ -99,115 +82,11 @@ def run_harness(method: str, a: argparse.Namespace, work: Path, tag: str) -> dic
     }
 
 
-def sweep_overhead(a: argparse.Namespace, work: Path, n_runs: int) -> dict[str, Any]:
-    """A sweep of `n_runs` LoRA seeds in one process (Hydra's basic launcher runs a sweep's jobs in-process, so
-    imports are paid once), with a base-score cache of its own: the first run computes the untuned model's scores,
-    the others reuse them. `--sweep-budget quick` (4 steps, `--n-eval` rows) times the fixed costs only;
-    `default` runs the default run's budget and evaluation, where the overhead ratio means what it does for a
-    single default run (`sweep_slots`)."""
-    runs, timings, log = work / "runs-sweep", work / "timings-sweep.json", work / "sweep.log"
-    budget = ["train.max_steps=4", f"train.batch_size={a.batch_size}", f"task.n_eval={a.n_eval}"] \
-        if a.sweep_budget == "quick" else []
-    cmd = [sys.executable, "-m", "benchmarks.timed_run", "-m", "method=lora", f"model={a.model}", "task=classify",
-           f"seed={','.join(str(i) for i in range(n_runs))}", *budget, "tracking=none", f"paths.runs={runs}",
-           f"paths.base_scores={work / 'base-scores-sweep'}", "rerun=true", *a.harness_args]
-    rc = _run(cmd, {"BENCH_TIMINGS": str(timings)}, log)
-    if rc != 0 or not timings.exists():
-        return {"error": f"exit {rc}, see {log}"}
-    return sweep_slots(json.loads(timings.read_text())) | {"budget": a.sweep_budget}
-
-
-def sweep_slots(timings: dict[str, Any]) -> dict[str, Any]:
-    """Where a sweep process's wall time went, run by run (`timings`: benchmarks.timed_run's report).
-
-    A run's slot runs from the previous run's end (the process's start for the first, so it carries the
-    interpreter and imports) to its own end: the launcher's work between runs is in it, and the slots add up to
-    the process's wall time less its exit. Per run: overhead ratio (slot - training) / training, and the fixed
-    overhead, its own wall time less training and scoring (evaluate + forgetting probe). For the whole sweep:
-    (process wall - all training) / all training, and the median ratio of the runs after the first (imports
-    paid, base scores cached: what each further seed costs)."""
-    per_run, previous_end = [], 0.0
-    for r in timings["runs"]:
-        train = r["train_runtime_s"] or 0.0
-        scoring = r["phases_s"].get("evaluate", 0.0) + r["phases_s"].get("forgetting_probe", 0.0)
-        slot = r["ended_s"] - previous_end
-        previous_end = r["ended_s"]
-        per_run.append({"slot_s": slot, "wall_s": r["wall_s"], "train_runtime_s": train, "scoring_s": scoring,
-                        "overhead_ratio": (slot - train) / train if train else None, "base_cached": r.get("base_cached"),
-                        "fixed_overhead_s": r["wall_s"] - train - scoring, "phases_s": r["phases_s"]})
-    trained = sum(r["train_runtime_s"] for r in per_run)
-    return {"runs": per_run, "process_wall_s": timings["wall_s"],
-            "process_start_and_imports_s": timings["python_startup_s"] + timings["phases_s"].get("imports", 0.0),
-            "overhead_ratio": (timings["wall_s"] - trained) / trained if trained else None,
-            "later_runs_overhead_ratio_median": _median([r["overhead_ratio"] for r in per_run[1:]]),
-            "fixed_overhead_s_median": _median([r["fixed_overhead_s"] for r in per_run])}
-
-
-def run_overhead(a: argparse.Namespace, work: Path, tag: str, base_scores: Path, seed: int,
-                 extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A default run timed from outside its process, start to exit, against its own training time."""
-    runs, log = work / f"runs-{tag}", work / f"{tag}.log"
-    cmd = [sys.executable, "-m", "harness.run", f"model={a.model}", "tracking=none", f"paths.runs={runs}",
-           f"paths.base_scores={base_scores}", f"seed={seed}", "rerun=true", *extra, *a.harness_args]
-    t0 = time.perf_counter()
-    rc = _run(cmd, {}, log)
-    wall = time.perf_counter() - t0
-    results = [read_record(f) for f in find_runs([runs])] if runs.is_dir() else []
-    if rc != 0 or not results:
-        return {"error": f"exit {rc}, see {log}", "log_tail": log.read_text()[-2000:]}
-    r = results[0]
-    train = r["train_runtime_s"]
-    return {"tag": tag, "wall_s": round(wall, 2), "train_runtime_s": train, "overhead_ratio": (wall - train) / train,
-            "base_cached": r.get("base_cached"), "base_eval_s": r.get("base_eval_s"), "eval_s": r.get("eval_s"),
-            "final_eval_s": r.get("final_eval_s"), "final_probe_s": r.get("final_probe_s"),
-            "startup_s": r.get("startup_s"), "model_load_s": r.get("model_load_s"), "extra": list(extra)}
-
-
-def run_eval_bench(a: argparse.Namespace, work: Path) -> list[dict[str, Any]] | dict[str, Any]:
-    out, log = work / "eval.json", work / "eval.log"
-    rc = _run([sys.executable, "-m", "benchmarks.eval_bench", f"--model={a.model}", f"--tasks={a.eval_tasks}",
-               f"--n={a.eval_n}", f"--out={out}"], {}, log)
-    if rc != 0 or not out.exists():
-        return {"error": f"exit {rc}, see {log}", "log_tail": log.read_text()[-2000:]}
-    return json.loads(out.read_text())
-
-
-class Limits:
-    """The bf16 matmul limit read around every timed job: its spread says whether the invocation was quiet."""
-
-    def __init__(self) -> None:
-        self.readings: list[dict[str, Any]] = []
-
-    def read(self, label: str) -> None:
-        import torch
-
-        from benchmarks.matmul import matmul_gflops
-
-        rate = matmul_gflops(2048, 2048, 2048, torch.bfloat16, repeats=3)["gflops_median"]
-        self.readings.append({"at": label, "gflops": rate})
-
-    def summary(self) -> dict[str, Any]:
-        rates = [r["gflops"] for r in self.readings]
-        if not rates:
-            return {}
-        spread = (max(rates) - min(rates)) / statistics.median(rates)
-        return {"readings": self.readings, "median": statistics.median(rates), "min": min(rates), "max": max(rates),
-                "spread": spread, "too_noisy": spread > 0.20}
-
-
-def timed(limits: Limits, label: str, fn, *args):
-    limits.read(f"before {label}")
-    try:
-        return fn(*args)
-    finally:
-        limits.read(f"after {label}")
-
-
 def run_reference(method: str, a: argparse.Namespace, work: Path, tag: str) -> dict[str, Any]:
     out, log = work / f"ref-{tag}.json", work / f"{tag}.log"
     cmd = [sys.executable, "-m", "benchmarks.plain_reference", f"--method={method}", f"--model={a.model}",
            f"--steps={a.steps}", f"--batch-size={a.batch_size}", f"--r={a.r}", "--targets=q_proj,v_proj", f"--out={out}"]
-    rc = _run(cmd, {}, log)
+    rc = run_logged(cmd, {}, log)
     if rc != 0 or not out.exists():
         return {"error": f"exit {rc}, see {log}", "log_tail": log.read_text()[-2000:]}
     return json.loads(out.read_text())
@@ -229,22 +108,17 @@ def flops_per_token(total: int, trainable: int, head: int, labelled: float) -> d
     return {"model": model, "executed": model - head_per_token * (1 - labelled), "convention": "6N" if full else "4N+2Nt"}
 
 
-def _median(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
 def summarise(raw: dict[str, Any], matmul: dict[str, Any], labelled: float, head: int) -> list[dict[str, Any]]:
     bf16 = matmul["rates"]["bf16"]["2048x2048x2048"]["gflops_median"] * 1e9
     fp32 = matmul["rates"]["fp32"]["2048x2048x2048"]["gflops_median"] * 1e9
     rows = []
     for method, sides in raw.items():
-        ref_tps = _median([r.get("train_tokens_per_s") for r in sides.get("reference", [])])
+        ref_tps = median([r.get("train_tokens_per_s") for r in sides.get("reference", [])])
         for side in ("harness", "reference"):
             runs = [r for r in sides.get(side, []) if "error" not in r]
             if not runs:
                 continue
-            tps = _median([r["train_tokens_per_s"] for r in runs])
+            tps = median([r["train_tokens_per_s"] for r in runs])
             h = next((r for r in sides.get("harness", []) if "params_total" in r), None)
             total = h["params_total"] if h else runs[0].get("params_total")
             trainable = runs[0]["params_trainable"] if side == "harness" or not h else h["params_trainable"]
@@ -252,21 +126,17 @@ def summarise(raw: dict[str, Any], matmul: dict[str, Any], labelled: float, head
             rate = fp32 if side == "reference" and method != "qlora" else bf16
             rows.append({
                 "method": method, "side": side, "repeats": len(runs), "tokens_per_s": tps,
-                "step_s_median": _median([r.get("step_s_median") for r in runs]),
-                "peak_mem_gb": _median([r.get("peak_mem_bytes") for r in runs]) / 1e9,
+                "step_s_median": median([r.get("step_s_median") for r in runs]),
+                "peak_mem_gb": median([r.get("peak_mem_bytes") for r in runs]) / 1e9,
                 "precision": runs[0].get("precision") or runs[0].get("dtype"),
                 "flops_convention": fl["convention"], "model_gflops_per_s": tps * fl["model"] / 1e9,
                 "mfu_vs_bf16": tps * fl["model"] / bf16, "hfu_vs_bf16": tps * fl["executed"] / bf16,
                 "mfu_vs_own_dtype": tps * fl["model"] / rate,
                 "speedup_vs_reference": tps / ref_tps if ref_tps else None,
-                "fixed_overhead_s": _median([r.get("fixed_overhead_s") for r in runs]),
-                "train_loss": _median([r.get("train_loss") for r in runs]),
+                "fixed_overhead_s": median([r.get("fixed_overhead_s") for r in runs]),
+                "train_loss": median([r.get("train_loss") for r in runs]),
             })
     return rows
-
-
-def _ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
 
 
 def markdown(rows: list[dict[str, Any]], matmul: dict[str, Any], meta: dict[str, Any], sweep: dict | None) -> str:
@@ -292,50 +162,7 @@ def markdown(rows: list[dict[str, Any]], matmul: dict[str, Any], meta: dict[str,
             f"{f(x['fixed_overhead_s'], '.1f')} |")
     lines += ["", "Fixed overhead = process wall time - training loop - scoring (evaluate + forgetting probe): start-up, "
               "imports, data, model load, tokenise, Trainer set-up, save."]
-    if sweep and "runs" in sweep:
-        lines += ["", f"In one sweep process ({len(sweep['runs'])} LoRA seeds, budget `{sweep.get('budget', 'quick')}`, "
-                  f"its own base-score cache; interpreter and imports paid once: {sweep['process_start_and_imports_s']:.1f} s): "
-                  f"overhead ratio {_ratio(sweep['overhead_ratio'])} for the whole process ({sweep['process_wall_s']:.1f} s), "
-                  f"{_ratio(sweep['later_runs_overhead_ratio_median'])} the median of the runs after the first.", "",
-                  "| run | slot s | training s | overhead ratio | base cached | scoring s | fixed overhead s |",
-                  "|---:|---:|---:|---:|---|---:|---:|"]
-        lines += [f"| {i} | {r['slot_s']:.1f} | {r['train_runtime_s']:.1f} | {_ratio(r['overhead_ratio'])} | "
-                  f"{r['base_cached']} | {r['scoring_s']:.1f} | {r['fixed_overhead_s']:.1f} |" for i, r in enumerate(sweep["runs"])]
-        lines.append("Slot: from the previous run's end (the process's start for the first) to this run's end; "
-                     "fixed overhead: the run's own time less training and scoring.")
-    return "\n".join(lines) + "\n"
-
-
-def verdict_markdown(overhead: list[dict[str, Any]], evaluation, limit: dict[str, Any]) -> str:
-    lines = ["", "## Time to a verdict", ""]
-    if limit:
-        lines.append(f"Matmul limit around the timed jobs (bf16 2048^3, {len(limit['readings'])} readings): median "
-                     f"{limit['median']:.0f} GFLOP/s, {limit['min']:.0f}-{limit['max']:.0f}, spread {limit['spread']:.0%}"
-                     + (" - TOO NOISY TO QUOTE (> 20%)." if limit["too_noisy"] else "."))
-    if overhead:
-        lines += ["", "| default run | wall s | training s | overhead ratio (target <= 0.15 warm) | base cached | "
-                  "start-up s | final scoring s (probe s) | validation s |", "|---|---:|---:|---:|---|---:|---:|---:|"]
-        for r in overhead:
-            if "error" in r:
-                lines.append(f"| {r['case']} | error: {r['error']} | | | | | | |")
-                continue
-            lines.append(f"| {r['case']} | {r['wall_s']:.1f} | {r['train_runtime_s']:.1f} | {r['overhead_ratio']:.2f} | "
-                         f"{r['base_cached']} | {r.get('startup_s')} | {r['final_eval_s']} ({r.get('final_probe_s')}) | "
-                         f"{r['eval_s']} |")
-    rows = evaluation if isinstance(evaluation, list) else []
-    if rows:
-        lines += ["", "| evaluation | examples | harness ex/s | plain ex/s | harness gen tok/s | plain gen tok/s | "
-                  "speedup (target >= 1.5x) | same answers | shared prefix: speedup, same answers |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in rows:
-            lines.append(f"| {r['task']} ({r['precision']}, batch {r['batch_size']}) | {r['examples']} | "
-                         f"{r['harness_examples_per_s']:.2f} | {r['plain_examples_per_s']:.2f} | "
-                         f"{r['harness_generated_tokens_per_s']:.0f} | {r['plain_generated_tokens_per_s']:.0f} | "
-                         f"{r['speedup']:.2f}x | {r['same_answers']}/{r['examples']} | "
-                         f"{r['prefix_speedup']:.2f}x, {r['same_answers_unshared']}/{r['examples']} |")
-    elif evaluation:
-        lines.append(f"evaluation benchmark: {evaluation.get('error')}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + sweep_markdown(sweep)) + "\n"
 
 
 def main() -> None:
@@ -351,9 +178,10 @@ def main() -> None:
     parser.add_argument("--matmul-repeats", type=int, default=10)
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--sweep-runs", type=int, default=3, help="runs of the in-process sweep that times per-run overhead; 0 skips")
-    parser.add_argument("--sweep-budget", choices=("quick", "default"), default="quick",
-                        help="the in-process sweep's runs: quick (4 steps, --n-eval rows: fixed costs) or the default "
-                             "run's budget and evaluation (overhead ratios comparable with a default run's)")
+    parser.add_argument("--sweep-budget", choices=("quick", "default", "study"), default="quick",
+                        help="the in-process sweep's runs: quick (4 steps, --n-eval rows: fixed costs), the default "
+                             "run's budget and evaluation (overhead ratios comparable with a default run's), or the "
+                             "classify study's (sweeps/classify.yaml, one epoch: what a verdict's runs cost)")
     parser.add_argument("--overhead", action=argparse.BooleanOptionalAction, default=True,
                         help="time default runs from outside (cold, warm, warm with validation)")
     parser.add_argument("--warm-budgets", default="",
@@ -390,8 +218,8 @@ def main() -> None:
 
     sweep = timed(limits, "sweep", sweep_overhead, a, work, a.sweep_runs) if a.sweep_runs else None
     if sweep:
-        print("  sweep   " + (sweep.get("error") or f"overhead ratio {_ratio(sweep['overhead_ratio'])} for the process, "
-              f"{_ratio(sweep['later_runs_overhead_ratio_median'])} median after the first run; per-run fixed overhead "
+        print("  sweep   " + (sweep.get("error") or f"overhead ratio {ratio_text(sweep['overhead_ratio'])} for the process, "
+              f"{ratio_text(sweep['later_runs_overhead_ratio_median'])} median after the first run; per-run fixed overhead "
               f"{sweep['fixed_overhead_s_median']:.1f} s"), flush=True)
     overhead = []
     if a.overhead:

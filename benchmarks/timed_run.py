@@ -63,7 +63,7 @@ def _instrument() -> None:
         finally:
             phases = {k: round(v - before.get(k, 0.0), 3) for k, v in clock.totals.items()}
             # `ended_s`, seconds since the process started: a sweep's runs and the launcher's work between them add
-            # up to the process's wall time (benchmarks.bench.sweep_slots)
+            # up to the process's wall time (benchmarks.verdict.sweep_slots)
             per_run.append({"run_id": result.get("run_id"), "wall_s": time.perf_counter() - t0,
                             "ended_s": time.time() - T_INTERPRETER,
                             "train_runtime_s": result.get("train_runtime_s"), "base_cached": result.get("base_cached"),

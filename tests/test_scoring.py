@@ -150,7 +150,7 @@ def test_eval_benchmark_answers_the_same_prompts_as_the_plain_loop() -> None:
 
 
 def test_a_moving_matmul_limit_flags_the_invocation() -> None:
-    from benchmarks.bench import Limits, verdict_markdown
+    from benchmarks.verdict import Limits, verdict_markdown
 
     quiet, noisy = Limits(), Limits()
     quiet.readings = [{"at": str(i), "gflops": g} for i, g in enumerate([1000, 1050, 980])]
@@ -161,7 +161,7 @@ def test_a_moving_matmul_limit_flags_the_invocation() -> None:
 
 
 def test_a_sweeps_slots_add_up_to_its_wall_time_and_give_each_run_its_overhead_ratio() -> None:
-    from benchmarks.bench import sweep_slots
+    from benchmarks.verdict import sweep_slots
 
     def run(started, ended, train, evaluate, cached):
         return {"ended_s": ended, "wall_s": ended - started, "train_runtime_s": train,
@@ -175,3 +175,30 @@ def test_a_sweeps_slots_add_up_to_its_wall_time_and_give_each_run_its_overhead_r
     assert out["later_runs_overhead_ratio_median"] == pytest.approx(0.16)  # imports and base scores paid by run 0
     assert out["overhead_ratio"] == pytest.approx(30 / 70) and out["process_start_and_imports_s"] == 7.0
     assert [r["fixed_overhead_s"] for r in out["runs"]] == pytest.approx([5.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("budget,epochs,max_steps", [("quick", None, 4), ("default", None, 80), ("study", 1, None)])
+def test_each_sweep_budget_composes_to_the_runs_it_names(budget: str, epochs, max_steps, tmp_path) -> None:
+    import shutil
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from benchmarks.verdict import sweep_budget
+    from harness.assets import CONF_DIR
+
+    args, conf, name = sweep_budget(budget, batch_size=4, n_eval=8), CONF_DIR, "config"
+    if "--config-dir" in args:  # its folder joins conf/ on the search path, as in `make sweep`: a merged copy here
+        folder, name = args[args.index("--config-dir") + 1], args[args.index("--config-name") + 1]
+        args = [o for o in args if "=" in o]
+        conf = tmp_path / "conf"
+        shutil.copytree(CONF_DIR, conf)
+        for f in Path(folder).glob("*.yaml"):
+            shutil.copy(f, conf / f.name)
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=[*args, "method=lora", "task=classify", "seed=1"])
+    assert (cfg.train.epochs, cfg.train.max_steps) == (epochs, max_steps)
+    assert cfg.task.name == "classify" and cfg.method.name == "lora" and cfg.seed == 1
+    assert cfg.group == ("classify" if budget == "study" else None)  # the study's own file, its W&B group
+    if budget == "study":
+        assert cfg.r == 16 and cfg.targets.name == "qv"
