@@ -98,7 +98,7 @@ def run_overhead(a: argparse.Namespace, work: Path, tag: str, base_scores: Path,
 def run_eval_bench(a: argparse.Namespace, work: Path) -> list[dict[str, Any]] | dict[str, Any]:
     out, log = work / "eval.json", work / "eval.log"
     rc = run_logged([sys.executable, "-m", "benchmarks.eval_bench", f"--model={a.model}", f"--tasks={a.eval_tasks}",
-               f"--n={a.eval_n}", f"--out={out}"], {}, log)
+                     f"--n={a.eval_n}", f"--out={out}"], {}, log)
     if rc != 0 or not out.exists():
         return {"error": f"exit {rc}, see {log}", "log_tail": log.read_text()[-2000:]}
     return json.loads(out.read_text())

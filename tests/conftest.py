@@ -31,6 +31,19 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="config", overrides=overrides)
 
 
+def conf_with(folder: Path, dest: Path) -> Path:
+    """conf/ merged with a sweep file's folder, as `make sweep` puts that folder on the search path beside conf/
+    (--config-dir): a copy under `dest`, with the folder's own files only (a sweep file may build on another)."""
+    import shutil
+
+    from harness.assets import CONF_DIR
+
+    shutil.copytree(CONF_DIR, dest)
+    for f in Path(folder).glob("*.yaml"):
+        shutil.copy(f, dest / f.name)
+    return dest
+
+
 def run_inprocess(overrides: list[str], runs: Path) -> tuple[dict, Path]:
     """One run through the same pipeline the CLI uses (minus Hydra's process set-up)."""
     from harness.config import run_id, validate

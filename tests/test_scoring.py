@@ -4,10 +4,13 @@ batch has reached EOS."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from benchmarks.eval_bench import _setup  # model, tokenizer, task and its test split, as the benchmark loads them
+from conftest import conf_with
 
 
 @pytest.mark.parametrize("task", ["extract", "style", "multitask"])
@@ -179,22 +182,16 @@ def test_a_sweeps_slots_add_up_to_its_wall_time_and_give_each_run_its_overhead_r
 
 @pytest.mark.parametrize("budget,epochs,max_steps", [("quick", None, 4), ("default", None, 80), ("study", 1, None)])
 def test_each_sweep_budget_composes_to_the_runs_it_names(budget: str, epochs, max_steps, tmp_path) -> None:
-    import shutil
-    from pathlib import Path
-
     from hydra import compose, initialize_config_dir
 
     from benchmarks.verdict import sweep_budget
     from harness.assets import CONF_DIR
 
     args, conf, name = sweep_budget(budget, batch_size=4, n_eval=8), CONF_DIR, "config"
-    if "--config-dir" in args:  # its folder joins conf/ on the search path, as in `make sweep`: a merged copy here
+    if "--config-dir" in args:  # its folder joins conf/ on the search path, as in `make sweep`
         folder, name = args[args.index("--config-dir") + 1], args[args.index("--config-name") + 1]
         args = [o for o in args if "=" in o]
-        conf = tmp_path / "conf"
-        shutil.copytree(CONF_DIR, conf)
-        for f in Path(folder).glob("*.yaml"):
-            shutil.copy(f, conf / f.name)
+        conf = conf_with(Path(folder), tmp_path / "conf")
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose(config_name=name, overrides=[*args, "method=lora", "task=classify", "seed=1"])
     assert (cfg.train.epochs, cfg.train.max_steps) == (epochs, max_steps)

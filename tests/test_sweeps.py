@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, conf_with, run_cli
 from harness.assets import CONF_DIR
 from harness.config import effective_config
 
@@ -30,15 +30,9 @@ def folders(runs: Path) -> dict[str, dict]:
 
 @pytest.mark.parametrize("name", SWEEPS)
 def test_every_sweep_file_composes_with_its_grid(name: str, tmp_path: Path) -> None:
-    import shutil
-
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    # `make sweep` puts the file's folder on the search path next to conf/ (--config-dir); a merged copy does the
-    # same here, with the file's own folder only (a sweep file may build on another of it: defaults: [intruder])
-    shutil.copytree(CONF_DIR, tmp_path / "conf")
-    for sweep_file in SWEEP_FILES[name].parent.glob("*.yaml"):
-        shutil.copy(sweep_file, tmp_path / "conf" / sweep_file.name)
+    conf_with(SWEEP_FILES[name].parent, tmp_path / "conf")  # a sweep file may build on another: defaults: [intruder]
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         base = compose(config_name="config", overrides=[])
