@@ -84,7 +84,8 @@ def sentence_sari(source: str, output: str, references: list[str]) -> tuple[floa
         raise ValueError("SARI needs at least one reference per sentence")
     src, out = source.split(" "), output.split(" ")  # split(" ") as in HF: an empty string is one empty token
     refs = [r.split(" ") for r in references]
-    parts = [ngram_scores(ngrams(src, n), ngrams(out, n), [ngrams(r, n) for r in refs]) for n in range(1, MAX_ORDER + 1)]
+    parts = [ngram_scores(ngrams(src, n), ngrams(out, n), [ngrams(r, n) for r in refs])
+             for n in range(1, MAX_ORDER + 1)]
     keep, delete, add = (sum(p[i] for p in parts) / MAX_ORDER for i in range(3))
     return (keep + delete + add) / 3, keep, delete, add
 
