@@ -85,6 +85,12 @@ def _half_width(values: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
 
 
+def _count_flat(verdicts: list[bool | None]) -> str:
+    """"k/n": k of the n seeds whose curve could tell are flat ("—" when none could)."""
+    decided = [v for v in verdicts if v is not None]
+    return f"{sum(decided)}/{len(decided)}" if decided else "—"
+
+
 def _mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
     """The seeds' curves averaged at the steps they all have."""
     common = set.intersection(*(set(dict(c)) for c in curves)) if curves else set()
@@ -117,7 +123,7 @@ def flatness_rows(df: pd.DataFrame) -> tuple[list[dict], list[dict]]:
         mean = has_flattened(_mean_curve(curves), half, budget_steps=budget)
         variants.append(base | {"gain": mean.gain, "verdict": VERDICT[mean.flattened],
                                 "curve": " ".join(f"{s}:{v:.3f}" for s, v in _mean_curve(curves)),
-                                "seeds_flat": f"{sum(v is True for v in verdicts)}/{len(verdicts)}",
+                                "seeds_flat": _count_flat(verdicts),
                                 "note": mean.reason})
     return variants, seeds
 
