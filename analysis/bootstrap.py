@@ -6,7 +6,8 @@ resample draws seeds (with replacement, the same seed indices for every arm that
 then test items (one multinomial draw of the items, the same for every arm and seed: the test set is shared),
 recomputes each arm's corpus metric per seed from the summed stats through `harness.items.aggregate`, and
 averages over the drawn seeds. Ratios (gain retention) and differences are computed per resample; intervals
-are percentiles. Without per-item records the items stay fixed: a seeds-only bootstrap, and the interval says so.
+are percentiles. Without per-item records the items stay fixed: a seeds-only bootstrap whose spread is scaled by a
+t quantile (`estimate`), and the interval says so.
 
 Coverage (`coverage`, tests/test_verdicts.py): resampling both levels counts the seed x item interaction twice,
 so where item noise dominates the interval is slightly conservative (about 96% at 5 seeds); where seed noise
@@ -147,11 +148,23 @@ def gain_ratio(m: np.ndarray | float, full: np.ndarray | float, floor: np.ndarra
         return (np.asarray(m, float) - floor) / (np.asarray(full, float) - floor)
 
 
-def estimate(res: Resamples, fn: Callable[..., np.ndarray], *names: str) -> tuple[float, float, float]:
-    """(point, low, high) of fn(arm means...) computed per resample."""
+def estimate(res: Resamples, fn: Callable[..., np.ndarray], *names: str,
+             confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(point, low, high) of fn(arm means...) computed per resample. With per-item records: the percentile
+    interval. Seeds only: point +- t(S - 1) * sqrt(S / (S - 1)) * the resamples' SD, S the fewest seeds of the
+    arms involved (a handful of seeds has too few distinct resamples for percentiles; at S = 2 this is the
+    Student-t interval). No seed variation and no items: no interval."""
     point = float(fn(*(res.point[n] for n in names)))
-    low, high = percentile(fn(*(res.draws[n] for n in names)))
-    return point, low, high
+    samples = fn(*(res.draws[n] for n in names))
+    if res.n_items:
+        return (point, *percentile(samples, confidence))
+    seeds = [res.n_seeds.get(n, 0) for n in names if res.n_seeds.get(n, 0) > 0]
+    if not seeds or min(seeds) < 2:
+        return point, math.nan, math.nan
+    s = min(seeds)
+    x = np.asarray(samples, float)
+    half = float(stats.t.ppf(0.5 + confidence / 2, s - 1) * math.sqrt(s / (s - 1)) * np.nanstd(x))
+    return point, point - half, point + half
 
 
 # ---- power --------------------------------------------------------------------------------------------------
@@ -169,17 +182,18 @@ class Power:
 
     def describe(self) -> str:
         if self.need_seeds is None:
-            return "not decidable by more runs within 64 seeds x 16 times the items (the estimate sits on the line)"
+            return "not decidable within 64 seeds x 16 times the items (the estimate sits on the line)"
         items = f" x {self.need_items} test items" if self.need_items else " (items fixed: no per-item records)"
-        return f"{self.need_seeds} seeds{items} (now {self.n_seeds} seeds" + (
-            f" x {self.n_items} items)" if self.n_items else ")")
+        return f"needs {self.need_seeds} reported seeds{items} (now {self.n_seeds}" + (
+            f" x {self.n_items} items" if self.n_items else "") + f"): add {self.need_seeds - self.n_seeds} seeds at the selected rate to each arm"
 
 
 def power(arms: dict[str, Arm], fn: Callable[..., np.ndarray], names: Sequence[str], distance: float,
           n_boot: int = 400, z: float = 1.96) -> Power:
     """Variance components of fn(arms) from the pilot (seeds-only and items-only resamples, scaled to one seed and
-    one item) and the fewest seeds (then items) whose interval half-width z * sqrt(vs / S + vi / I) is below
-    `distance` (how far the estimate is from the line it must clear)."""
+    one item) and the fewest seeds above the pilot's (then items) whose interval half-width q * sqrt(vs / S + vi /
+    I) is below `distance` (how far the estimate is from the line it must clear); q is z with per-item records,
+    t(S - 1) for a seeds-only interval. A projection from the pilot's variance, not a guarantee."""
     seeds_only = resample(arms, n_boot, levels=("seeds",))
     n_seeds = max([len(a.seeds) for a in arms.values()] + [1])
     vs = float(np.nanvar(fn(*(seeds_only.draws[n] for n in names)))) * n_seeds
@@ -190,11 +204,13 @@ def power(arms: dict[str, Arm], fn: Callable[..., np.ndarray], names: Sequence[s
     out = Power(vs, vi, n_seeds, n_items)
     if not (distance > 0) or not math.isfinite(vs):
         return out
+    unbiased = vs * n_seeds / (n_seeds - 1) if n_seeds >= 2 else vs
     items_grid = [n_items * k for k in (1, 2, 4, 8, 16)] if n_items else [None]
     for items in items_grid:
         item_term = (vi or 0.0) / items if items else 0.0
-        for s in range(max(n_seeds, 2), 65):
-            if z * math.sqrt(vs / s + item_term) < distance:
+        for s in range(n_seeds + 1, 65):  # the pilot did not decide it: at least one more seed
+            q = z if items else float(stats.t.ppf(0.975, s - 1))  # seeds only: the t-scaled interval of `estimate`
+            if q * math.sqrt(unbiased / s + item_term) < distance:
                 out.need_seeds, out.need_items = s, items
                 return out
     return out
