@@ -169,6 +169,12 @@ def estimate(res: Resamples, fn: Callable[..., np.ndarray], *names: str,
 
 # ---- power --------------------------------------------------------------------------------------------------
 
+def _var(samples: np.ndarray) -> float:
+    x = np.asarray(samples, float)
+    x = x[np.isfinite(x)]
+    return float(x.var()) if x.size >= 2 else math.nan
+
+
 @dataclass
 class Power:
     """Per-seed and per-item variance of a quantity (estimated from the pilot) and what would decide it."""
@@ -196,11 +202,11 @@ def power(arms: dict[str, Arm], fn: Callable[..., np.ndarray], names: Sequence[s
     t(S - 1) for a seeds-only interval. A projection from the pilot's variance, not a guarantee."""
     seeds_only = resample(arms, n_boot, levels=("seeds",))
     n_seeds = max([len(a.seeds) for a in arms.values()] + [1])
-    vs = float(np.nanvar(fn(*(seeds_only.draws[n] for n in names)))) * n_seeds
+    vs = _var(fn(*(seeds_only.draws[n] for n in names))) * n_seeds
     vi, n_items = None, seeds_only.n_items
     if n_items:
         items_only = resample(arms, n_boot, levels=("items",))
-        vi = float(np.nanvar(fn(*(items_only.draws[n] for n in names)))) * n_items
+        vi = _var(fn(*(items_only.draws[n] for n in names))) * n_items
     out = Power(vs, vi, n_seeds, n_items)
     if not (distance > 0) or not math.isfinite(vs):
         return out

@@ -64,6 +64,8 @@ def reporting_seeds(seeds_at_rate: Iterable[int], selection_seeds: Iterable[int]
     others = [s for s in seeds if s not in chosen_on]
     if chosen_on and len(others) >= 2 and len(others) < len(seeds):
         return others, f"selection seed {','.join(map(str, sorted(chosen_on & set(seeds))))} left out"
+    if chosen_on and not others:
+        return seeds, "every seed ran every rate (full grid): no seed outside the selection"
     if chosen_on and len(others) < len(seeds):
         return seeds, "includes the selection seed (fewer than 2 other seeds)"
     return seeds, ""
