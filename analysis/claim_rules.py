@@ -80,8 +80,8 @@ def _peft(rows: pd.DataFrame) -> pd.DataFrame:
 def claim_1(ev: Evidence, v: Verdict) -> Verdict:
     """Per task (and model) the PEFT variant with the best validation gain retention over its cells (fair rows;
     two budgets of one task are one task); a range claim on gain retention: supported when the interval lies
-    within 90-95% for a majority of tasks (at least two), above the claimed range when a majority lies above 95%,
-    refuted when a majority lies below 90%, else inconclusive."""
+    within 90-95% for a majority of the learned tasks (at least two tasks with rows), above the claimed range when
+    a majority lies above 95%, refuted when a majority lies below 90%, else inconclusive."""
     best = best_by_validation(_peft(ev.fair()), ["task", "model"])
     if len(best) < 2:
         v.missing = f"fair retention rows on at least 2 tasks (have {len(best)})"
@@ -352,6 +352,7 @@ def claim_15(ev: Evidence, v: Verdict) -> Verdict:
     v.estimate = f"{n:,} trainable = {pct:.3f}% of {est['params_total']:,}"
     v.evidence = ["harness.estimate model=llama-3.1-8b method=lora r=16 targets=qv"]
     v.verdict = SUPPORTED if n == 6_815_744 and pct < 0.1 else REFUTED
+    v.scope = "estimator: Llama-3.1-8B architecture on the meta device (no training)"
     return v
 
 

@@ -50,6 +50,10 @@ def _record(source: str) -> dict[str, Any]:
         return {}
 
 
+def _num(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
 def floor_candidates(rec: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """{floor name: (validation, test)} of one record: its recorded floors, the untuned model, and (chrF tasks of
     older records) copying the input."""
@@ -143,7 +147,9 @@ class Study:
             reported = part[part["seed"].isin(keep)]
             self.arms[(cell, variant)] = variant_arm(reported, str(part["primary_metric"].iloc[0]))
         for cell, part in self.runs.groupby("cell", sort=False):
-            records = [_record(str(s)) for s in part["source"]]
+            records = [_record(str(r["source"])) or {"task": r["task"], "base_score": _num(r.get("base_score")),
+                                                     "base_val_score": _num(r.get("base_val_score"))}
+                       for _, r in part.iterrows()]  # a W&B row has no folder: the frame's base scores
             self.floors[cell] = cell_floor(records)
             self.test_items[cell] = next((r["config"]["task"].get("n_eval") for r in records
                                           if isinstance((r.get("config") or {}).get("task"), dict)), None)

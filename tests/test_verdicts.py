@@ -301,3 +301,9 @@ def test_refuted_reads_at_this_scale_and_every_verdict_has_a_scope(tmp_path) -> 
     assert "refuted at this scale" in markdown(verdicts)
     v4 = verdicts[3]
     assert v4.verdict == REFUTED and v4.scope
+
+
+def test_rows_without_a_run_folder_take_the_floor_from_the_frame(tmp_path) -> None:
+    df = study(tmp_path, base=0.5, base_val=0.5).assign(source="wandb:entity/project/run")  # as analysis.runs.load_wandb
+    lora = gain_table(df)[0].query("method == 'lora'").iloc[0]
+    assert (lora["floor_name"], lora["floor_score"]) == ("base", 0.5) and lora["learned"]
