@@ -163,7 +163,10 @@ def estimate(res: Resamples, fn: Callable[..., np.ndarray], *names: str,
         return point, math.nan, math.nan
     s = min(seeds)
     x = np.asarray(samples, float)
-    half = float(stats.t.ppf(0.5 + confidence / 2, s - 1) * math.sqrt(s / (s - 1)) * np.nanstd(x))
+    x = x[np.isfinite(x)]  # a ratio whose denominator hit zero in a resample
+    if x.size < 2:
+        return point, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, s - 1) * math.sqrt(s / (s - 1)) * x.std())
     return point, point - half, point + half
 
 
