@@ -4,6 +4,7 @@
     python -m analysis.claims --runs results/study --out results/study/claims --report results/REPORT.md
     make claims                                                       # the same
     python -m analysis.claims --runs results/study --wandb-project peft-harness --wandb-group study
+    python -m analysis.claims --runs results/study --plan     # claim by claim, the runs that would decide it
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.claim_rules import (INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evidence, Verdict, ledger)
+from analysis.claim_rules import LABELS, SHOWN, Evidence, Verdict, ledger
 from harness.cli import error
 from harness.errors import HarnessError
 
@@ -49,8 +50,13 @@ def gather(roots: Sequence[Path], estimates: bool = True) -> Evidence:
     from analysis import tables
     from analysis.runs import load_folders
 
+    from analysis.choices import selection_optimism
+    from analysis.gain import gain_table
+
     df = load_folders(roots)
-    ev = Evidence(retention=tables.retention(df), runs=tables.at_selected_lr(df))
+    table, study = gain_table(df)
+    runs = tables.at_selected_lr(df)
+    ev = Evidence(retention=table, runs=runs, study=study, optimism=selection_optimism(runs, tables.selection(df)))
     summaries = _glob(roots, "intruder_summary.csv")
     complete = [p.parent for p in summaries if (p.parent / "intruder_groups.csv").exists()
                 and (p.parent / "intruder_correlations.json").exists()]
@@ -87,15 +93,66 @@ def forgetting_links(folders: Sequence[Path]) -> list[dict[str, Any]]:
     return [best[m] for m in sorted(best)]
 
 
-def markdown(verdicts: list[Verdict]) -> str:
-    counts = {k: sum(v.verdict == k for v in verdicts) for k in (SUPPORTED, REFUTED, INCONCLUSIVE, NOT_RUN)}
-    lines = ["# Claims ledger", "", ", ".join(f"{n} {k}" for k, n in counts.items()) + ".", "",
-             "| # | claim | verdict | estimate | evidence / missing |", "|---:|---|---|---|---|"]
+def markdown(verdicts: list[Verdict], ev: Evidence | None = None) -> str:
+    counts = {k: sum(v.verdict == k for v in verdicts) for k in LABELS}
+    lines = ["# Claims ledger", "", ", ".join(f"{n} {SHOWN.get(k, k)}" for k, n in counts.items() if n or k in
+                                              ("supported", "refuted", "inconclusive", "not run")) + ".", "",
+             "| # | claim | verdict | estimate | evidence / missing | scope |", "|---:|---|---|---|---|---|"]
     for v in verdicts:
         detail = "<br>".join(v.evidence) + (("<br>" if v.evidence else "") + f"missing: {v.missing}" if v.missing else "")
-        lines.append(f"| {v.claim} | {v.text} | **{v.verdict}** | {v.estimate} | {detail} |")
+        if v.plan:
+            detail += "<br>" + "<br>".join(f"to decide: {p}" for p in v.plan)
+        lines.append(f"| {v.claim} | {v.text} | **{SHOWN.get(v.verdict, v.verdict)}** | {v.estimate} | {detail} | "
+                     f"{v.scope} |")
     lines += ["", "## Rules", ""] + [f"{v.claim}. {v.rule}" for v in verdicts]
+    if ev is not None:
+        lines += ["", yardstick(ev)]
     return "\n".join(lines) + "\n"
+
+
+def yardstick(ev: Evidence) -> str:
+    """How the score claims are measured: bootstrap, floors, reported seeds, selection optimism, choice points."""
+    from analysis import bootstrap as boot
+    from analysis.choices import choice_table
+    from analysis.gain import MARGIN
+
+    lines = ["## Yardstick", "",
+             f"Gain retention = (method - floor) / (full FT - floor); raw retention = method / full FT. Intervals: "
+             f"{boot.N_BOOT} resamples (generator seed {boot.BOOT_SEED}) of seeds, then test items (the same draw for "
+             f"every method: paired), corpus metrics recomputed from per-item statistics; percentiles. Records "
+             f"without per-item scores: seeds only, t(S-1)-scaled (each row says which). A cell is learned when the "
+             f"95% lower bound of full FT minus floor is > {MARGIN:g}. Reported seeds leave out the seed that ran "
+             "the learning-rate search when two or more others ran at the selected rate.", "",
+             "### Floors per cell", "", "| task | model | budget | floor | floor test | full FT | learned | how chosen |",
+             "|---|---|---|---|---:|---:|---|---|"]
+    ret = ev.fair()
+    full = ret[ret["method"] == "full"] if not ret.empty else ret
+    for _, r in full.iterrows():
+        fg = "" if pd.isna(r.get("full_gain_low")) else f" (full - floor {r['full_gain_mean']:+.3f} [{r['full_gain_low']:+.3f}, {r['full_gain_high']:+.3f}])"
+        lines.append(f"| {r['task']} | {r['model']} | {r['budget']} | {r['floor_name']} | {r['floor_score']:.4f} | "
+                     f"{r['score_mean']:.4f} | {'yes' if r['learned'] else 'NOT LEARNED'}{fg} | {r['floor_note']} |")
+    opt = ev.optimism
+    if opt is not None and not opt.empty:
+        lines += ["", "### Selection optimism (selection seed's test score minus the other seeds' mean, at the selected rate)",
+                  "", "| task | model | variant | selected lr | selection seed | others | optimism |", "|---|---|---|---:|---:|---:|---:|"]
+        for _, o in opt.iterrows():
+            lines.append(f"| {o['task']} | {o['model']} | {o['label']} | {o['selected_lr']:g} | {o['selection_score']:.4f} | "
+                         f"{o['others_score']:.4f} (n={o['n_other']}) | {o['optimism']:+.4f} |")
+        lines.append(f"| | | **mean over {len(opt)} variants** | | | | **{opt['optimism'].mean():+.4f}** |")
+    lines += ["", "### Choice points (each reads validation only)", "", choice_table()]
+    return "\n".join(lines) + "\n"
+
+
+def plan_text(verdicts: list[Verdict]) -> str:
+    """Claim by claim, the runs that would decide each inconclusive (or not learned) verdict."""
+    lines = []
+    for v in verdicts:
+        if v.plan:
+            lines.append(f"claim {v.claim} ({SHOWN.get(v.verdict, v.verdict)}): {v.text}")
+            lines += [f"  - {p}" for p in v.plan]
+        elif v.verdict in ("inconclusive",):
+            lines.append(f"claim {v.claim} (inconclusive): no power plan (not a score claim)")
+    return "\n".join(lines or ["every verdict is decided (or not run): nothing to add"]) + "\n"
 
 
 def log_wandb(ev: Evidence, verdicts: list[Verdict], project: str, group: str, out: Path) -> str | None:
@@ -108,9 +165,9 @@ def log_wandb(ev: Evidence, verdicts: list[Verdict], project: str, group: str, o
     run = wandb.init(project=project, group=group, name="claims-ledger", job_type="analysis", dir=str(out),
                      mode=resolve_mode("auto"), reinit="finish_previous",
                      settings=wandb.Settings(silent=True, console="off", save_code=False))
-    ledger_columns = ["claim", "text", "verdict", "estimate", "evidence", "missing", "rule"]
+    ledger_columns = ["claim", "text", "verdict", "estimate", "evidence", "missing", "rule", "scope"]
     run.log({"claims_ledger": wandb.Table(columns=ledger_columns, data=[
-        [v.claim, v.text, v.verdict, v.estimate, "; ".join(v.evidence), v.missing, v.rule] for v in verdicts])})
+        [v.claim, v.text, v.verdict, v.estimate, "; ".join(v.evidence), v.missing, v.rule, v.scope] for v in verdicts])})
     fair = ev.fair()
     columns = [c for c in ("task", "model", "label", "selected_lr", "n_seeds", "score_mean", "score_low", "score_high",
                            "retention_mean", "retention_low", "retention_high", "grid_edge") if c in fair]
@@ -125,16 +182,22 @@ def report_markdown(ev: Evidence, verdicts: list[Verdict], roots: Sequence[Path]
     """results/REPORT.md: the ledger, retention with intervals (fair rows), the estimator's memory rows and the
     study's figures, all from the records under `roots`."""
     lines = [f"# What the measurements say (rebuilt by `make claims` from {', '.join(map(str, roots))})", "",
-             markdown(verdicts).replace("# Claims ledger", "## Claims ledger", 1), "## Retention at selected learning rates", "",
-             "Fair rows (>= 3 seeds, >= 2 learning rates tried), test score mean with its 95% t-interval, retention vs "
-             "full FT with Fieller's 95% interval.", "",
-             "| task | model | variant | selected lr | lrs tried | seeds | test score | retention | note |",
-             "|---|---|---|---:|---|---:|---|---|---|"]
+             markdown(verdicts, ev).replace("# Claims ledger", "## Claims ledger", 1).replace("\n## Rules", "\n### Rules")
+             .replace("\n## Yardstick", "\n### Yardstick"), "## Retention at selected learning rates", "",
+             "Fair rows (>= 3 seeds run, >= 2 learning rates tried): test score mean over the reported seeds with its "
+             "95% interval, raw retention (method / full FT) and gain retention ((method - floor) / (full FT - floor)) "
+             "with their 95% intervals (analysis/gain.py, analysis/bootstrap.py; the interval column says how).", "",
+             "| task | model | variant | selected lr | lrs tried | seeds (reported) | test score | floor | raw retention | "
+             "gain retention | interval | note |", "|---|---|---|---:|---|---|---|---|---|---|---|---|"]
+    def pct(r: pd.Series, col: str) -> str:
+        if pd.isna(r[f"{col}_mean"]):
+            return ""
+        return f"{r[f'{col}_mean']:.1f}%" + ("" if pd.isna(r[f"{col}_low"]) else f" [{r[f'{col}_low']:.1f}, {r[f'{col}_high']:.1f}]")
     for _, r in ev.fair().sort_values(["task", "model", "method", "r"], na_position="first").iterrows():
-        score = f"{r['score_mean']:.4f} [{r['score_low']:.4f}, {r['score_high']:.4f}]" if "score_mean" in r else ""
-        ret = f"{r['retention_mean']:.1f}%" + ("" if pd.isna(r["retention_low"]) else f" [{r['retention_low']:.1f}, {r['retention_high']:.1f}]")
+        score = f"{r['score_mean']:.4f}" + ("" if pd.isna(r["score_low"]) else f" [{r['score_low']:.4f}, {r['score_high']:.4f}]")
         lines.append(f"| {r['task']} | {r['model']} | {r['label']} | {r.get('selected_lr', '')} | {r['lrs_tried']} | "
-                     f"{int(r['n_seeds'])} | {score} | {ret} | {r.get('note') or ''} |")
+                     f"{int(r['n_seeds'])} ({r['seeds_reported']}) | {score} | {r['floor_name']} {r['floor_score']:.4f} | "
+                     f"{pct(r, 'retention')} | {pct(r, 'gain')} | {r.get('interval') or ''} | {r.get('note') or ''} |")
     if ev.estimates:
         lines += ["", "## Memory (estimated: harness.estimate, CUDA, batch 8 x 256, AdamW)", "",
                   "| preset | overrides | trainable | peak GB | adapter / model on disk |", "|---|---|---:|---:|---:|"]
@@ -157,14 +220,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wandb-project", help="also log the ledger and retention tables to this W&B project")
     parser.add_argument("--wandb-group", default="study", help="the W&B group of the study (default: study)")
     parser.add_argument("--report", type=Path, default=None, help="also write the study report here (results/REPORT.md)")
+    parser.add_argument("--plan", action="store_true", help="print, claim by claim, the seeds and items to add; write nothing")
     args = parser.parse_args(argv)
     try:
         evidence = gather(args.runs, estimates=not args.no_estimates)
         verdicts = ledger(evidence)
     except HarnessError as err:
         return error(err)
+    if args.plan:
+        print(plan_text(verdicts), end="")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    text = markdown(verdicts)
+    text = markdown(verdicts, evidence)
     (args.out / "claims.md").write_text(text)
     (args.out / "claims.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=2) + "\n")
     if args.wandb_project:

@@ -14,7 +14,9 @@ Definitions (also printed in the report):
   or more seeds, and an interval whose denominator is not clearly above zero is reported unbounded). The
   reference is the full-FT variant of the same cell at its own selected rate, trained on the same examples and
   sequence length; when the cell has none with that budget, the closest full-FT variant is used and the row is
-  flagged `budget_mismatch`. No full-FT run, or a reference score <= 0: no retention.
+  flagged `budget_mismatch`. No full-FT run, or a reference score <= 0: no retention. (This raw retention is the
+  per-sweep report's; the claims ledger decides on gain retention against the cell's floor, with bootstrap
+  intervals over seeds and items and the selection seed left out: analysis/gain.py.)
 - Only runs with status `ok` count; `collapsed` runs (finite but failed) and every other status are listed
   with their reason, never selected or averaged.
 """

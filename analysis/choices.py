@@ -1,0 +1,101 @@
+"""Every choice the study makes between measured alternatives, in one place, and the analysis side's choosers.
+
+The rule: a choice reads validation data only; test scores are reported, never chosen on. tests/test_verdicts.py
+feeds each chooser records whose test scores disagree with validation (reversed) and checks nothing moves.
+
+Where the search itself ran on one seed (the two-phase protocol: seed 0 at every rate, the other seeds at the
+chosen one), that seed's test score carries selection optimism: `selection_optimism` measures it, and reported
+means leave the selection seed out when the variant has two or more other seeds at the selected rate
+(`reporting_seeds`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class ChoicePoint:
+    name: str
+    where: str
+    reads: str
+    tested_by: str
+
+
+CHOICE_POINTS: tuple[ChoicePoint, ...] = (
+    ChoicePoint("learning rate of a variant", "harness/selection.py select_lr (sweeper phase 2 and analysis/tables.py "
+                "selection)", "mean validation score over the seeds every rate has; ties: the smaller rate",
+                "test_select_lr_ignores_test_scores"),
+    ChoicePoint("grid widening (one more rate beyond an edge)", "harness/sweeper.py SearchVariant.widen",
+                "select_lr on the search runs' validation scores, then harness/selection.py at_grid_edge",
+                "test_widening_ignores_test_scores"),
+    ChoicePoint("best variant of a cell (claims 1, 2, 3, 7)", "analysis/choices.py best_by_validation",
+                "validation gain retention (val_gain), never test", "test_best_variant_ignores_test_scores"),
+    ChoicePoint("floor of a cell (base model, copy, majority)", "analysis/gain.py cell_floor (records: "
+                "floor_name, chosen on validation by the harness)", "the floor candidates' validation scores",
+                "test_floor_choice_ignores_test_scores"),
+    ChoicePoint("reported seeds (selection seed left out)", "analysis/choices.py reporting_seeds",
+                "which seeds ran the search (selection_seeds), not scores", "test_reporting_seeds"),
+    ChoicePoint("merge weights and density", "harness/adapters/merge.py --weights / --density",
+                "fixed on the command line (defaults 1.0 per adapter, density 0.5): no data is read", "(no data read)"),
+    ChoicePoint("training budgets (steps, epochs)", "sweeps/study/*.yaml, fixed before the runs",
+                "nothing measured: fixed per sweep file", "(no data read)"),
+    ChoicePoint("search rungs (early stopping of rates)", "none: every searched rate trains its full budget",
+                "-", "(no choice made)"),
+)
+
+
+def choice_table() -> str:
+    """The choice points as a markdown table (the ledger prints it)."""
+    lines = ["| choice | where | reads | checked by |", "|---|---|---|---|"]
+    lines += [f"| {c.name} | {c.where} | {c.reads} | {c.tested_by} |" for c in CHOICE_POINTS]
+    return "\n".join(lines)
+
+
+def reporting_seeds(seeds_at_rate: Iterable[int], selection_seeds: Iterable[int]) -> tuple[list[int], str]:
+    """(seeds whose test scores are reported, why). The seeds that ran the search are left out when at least two
+    other seeds ran at the selected rate; otherwise every seed is kept and the row says it includes them."""
+    seeds = sorted(set(int(s) for s in seeds_at_rate))
+    chosen_on = set(int(s) for s in selection_seeds)
+    others = [s for s in seeds if s not in chosen_on]
+    if chosen_on and len(others) >= 2 and len(others) < len(seeds):
+        return others, f"selection seed {','.join(map(str, sorted(chosen_on & set(seeds))))} left out"
+    if chosen_on and not others:
+        return seeds, "every seed ran every rate (full grid): no seed outside the selection"
+    if chosen_on and len(others) < len(seeds):
+        return seeds, "includes the selection seed (fewer than 2 other seeds)"
+    return seeds, ""
+
+
+def best_by_validation(rows: pd.DataFrame, by: str | list[str] = "cell", column: str = "val_gain") -> pd.DataFrame:
+    """Per group, the row with the highest validation gain retention (ties: the first in the table's order).
+    Test columns are never read."""
+    if rows.empty:
+        return rows
+    ranked = rows.assign(_key=rows[column].astype(float).fillna(-math.inf))
+    return ranked.sort_values("_key", ascending=False, kind="stable").groupby(by, sort=False).head(1).drop(columns="_key")
+
+
+def selection_optimism(runs: pd.DataFrame, selection: pd.DataFrame) -> pd.DataFrame:
+    """Per variant at its selected rate: the selection seed's test score minus the mean of the other seeds'
+    (positive: the search seed looks better than a fresh seed). `runs`: the ok runs at the selected rates;
+    `selection`: analysis.tables.selection's table."""
+    rows = []
+    for _, sel in selection.iterrows():
+        chosen_on = {int(s) for s in str(sel["selection_seeds"]).split(",") if s.strip()}
+        part = runs[(runs["cell"] == sel["cell"]) & (runs["variant"] == sel["variant"])]
+        mine, others = part[part["seed"].isin(chosen_on)], part[~part["seed"].isin(chosen_on)]
+        if mine.empty or others.empty or int(sel["n_lrs"]) < 2:
+            continue
+        first = part.iloc[0]
+        rows.append({"task": first["task"], "model": first["model"], "label": first["label"], "cell": sel["cell"],
+                     "variant": sel["variant"], "selected_lr": sel["selected_lr"],
+                     "selection_seeds": ",".join(map(str, sorted(chosen_on))), "n_other": len(others),
+                     "selection_score": float(mine["score"].mean()), "others_score": float(others["score"].mean()),
+                     "optimism": float(mine["score"].mean() - others["score"].mean())})
+    return pd.DataFrame(rows, columns=["task", "model", "label", "cell", "variant", "selected_lr", "selection_seeds",
+                                       "n_other", "selection_score", "others_score", "optimism"])
