@@ -324,6 +324,7 @@ def claim_11(ev: Evidence, v: Verdict) -> Verdict:
     and how many runs it would need. Supported when all three hold; refuted when (a) fails with intervals apart
     the other way, (b)'s rho > 0 with p < 0.05, or a model's (c) rho < 0 with p < 0.05; otherwise inconclusive."""
     from analysis.exact import describe_rank_test, rank_test
+    from analysis.intruder_evidence import count_group, link_test, one_per_config
 
     groups, summary, corr = ev.intruder_groups, ev.intruder_summary, ev.intruder_correlations
     if groups is None or summary is None or corr is None:
@@ -334,12 +335,12 @@ def claim_11(ev: Evidence, v: Verdict) -> Verdict:
         v.missing = "LoRA and full-FT groups in the intruder analysis"
         return v
     lowest = lora[lora["r"] == lora["r"].min()]
-    low = _count_group(summary, lowest.sort_values("n_seeds", ascending=False, kind="stable").iloc[0])
-    f = _count_group(summary, full.sort_values("n_seeds", ascending=False, kind="stable").iloc[0])
+    low = count_group(summary, lowest.sort_values("n_seeds", ascending=False, kind="stable").iloc[0])
+    f = count_group(summary, full.sort_values("n_seeds", ascending=False, kind="stable").iloc[0])
     part_a, against_a = low["low"] > f["high"], low["high"] < f["low"]
-    runs = _one_per_config(summary[summary["method"] == "lora"])
+    runs = one_per_config(summary[summary["method"] == "lora"])
     rank = rank_test(runs["r"], runs["intruders"])
-    links = [(link, _link_test(link)) for link in ev.forgetting_links or [(corr.get("forgetting") or {}) | {"model": "all runs"}]]
+    links = [(link, link_test(link)) for link in ev.forgetting_links or [(corr.get("forgetting") or {}) | {"model": "all runs"}]]
     v.evidence = [f"analysis: {corr.get('source', 'intruder analysis')}",
                   f"(a) {low['label']}: {low['text']} intruders per run vs {f['label']}: {f['text']} "
                   "(exact Poisson 95% intervals)",
@@ -355,39 +356,6 @@ def claim_11(ev: Evidence, v: Verdict) -> Verdict:
     against = [against_a, rank["rho"] > 0 and rank["p"] < 0.05, against_c]
     v.verdict = REFUTED if any(against) else SUPPORTED if all(holds) else INCONCLUSIVE
     return v
-
-
-def _one_per_config(runs: pd.DataFrame) -> pd.DataFrame:
-    """One training config reached by two sweeps is one run."""
-    return runs.drop_duplicates(["label", "seed"]) if {"label", "seed"} <= set(runs.columns) else runs
-
-
-def _count_group(summary: pd.DataFrame, group: pd.Series) -> dict[str, Any]:
-    """An intruder group's per-run counts (from the summary) with their mean and exact Poisson interval."""
-    from analysis.exact import count_interval
-
-    rows = summary[summary["label"] == group["label"]]
-    if "model" in summary.columns and "model" in group.index:
-        rows = rows[rows["model"] == group["model"]]
-    counts = _one_per_config(rows)["intruders"].dropna().to_numpy(dtype=float)
-    if counts.size == 0:  # a summary without the group's runs: its mean alone, no interval
-        mean, low, high = float(group["intruders_mean"]), math.nan, math.nan
-    else:
-        mean, low, high = count_interval(counts)
-    return {"label": group["label"], "mean": mean, "low": low, "high": high, "n": int(counts.size),
-            "text": f"{mean:.1f} [{low:.1f}, {high:.1f}] over {counts.size} runs"}
-
-
-def _link_test(link: dict[str, Any]) -> dict[str, Any]:
-    """A model's intruders-vs-forgetting test from its runs' pairs; an old link without them keeps its own rho
-    and p (scipy's asymptotic p, marked not exact)."""
-    from analysis.exact import rank_test
-
-    pairs = link.get("pairs")
-    if pairs:
-        return rank_test([a for a, _ in pairs], [b for _, b in pairs])
-    value = lambda key: math.nan if link.get(key) is None else float(link[key])  # noqa: E731  (null: too few runs)
-    return {"rho": value("rho"), "p": value("p"), "exact": False, "n": link.get("n"), "p_min": 0.0, "needs": None}
 
 
 @claim(12, "A merged adapter adds zero inference latency; an unmerged one adds a small overhead.")

@@ -8,6 +8,7 @@ ledger row. The page's first lines (at most `SUMMARY_LINES`) stand alone: the RE
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from analysis.claim_rules import INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evid
 SUMMARY_LINES = 10
 BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
 SHORT = 70  # characters of a claim's text in the summary lines
+EVIDENCE_LINES = 3  # evidence lines per claim on the page (the ledger has them all)
+SETUP = re.compile(r"^([\w-]+/[\w.-]+)[ :]")
 
 
 def _short(text: str) -> str:
@@ -28,12 +31,12 @@ def scope(ev: Evidence, v: Verdict) -> str:
     if v.verdict == NOT_RUN:
         return f"not measured; needs {v.missing}"
     if v.claim <= 10:
-        fair = ev.fair()
-        where = ", ".join(sorted({f"{t}/{m}" for t, m in zip(fair["task"], fair["model"])})) if not fair.empty else ""
+        # the rows a score rule used start with their task/model (analysis.claim_rules `_ret` and `compare`)
+        where = ", ".join(sorted({m.group(1) for e in v.evidence if (m := SETUP.match(e))}))
         source = "measured, fair rows (>= 3 seeds, >= 2 learning rates)"
         if v.claim == 10 and any("estimator" in e for e in v.evidence):
             source = "estimator (Llama-3.1-8B), not measured"
-        return f"{source}; setups: {where}" if where else source
+        return f"{source}; task/model: {where}" if where else source
     if v.claim == 11:
         models = ", ".join(link["model"] for link in ev.forgetting_links) or "one analysis"
         return f"measured intruder analyses (k=10, epsilon 0.5) on {models}; small models, CPU-scale runs"
@@ -53,8 +56,10 @@ def findings_markdown(ev: Evidence, verdicts: Sequence[Verdict], roots: Sequence
             ", ".join(f"{len(vs)} {k}" for k, vs in by.items()) + ". Measured on small models (CPU scale) unless a "
             "claim says estimated; each verdict's rule and evidence: the ledger."]
     for kind, vs in by.items():
-        if vs:
-            head.append(f"- **{kind}**: " + "; ".join(f"{v.claim}. {_short(v.text)}" for v in vs))
+        if vs:  # a verdict's headline number beside its claim, where the rule gave one
+            head.append(f"- **{kind}**: " + "; ".join(
+                f"{v.claim}. {_short(v.text)}" + (f" ({v.estimate})" if v.estimate and kind in (SUPPORTED, REFUTED) else "")
+                for v in vs))
     head += ["", f"Ledger: [{ledger_link}]({ledger_link}); per claim below."]
     if len(head) > SUMMARY_LINES:  # never: four verdict kinds + six fixed lines
         raise AssertionError("the findings summary outgrew its lines")
@@ -63,6 +68,8 @@ def findings_markdown(ev: Evidence, verdicts: Sequence[Verdict], roots: Sequence
         lines += [f"## {v.claim}. {v.text}", "",
                   f"**{v.verdict}**" + (f": {v.estimate}" if v.estimate else ""),
                   f"- scope: {scope(ev, v)}",
+                  *[f"- {line}" for line in v.evidence[:EVIDENCE_LINES]],
+                  *([f"- ... {len(v.evidence) - EVIDENCE_LINES} more in the ledger"] if len(v.evidence) > EVIDENCE_LINES else []),
                   f"- ledger row: [{ledger_link}#claim-{v.claim}]({ledger_link}#claim-{v.claim})", ""]
     return "\n".join(lines)
 

@@ -4,7 +4,6 @@ workload and its frontier), the findings page and the README block, all on hand-
 from __future__ import annotations
 
 import itertools
-import math
 from pathlib import Path
 
 import numpy as np
