@@ -17,7 +17,7 @@ from analysis.claim_rules import INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evid
 SUMMARY_LINES = 10
 BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
 SHORT = 70  # characters of a claim's text in the summary lines
-EVIDENCE_LINES = 3  # evidence lines per claim on the page (the ledger has them all)
+EVIDENCE_LINES = 5  # evidence lines per claim on the page (the ledger has them all)
 SETUP = re.compile(r"^([\w-]+/[\w.-]+)[ :]")
 
 
@@ -64,12 +64,15 @@ def findings_markdown(ev: Evidence, verdicts: Sequence[Verdict], roots: Sequence
     if len(head) > SUMMARY_LINES:  # never: four verdict kinds + six fixed lines
         raise AssertionError("the findings summary outgrew its lines")
     lines = head + [""]
+    frontier = str(Path(ledger_link).parent / "memory_frontier.md")  # written beside the ledger
     for v in verdicts:
         lines += [f"## {v.claim}. {v.text}", "",
                   f"**{v.verdict}**" + (f": {v.estimate}" if v.estimate else ""),
                   f"- scope: {scope(ev, v)}",
                   *[f"- {line}" for line in v.evidence[:EVIDENCE_LINES]],
                   *([f"- ... {len(v.evidence) - EVIDENCE_LINES} more in the ledger"] if len(v.evidence) > EVIDENCE_LINES else []),
+                  *([f"- memory frontier (largest batch x length in 12 / 24 / 80 GiB, estimated): [{frontier}]({frontier})"]
+                    if v.claim == 14 and ev.memory_frontier else []),
                   f"- ledger row: [{ledger_link}#claim-{v.claim}]({ledger_link}#claim-{v.claim})", ""]
     return "\n".join(lines)
 
