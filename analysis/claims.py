@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -20,19 +21,20 @@ from typing import Any
 import pandas as pd
 
 from analysis.claim_rules import LABELS, SHOWN, Evidence, Verdict, ledger
+from analysis.findings import findings_markdown, update_readme_block
+from analysis.memory_claims import CLAIM_14, frontier_markdown, memory_frontier, workload, write_frontier
 from harness.cli import error
 from harness.errors import HarnessError
 
 
 # ---- gathering and writing -----------------------------------------------------------------------------------
 
+# the estimator's rows: claims 10 and 15 read the first two (parameter counts, at the harness's defaults), claim 14
+# the rest, each at the workload its quoted figure assumes (analysis/memory_claims.py)
 ESTIMATES = {
     "lora": ["model=llama-3.1-8b", "method=lora", "r=16", "targets=qv"],
     "ia3": ["model=llama-3.1-8b", "method=ia3", "targets=ia3"],
-    "7b-full-bf16": ["model=llama-2-7b", "method=full", "train.precision=bf16"],
-    "7b-lora": ["model=llama-2-7b", "method=lora", "r=16", "targets=qv"],
-    "7b-qlora": ["model=llama-2-7b", "method=qlora", "r=16", "targets=qv"],
-    "70b-full": ["model=llama-3.1-70b", "method=full"],
+    **{name: overrides for name, (overrides, _) in CLAIM_14.items()},
 }
 
 
@@ -72,6 +74,7 @@ def gather(roots: Sequence[Path], estimates: bool = True) -> Evidence:
                  for p in _glob(roots, "merge_table.json")]
     if estimates:
         ev.estimates = estimator_rows()
+        ev.memory_frontier = memory_frontier()
     return ev
 
 
@@ -86,11 +89,23 @@ def forgetting_links(folders: Sequence[Path]) -> list[dict[str, Any]]:
     best: dict[str, dict[str, Any]] = {}
     for folder in folders:
         by_model = json.loads((folder / "intruder_correlations.json").read_text()).get("by_model") or {}
+        table = folder / "intruder_summary.csv"
+        summary = pd.read_csv(table) if table.exists() else None
         for model, corr in by_model.items():
-            link = (corr.get("forgetting") or {}) | {"model": model, "source": str(folder)}
+            link = (corr.get("forgetting") or {}) | {"model": model, "source": str(folder),
+                                                     "pairs": [] if summary is None else intruder_forgetting_pairs(summary, model)}
             if link.get("n") and (model not in best or rank(link) > rank(best[model])):
                 best[model] = link
     return [best[m] for m in sorted(best)]
+
+
+def intruder_forgetting_pairs(summary: pd.DataFrame, model: str) -> list[tuple[float, float]]:
+    """(intruders, forgetting) of each of a model's runs in an intruder summary, one per training config and
+    seed (a run two sweeps reached counts once), for the rank test of claim 11 (c)."""
+    rows = summary[(summary["model"] == model) & summary["intruders"].notna() & summary["forgetting"].notna()]
+    if {"label", "seed"} <= set(rows.columns):
+        rows = rows.drop_duplicates(["label", "seed"])
+    return [(float(a), float(b)) for a, b in zip(rows["intruders"], rows["forgetting"])]
 
 
 def markdown(verdicts: list[Verdict], ev: Evidence | None = None) -> str:
@@ -102,7 +117,7 @@ def markdown(verdicts: list[Verdict], ev: Evidence | None = None) -> str:
         detail = "<br>".join(v.evidence) + (("<br>" if v.evidence else "") + f"missing: {v.missing}" if v.missing else "")
         if v.plan:
             detail += "<br>" + "<br>".join(f"to decide: {p}" for p in v.plan)
-        lines.append(f"| {v.claim} | {v.text} | **{SHOWN.get(v.verdict, v.verdict)}** | {v.estimate} | {detail} | "
+        lines.append(f"| <a id=\"claim-{v.claim}\"></a>{v.claim} | {v.text} | **{SHOWN.get(v.verdict, v.verdict)}** | {v.estimate} | {detail} | "
                      f"{v.scope} |")
     lines += ["", "## Rules", ""] + [f"{v.claim}. {v.rule}" for v in verdicts]
     if ev is not None:
@@ -178,38 +193,83 @@ def log_wandb(ev: Evidence, verdicts: list[Verdict], project: str, group: str, o
     return "/".join(path) if isinstance(path, (list, tuple)) else path
 
 
+def budget_text(ev: Evidence, row: pd.Series) -> str:
+    """A setup's training budget in words: epochs (when the run counted them) and steps, with the examples x
+    tokens the retention table compares on."""
+    runs = ev.runs[(ev.runs["cell"] == row["cell"]) & (ev.runs["variant"] == row["variant"])]
+    parts = []
+    epochs = runs["train_epochs"].dropna().unique() if "train_epochs" in runs else []
+    steps = runs["train_steps"].dropna().unique() if "train_steps" in runs else []
+    if len(epochs) == 1:
+        parts.append(f"{epochs[0]:g} epoch{'s' if epochs[0] != 1 else ''}")
+    if len(steps) == 1:
+        parts.append(f"{int(steps[0])} steps")
+    budget = row.get("budget")
+    return ", ".join(parts) + (f" ({budget})" if isinstance(budget, str) and budget else "")
+
+
 def report_markdown(ev: Evidence, verdicts: list[Verdict], roots: Sequence[Path], report: Path) -> str:
-    """results/REPORT.md: the ledger, retention with intervals (fair rows), the estimator's memory rows and the
-    study's figures, all from the records under `roots`."""
+    """results/REPORT.md: the ledger, retention with intervals (fair rows; each setup named by task, model and
+    budget in their own columns), the estimator's memory rows with their workloads, the memory frontier and the
+    study's figures with captions, all from the records under `roots`."""
     lines = [f"# What the measurements say (rebuilt by `make claims` from {', '.join(map(str, roots))})", "",
+             "The short version with every headline number: [FINDINGS.md](FINDINGS.md).", "",
              markdown(verdicts, ev).replace("# Claims ledger", "## Claims ledger", 1).replace("\n## Rules", "\n### Rules")
              .replace("\n## Yardstick", "\n### Yardstick"), "## Retention at selected learning rates", "",
              "Fair rows (>= 3 seeds run, >= 2 learning rates tried): test score mean over the reported seeds with its "
              "95% interval, raw retention (method / full FT) and gain retention ((method - floor) / (full FT - floor)) "
              "with their 95% intervals (analysis/gain.py, analysis/bootstrap.py; the interval column says how).", "",
-             "| task | model | variant | selected lr | lrs tried | seeds (reported) | test score | floor | raw retention | "
-             "gain retention | interval | note |", "|---|---|---|---:|---|---|---|---|---|---|---|---|"]
+             "| task | model | budget | variant | selected lr | lrs tried | seeds (reported) | test score | floor | raw retention | "
+             "gain retention | interval | note |", "|---|---|---|---|---:|---|---|---|---|---|---|---|---|"]
     def pct(r: pd.Series, col: str) -> str:
         if pd.isna(r[f"{col}_mean"]):
             return ""
         return f"{r[f'{col}_mean']:.1f}%" + ("" if pd.isna(r[f"{col}_low"]) else f" [{r[f'{col}_low']:.1f}, {r[f'{col}_high']:.1f}]")
-    for _, r in ev.fair().sort_values(["task", "model", "method", "r"], na_position="first").iterrows():
+    fair = ev.fair()
+    if not fair.empty:
+        fair = fair.assign(_budget=[budget_text(ev, r) for _, r in fair.iterrows()])
+    for _, r in fair.sort_values(["task", "model", "_budget", "method", "r"], na_position="first").iterrows() if not fair.empty else []:
         score = f"{r['score_mean']:.4f}" + ("" if pd.isna(r["score_low"]) else f" [{r['score_low']:.4f}, {r['score_high']:.4f}]")
-        lines.append(f"| {r['task']} | {r['model']} | {r['label']} | {r.get('selected_lr', '')} | {r['lrs_tried']} | "
+        lines.append(f"| {r['task']} | {r['model']} | {r['_budget']} | {r['label']} | {r.get('selected_lr', '')} | {r['lrs_tried']} | "
                      f"{int(r['n_seeds'])} ({r['seeds_reported']}) | {score} | {r['floor_name']} {r['floor_score']:.4f} | "
                      f"{pct(r, 'retention')} | {pct(r, 'gain')} | {r.get('interval') or ''} | {r.get('note') or ''} |")
     if ev.estimates:
-        lines += ["", "## Memory (estimated: harness.estimate, CUDA, batch 8 x 256, AdamW)", "",
-                  "| preset | overrides | trainable | peak GB | adapter / model on disk |", "|---|---|---:|---:|---:|"]
+        lines += ["", "## Memory (estimated: harness.estimate, CUDA; not measured)", "",
+                  "Each row at the workload stated beside it: claim 14's rows at the quoted figures' workload, the "
+                  "Llama-3.1-8B rows (claims 10 and 15: parameter counts) at the harness's defaults.", "",
+                  "| preset | overrides | workload | trainable | peak GB | adapter / model on disk |",
+                  "|---|---|---|---:|---:|---:|"]
         for name, est in ev.estimates.items():
-            lines.append(f"| {name} | `{' '.join(ESTIMATES[name])}` | {est['params_trainable']:,} | "
+            lines.append(f"| {name} | `{' '.join(ESTIMATES[name])}` | {workload(est)} | {est['params_trainable']:,} | "
                          f"{est['memory']['peak'] / 1e9:.1f} | {est['disk_bytes'] / 1e6:,.0f} MB |")
-    figures = sorted(p for root in roots for p in Path(root).rglob("*.png"))
-    if figures:
-        lines += ["", "## Figures", ""] + [f"- [{p.relative_to(report.parent) if p.is_relative_to(report.parent) else p}]"
-                                           f"({p.relative_to(report.parent) if p.is_relative_to(report.parent) else p})"
-                                           for p in figures]
+    if ev.memory_frontier:
+        lines += ["", frontier_markdown(ev.memory_frontier).replace("# Memory frontier", "## Memory frontier", 1)
+                  .replace("\n## ", "\n### ").rstrip("\n")]
+    lines += figure_lines(roots, report)
     return "\n".join(lines) + "\n"
+
+
+def figure_lines(roots: Sequence[Path], report: Path) -> list[str]:
+    """The study's figures, each numbered with a caption saying what it shows and which analysis drew it."""
+    from analysis.report import figure_caption
+
+    figures = sorted(p for root in roots for p in Path(root).rglob("*.png"))
+    if not figures:
+        return []
+    lines = ["", "## Figures", ""]
+    for number, path in enumerate(figures, 1):
+        shown = path.relative_to(report.parent) if path.is_relative_to(report.parent) else path
+        sweep = path.relative_to(Path(next(r for r in roots if path.is_relative_to(r)))).parts[0]
+        lines.append(f"- Figure {number} ({sweep}): {figure_caption(path)}. [{shown}]({shown})")
+    return lines
+
+
+FINDINGS = "FINDINGS.md"
+
+
+def ledger_link(out: Path, findings_path: Path) -> str:
+    """The ledger (claims.md in --out) as a link relative to the findings page."""
+    return os.path.relpath(out / "claims.md", findings_path.parent)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,8 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-estimates", action="store_true", help="skip the estimator (claims 10, 14, 15 not run)")
     parser.add_argument("--wandb-project", help="also log the ledger and retention tables to this W&B project")
     parser.add_argument("--wandb-group", default="study", help="the W&B group of the study (default: study)")
-    parser.add_argument("--report", type=Path, default=None, help="also write the study report here (results/REPORT.md)")
+    parser.add_argument("--report", type=Path, default=None, help="also write the study report here (results/REPORT.md), "
+                        "and the findings page FINDINGS.md beside it")
     parser.add_argument("--plan", action="store_true", help="print, claim by claim, the seeds and items to add; write nothing")
+    parser.add_argument("--readme", type=Path, default=Path("README.md"),
+                        help="a README whose findings block (between <!-- findings:begin/end --> markers) shows the "
+                             "findings page's summary; left alone without the markers (default README.md)")
     args = parser.parse_args(argv)
     try:
         evidence = gather(args.runs, estimates=not args.no_estimates)
@@ -236,8 +300,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "claims.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=2) + "\n")
     if args.wandb_project:
         log_wandb(evidence, verdicts, args.wandb_project, args.wandb_group, args.out)
+    if evidence.memory_frontier:
+        write_frontier(evidence.memory_frontier, args.out)
     if args.report:
         args.report.write_text(report_markdown(evidence, verdicts, args.runs, args.report))
+        findings_path = args.report.parent / FINDINGS
+        findings = findings_markdown(evidence, verdicts, args.runs, ledger_link(args.out, findings_path))
+        findings_path.write_text(findings)
+        update_readme_block(args.readme, findings, findings_path)
     print(text)
     return 0
 

@@ -47,6 +47,29 @@ DEFINITIONS = [
 ]
 
 
+# Captions of the figures other analyses draw (analysis.intruder, analysis.continual), by file stem; the
+# report's own figures take theirs from plots.FIGURES.
+OTHER_CAPTIONS = {
+    "intruders_vs_rank": "Intruder dimensions (top 10 singular vectors, epsilon 0.5) per run vs LoRA rank; full FT beside it",
+    "intruders_vs_epsilon": "Intruder dimensions vs the similarity threshold epsilon, per group",
+    "intruders_vs_k": "Intruder dimensions vs how many top singular vectors are searched (k), per group",
+    "intruders_vs_k_fraction": "Intruder dimensions vs k as a fraction of each matrix's rank, per group",
+    "intruders_vs_update_norm": "Intruder dimensions vs the relative size of the weight update, per run",
+    "intruders_vs_forgetting": "Intruder dimensions vs forgetting (and vs test score), per run, with Spearman's rho",
+    "intruders_per_layer": "Intruder dimensions per layer, per group",
+    "update_spectrum": "Singular-value spectrum of the update W - W0 and its effective rank, per group",
+    "intruder_scaling": "Scaling the intruder directions by lambda: forgetting and test-score change vs lambda",
+    "continual_forgetting": "Continual learning: task scores and forgetting of general text after each stage",
+}
+
+
+def figure_caption(path: Path) -> str:
+    """What a figure shows, from its file name (plots.FIGURES for the report's figures, OTHER_CAPTIONS for the
+    intruder and continual analyses'), else its name in words."""
+    stem = Path(path).stem
+    return plots.FIGURES.get(stem) or OTHER_CAPTIONS.get(stem) or stem.replace("_", " ").capitalize()
+
+
 def _fmt(value, spec: str) -> str:
     return "" if value is None or pd.isna(value) else format(value, spec)
 
@@ -206,11 +229,15 @@ def write_markdown(path: Path, title: str, header: list[str], shown, figures) ->
     for name, note, table in shown:
         lines += [f"## {name}", "", note, "", _md_table(table), ""]
     lines += ["## Figures", ""]
-    for key, value in figures.items():
+    for number, (key, value) in enumerate(figures.items(), 1):
         caption = plots.FIGURES[key]
-        lines += [f"### {caption}", "", f"![{caption}](figures/{value.name})" if isinstance(value, Path)
-                  else f"_not drawn: {value}_", ""]
+        lines += [f"### Figure {number}. {caption}", "",
+                  f"![{caption}](figures/{value.name})" if isinstance(value, Path) else f"_not drawn: {value}_", "",
+                  f"*Figure {number}. {caption}. {FIGURE_SOURCE}*", ""]
     path.write_text("\n".join(lines))
+
+
+FIGURE_SOURCE = "From the runs listed in this report's header; only runs with status ok are drawn."
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -231,12 +258,13 @@ def write_html(path: Path, title: str, header: list[str], shown, figures) -> Non
         body += [f"<h2>{esc(name)}</h2>", f"<p class='note'>{esc(note)}</p>",
                  table.to_html(index=False, na_rep="", border=0) if not table.empty else "<p><em>(none)</em></p>"]
     body.append("<h2>Figures</h2>")
-    for key, value in figures.items():
+    for number, (key, value) in enumerate(figures.items(), 1):
         caption = esc(plots.FIGURES[key])
+        label = f"<figcaption>Figure {number}. {caption}. <span class='note'>{esc(FIGURE_SOURCE)}</span></figcaption>"
         if isinstance(value, Path):
-            body.append(f"<figure><figcaption>{caption}</figcaption><img src='{_data_uri(value)}' alt='{caption}'></figure>")
+            body.append(f"<figure>{label}<img src='{_data_uri(value)}' alt='{caption}'></figure>")
         else:
-            body.append(f"<figure><figcaption>{caption}</figcaption><p class='note'>not drawn: {esc(value)}</p></figure>")
+            body.append(f"<figure>{label}<p class='note'>not drawn: {esc(value)}</p></figure>")
     path.write_text(f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
                     f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 

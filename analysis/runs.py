@@ -114,12 +114,26 @@ def frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _disambiguate_labels(df: pd.DataFrame) -> None:
-    """Two ok variants with the same label in one cell (e.g. two learning rates) get `#<variant>` appended."""
+    """Two ok variants with the same label in one cell and budget (e.g. the same method reached by two sweeps
+    whose configs differ only in an unused default) are told apart by what differs, in words: the sweep (`group`)
+    each came from, else `#<variant>`. Variants of one label in different budgets keep it: the budget is its own
+    column wherever both appear."""
     ok = df[df["status"].eq("ok")]
-    clashing = ok.groupby(["cell", "label"])["variant"].transform("nunique") > 1
-    keys = set(zip(ok.loc[clashing, "cell"], ok.loc[clashing, "variant"]))
-    hit = [(c, v) in keys for c, v in zip(df["cell"], df["variant"])]
-    df.loc[hit, "label"] = df.loc[hit, "label"] + " #" + df.loc[hit, "variant"].str[:4]
+    keys = ["cell", "budget", "label"]
+    clashing = ok.groupby(keys)["variant"].transform("nunique") > 1
+    hit = df.set_index(["cell", "budget", "variant"]).index.isin(
+        ok.loc[clashing].set_index(["cell", "budget", "variant"]).index)
+    if not hit.any():
+        return
+    groups = ok.loc[clashing].groupby(["cell", "budget", "variant"])["group"].agg(
+        lambda g: ",".join(sorted({str(x) for x in g.dropna()})))
+    names = {}
+    for (cell, budget, label), part in ok.loc[clashing].groupby(keys):
+        sweeps = {v: groups.get((cell, budget, v), "") for v in part["variant"].unique()}
+        distinct = all(sweeps.values()) and len(set(sweeps.values())) == len(sweeps)
+        names |= {(cell, budget, v): f" (sweep {s})" if distinct else f" #{v[:4]}" for v, s in sweeps.items()}
+    df.loc[hit, "label"] = [lab + names.get((c, b, v), f" #{v[:4]}") for lab, c, b, v in
+                            zip(df.loc[hit, "label"], df.loc[hit, "cell"], df.loc[hit, "budget"], df.loc[hit, "variant"])]
 
 
 def result_files(roots: Sequence[str | Path]) -> list[Path]:

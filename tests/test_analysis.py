@@ -141,6 +141,35 @@ def test_same_label_different_config_is_told_apart() -> None:
     assert same["label"].tolist() == ["lora r=8 qv"] * 2 and same["variant"].nunique() == 1
 
 
+def test_same_label_from_two_sweeps_is_named_by_its_sweep_and_budgets_stay_apart() -> None:
+    """Configs that differ only in an unused default, reached by two sweeps, are named by the sweep, not a hash;
+    the same label at two budgets needs no suffix (the budget is its own column in the reports)."""
+    records = [rec("lora", 0, 0.7, r=8, targets="qv") for _ in range(2)]
+    for i, r in enumerate(records):
+        r["run_id"] += f"_{i}"
+        r["group"] = ["intruder", "intruder-selected"][i]
+        r["config"]["method"]["lr"] = [2e-4, 6e-4][i]
+    df = runs_mod.frame([runs_mod.record_to_row(r, "x") for r in records])
+    assert sorted(df["label"]) == ["lora r=8 qv (sweep intruder)", "lora r=8 qv (sweep intruder-selected)"]
+    longer = rec("lora", 0, 0.7, r=8, targets="qv")
+    longer["run_id"] += "_long"
+    longer["config"]["train"]["max_steps"] = longer["max_steps"] = 20
+    df = runs_mod.frame([runs_mod.record_to_row(r, "x") for r in (rec("lora", 0, 0.7, r=8, targets="qv"), longer)])
+    assert df["label"].tolist() == ["lora r=8 qv"] * 2 and df["budget"].nunique() == 2
+
+
+def test_report_figures_are_numbered_with_captions(tmp_path: Path) -> None:
+    from analysis import report as report_mod
+
+    figures = {"lr_sensitivity": tmp_path / "lr_sensitivity.png", "validation_curves": "no run recorded a curve"}
+    report_mod.write_markdown(tmp_path / "r.md", "t", [], [], figures)
+    text = (tmp_path / "r.md").read_text()
+    assert "### Figure 1. Validation score vs learning rate" in text and "*Figure 1. Validation score" in text
+    assert "### Figure 2. Validation curves" in text and "_not drawn: no run recorded a curve_" in text
+    assert report_mod.figure_caption(Path("a/intruders_vs_rank.png")).startswith("Intruder dimensions")
+    assert report_mod.figure_caption(Path("a/some_new_plot.png")) == "Some new plot"
+
+
 def test_retention_by_rank_and_by_targets(df: pd.DataFrame) -> None:
     ret = tables.retention(df)
     by_rank = tables.retention_pivot(ret, "r")

@@ -128,23 +128,24 @@ def test_claim_10_is_the_trainable_share(share, expected) -> None:
     assert verdict(10, evidence(rows)).verdict == expected
 
 
-def _intruders(low_rank: tuple[float, float, float], rho_f: float, p_f: float, counts: list[int]) -> Evidence:
+def _intruders(r1_counts: list[int], rho_f: float, p_f: float, counts: list[int]) -> Evidence:
+    """Groups name the tested groups; the summary holds every run's count (the intervals come from those)."""
     groups = pd.DataFrame([
-        {"label": "full", "method": "full", "r": np.nan, "n_seeds": 3, "intruders_mean": 0.0, "intruders_low": 0.0,
-         "intruders_high": 0.0},
-        {"label": "lora r=1 lr=1e-4", "method": "lora", "r": 1, "n_seeds": 1, "intruders_mean": 0.0,
-         "intruders_low": np.nan, "intruders_high": np.nan},  # one seed at another rate: not the group tested
-        {"label": "lora r=1", "method": "lora", "r": 1, "n_seeds": 3, "intruders_mean": low_rank[0],
-         "intruders_low": low_rank[1], "intruders_high": low_rank[2]}])
-    summary = pd.DataFrame({"method": ["lora"] * 6, "r": [1, 1, 8, 8, 64, 64], "intruders": counts})
+        {"label": "full", "method": "full", "r": np.nan, "n_seeds": 3},
+        {"label": "lora r=1 lr=1e-4", "method": "lora", "r": 1, "n_seeds": 1},  # one seed at another rate: not tested
+        {"label": "lora r=1", "method": "lora", "r": 1, "n_seeds": 3}])
+    ranks = [1] * len(r1_counts) + [8, 8, 8, 64, 64, 64]
+    summary = pd.DataFrame({"label": [f"lora r={r}" for r in ranks] + ["full"] * 3,
+                            "method": ["lora"] * len(ranks) + ["full"] * 3, "r": ranks + [np.nan] * 3,
+                            "seed": list(range(len(ranks))) + [0, 1, 2], "intruders": list(r1_counts) + counts + [0, 0, 0]})
     return evidence([], intruder_groups=groups, intruder_summary=summary,
                     intruder_correlations={"forgetting": {"rho": rho_f, "p": p_f, "n": 9}})
 
 
 @pytest.mark.parametrize("case,expected", [
-    (((8, 4, 12), 0.8, 0.01, [9, 8, 3, 2, 0, 0]), SUPPORTED),
-    (((8, 4, 12), -0.8, 0.01, [9, 8, 3, 2, 0, 0]), REFUTED),
-    (((8, 4, 12), 0.2, 0.5, [9, 8, 3, 2, 0, 0]), INCONCLUSIVE),
+    (([9, 8, 7], 0.8, 0.01, [3, 2, 4, 0, 1, 0]), SUPPORTED),
+    (([9, 8, 7], -0.8, 0.01, [3, 2, 4, 0, 1, 0]), REFUTED),
+    (([9, 8, 7], 0.2, 0.5, [3, 2, 4, 0, 1, 0]), INCONCLUSIVE),
 ])
 def test_claim_11_has_three_parts(case, expected) -> None:
     v = verdict(11, _intruders(*case))
@@ -153,7 +154,8 @@ def test_claim_11_has_three_parts(case, expected) -> None:
 
 @pytest.mark.parametrize("lm,expected", [((0.9, 0.01), SUPPORTED), ((-0.9, 0.01), REFUTED), ((0.5, 0.3), INCONCLUSIVE)])
 def test_claim_11_reads_the_forgetting_link_of_every_base_model(lm, expected) -> None:
-    ev = _intruders((8, 4, 12), 0.8, 0.01, [9, 8, 3, 2, 0, 0])
+    """Links without per-run pairs (an old analysis) keep their own rho and p."""
+    ev = _intruders([9, 8, 7], 0.8, 0.01, [3, 2, 4, 0, 1, 0])
     ev.forgetting_links = [{"model": "minilm-l6", "rho": 0.8, "p": 0.01, "n": 21},
                            {"model": "smollm2-135m", "rho": lm[0], "p": lm[1], "n": 5}]
     v = verdict(11, ev)
@@ -174,21 +176,24 @@ def test_the_forgetting_link_per_model_comes_from_the_analysis_with_most_of_its_
     lm = analysis("c", {"smollm2-135m": {"forgetting": {"rho": 0.9, "p": 0.04, "n": 5}},
                         "minilm-l6": {"forgetting": {"rho": None, "p": None, "n": 1}}})
     all_zero = analysis("d", {"smollm2-135m": {"forgetting": {"rho": None, "p": None, "n": 9}}})  # no intruder
+    pd.DataFrame({"model": ["smollm2-135m"] * 3 + ["minilm-l6"], "label": ["a", "a", "b", "c"], "seed": [0, 0, 0, 0],
+                  "intruders": [3, 3, 0, 1], "forgetting": [0.5, 0.5, 0.1, 0.2]}).to_csv(lm / "intruder_summary.csv")
     links = forgetting_links([enc_small, enc_big, lm, all_zero])
     assert [(x["model"], x["n"], x["source"]) for x in links] == [("minilm-l6", 21, str(enc_big)),
                                                                   ("smollm2-135m", 5, str(lm))]
+    # the per-run pairs for claim 11 (c)'s permutation test: one per config and seed (a run two sweeps reached once)
+    assert links[0]["pairs"] == [] and links[1]["pairs"] == [(3.0, 0.5), (0.0, 0.1)]
 
 
-@pytest.mark.parametrize("merged,unmerged,expected", [(1.02, 1.10, SUPPORTED), (1.2, 1.3, REFUTED), (1.07, 1.1, INCONCLUSIVE)])
-def test_claim_12_reads_serve_bench(merged, unmerged, expected) -> None:
-    """serve_bench.json's shape: modes[mode][batch size] -> ms_per_token (the worst batch size decides)."""
+def test_claim_12_without_rounds_lists_the_medians_and_is_not_run() -> None:
+    """serve_bench.json's shape: modes[mode][batch size] -> ms_per_token and, since rounds are recorded,
+    samples_full_s (tests/test_findings.py tests the paired-round verdicts)."""
     def at(ms: float) -> dict:
         return {"1": {"ms_per_token": ms}, "16": {"ms_per_token": ms / 4}}
 
-    serve = [{"run": "x", "modes": {"base": at(10.0), "merged": at(10 * merged), "unmerged": at(10 * merged * unmerged),
-                                    "hotswap": at(12.0)}}]
+    serve = [{"run": "x", "modes": {"base": at(10.0), "merged": at(10.2), "unmerged": at(11.0), "hotswap": at(12.0)}}]
     v = verdict(12, evidence([], serve=serve))
-    assert v.verdict == expected and len(v.evidence) == 2
+    assert v.verdict == NOT_RUN and len(v.evidence) == 2 and "no per-round data" in v.missing
 
 
 @pytest.mark.parametrize("share,expected", [(0.95, SUPPORTED), (0.6, REFUTED), (0.8, INCONCLUSIVE)])
@@ -199,7 +204,8 @@ def test_claim_13_uses_task_vector_merges_only(share, expected) -> None:
 
 @pytest.mark.parametrize("qlora_gb,expected", [(12, SUPPORTED), (30, REFUTED), (19, INCONCLUSIVE)])
 def test_claim_14_compares_the_estimates_with_the_quotes(qlora_gb, expected) -> None:
-    est = {k: {"memory": {"peak": gb * 1e9}} for k, gb in
+    workload = {"batch_size": 1, "seq_len": 512, "precision": "bf16", "optim": "adamw_torch", "checkpointing": True}
+    est = {k: {"memory": {"peak": gb * 1e9}} | workload for k, gb in
            {"7b-full-bf16": 66, "7b-lora": 27, "7b-qlora": qlora_gb, "70b-full": 1200}.items()}
     assert verdict(14, evidence([], estimates=est)).verdict == expected
 
@@ -216,10 +222,13 @@ def test_the_ledger_markdown_lists_every_claim_and_rule() -> None:
 
 
 def test_the_committed_report_rebuilds_from_the_committed_records() -> None:
-    """`make claims` wrote results/REPORT.md from results/study alone; rebuilding it gives the same text."""
+    """`make claims` wrote results/REPORT.md, results/FINDINGS.md and the memory frontier from results/study alone;
+    rebuilding them gives the same text."""
     from pathlib import Path
 
-    from analysis.claims import gather, report_markdown
+    from analysis.claims import gather, ledger_link, report_markdown
+    from analysis.findings import findings_markdown
+    from analysis.memory_claims import frontier_markdown
 
     repo = Path(__file__).resolve().parent.parent
     roots, report = [Path("results/study")], repo / "results" / "REPORT.md"
@@ -229,10 +238,16 @@ def test_the_committed_report_rebuilds_from_the_committed_records() -> None:
     os.chdir(repo)  # the report names its sources relative to the checkout, as `make claims` runs it
     try:
         evidence = gather(roots)
-        rebuilt = report_markdown(evidence, ledger(evidence), roots, Path("results/REPORT.md"))
+        verdicts = ledger(evidence)
+        rebuilt = report_markdown(evidence, verdicts, roots, Path("results/REPORT.md"))
+        findings = findings_markdown(evidence, verdicts, roots, ledger_link(Path("results/study/claims"),
+                                                                           Path("results/FINDINGS.md")))
+        frontier = frontier_markdown(evidence.memory_frontier)
     finally:
         os.chdir(cwd)
     assert rebuilt == report.read_text(), "results/REPORT.md is stale: run `make claims` and commit it"
+    assert findings == (repo / "results" / "FINDINGS.md").read_text(), "results/FINDINGS.md is stale: run `make claims`"
+    assert frontier == (repo / "results/study/claims/memory_frontier.md").read_text(), "the memory frontier is stale"
 
 
 def test_the_ledger_is_logged_to_wandb_and_the_report_shows_it(tmp_path, monkeypatch) -> None:
