@@ -90,7 +90,7 @@ bench: setup
 gpu-check: setup
 	$(PY) -m benchmarks.gpu_check $(ARGS)
 
-# 1 process vs 2-process gloo DDP on this machine -> benchmarks/results/ddp_bench.md
+# 1 process vs 2-process gloo DDP on this machine -> benchmarks/results/<date>T<time>_<host>_ddp.md
 bench-ddp: setup
 	$(PY) -m benchmarks.ddp_bench $(ARGS)
 
