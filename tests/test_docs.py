@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO
+from conftest import REPO
 
 DOCS = REPO / "docs"
 EXAMPLES = DOCS / "examples"
