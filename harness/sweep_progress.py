@@ -65,7 +65,7 @@ def sweep_progress(total: int) -> Iterator[Callable[[int], None]]:
     def advance(n: int) -> None:
         bar.update(n)
         if not on_terminal and total:
-            log.info("sweep progress: %s", bar)
+            log.info("sweep progress: %s", str(bar))  # formatted now, not when the record is emitted
 
     try:
         yield advance

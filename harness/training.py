@@ -51,6 +51,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.utils import logging as transformers_logging
 from transformers.trainer_utils import sort_checkpoints
 
 
@@ -85,6 +86,15 @@ class LogToFile(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         shown = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in (logs or {}).items()}
         self.log.info("step %d/%d: %s", state.global_step, state.max_steps, shown)
+
+
+def quiet_library_bars_without_terminal() -> None:
+    """Without a terminal (a log file, a SLURM job, a sweep) the libraries' own bars (datasets' split generation
+    and tokenising, transformers' shard writing) each leave a line of carriage returns in the log; training's
+    progress is ProgressLine's instead."""
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
 
 
 class ProgressLine(TrainerCallback):
