@@ -7,7 +7,8 @@ task, per-process batch and steps, the cores divided between the processes.
 Throughput is the record's: global non-padding tokens over the training loop (scoring excluded); the DDP run's
 per-rank figures are beside it. Scaling = DDP tokens/s over one process's tokens/s (2.0 would be perfect; a
 2-core CPU gives each DDP process one core where the single process had two, so ~1 is the expectation here and
-the figure measures DDP's overhead rather than a speed-up). Writes <date>T<time>_<host>_ddp.json / .md (benchmarks/stamp.py).
+the figure measures DDP's overhead rather than a speed-up). Writes <date>T<time>_<host>_ddp.json / .md
+(benchmarks/stamp.py).
 """
 
 from __future__ import annotations

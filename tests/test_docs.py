@@ -89,6 +89,16 @@ def test_benchmark_page_from_a_hand_made_result(tmp_path: Path) -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d-\d\d_my-host_bench", stamped_name("bench", "my host"))
 
 
+def test_a_benchmark_writes_a_stamped_pair(tmp_path: Path) -> None:
+    from benchmarks.docs_page import latest_by_kind
+    from benchmarks.stamp import write_stamped
+
+    path = write_stamped(tmp_path, "ddp", {"rows": [1]}, "| a |\n|---|\n| 1 |")
+    payload = json.loads(path.read_text())
+    assert payload["rows"] == [1] and payload["machine"]["host"] and payload["machine"]["cpu_count"] >= 1
+    assert path.with_suffix(".md").read_text().startswith("Measured on ") and latest_by_kind(tmp_path) == {"ddp": path}
+
+
 # ---- the extending guide's worked examples ------------------------------------------------------------------
 
 def _conf_with(tmp_path: Path, dest: str, example: str) -> Path:
