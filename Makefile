@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test test-fast sweep report bench bench-ddp gpu-check clean-cache study claims
+.PHONY: setup run test test-fast sweep report bench bench-ddp gpu-check clean-cache study claims docs
 
 setup: $(VENV)/.installed .cache/.assets-ready
 
@@ -90,9 +90,13 @@ bench: setup
 gpu-check: setup
 	$(PY) -m benchmarks.gpu_check $(ARGS)
 
-# 1 process vs 2-process gloo DDP on this machine -> benchmarks/results/ddp_bench.md
+# 1 process vs 2-process gloo DDP on this machine -> benchmarks/results/<date>T<time>_<host>_ddp.md
 bench-ddp: setup
 	$(PY) -m benchmarks.ddp_bench $(ARGS)
+
+# The documentation site from docs/ (mkdocs + Material) at http://127.0.0.1:8000; tests/test_docs.py builds it --strict
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 test: setup
 	$(PY) -m pytest -m "slow or not slow" --durations=15 $(PYTEST_ARGS)

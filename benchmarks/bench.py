@@ -31,7 +31,8 @@ Time to a verdict, in the same invocation:
 - The matmul limit is read before and after every timed job (bf16 2048^3); an invocation whose readings spread by
   more than 20% is flagged too noisy to quote.
 
-Writes benchmarks/results/bench-<time>.{json,md} and latest.{json,md}.
+Writes benchmarks/results/<date>T<time>_<host>_bench.{json,md} (benchmarks/stamp.py), committed; the docs page of
+latest results is regenerated from it by `python -m benchmarks.docs_page`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.jobs import REPO, hold_lock, median, ratio_text, run_logged
+from benchmarks.stamp import write_stamped
 from benchmarks.verdict import (Limits, run_eval_bench, run_overhead, sweep_markdown, sweep_overhead, timed,
                                 verdict_markdown)
 from harness.runfolder import find_runs, read_record
@@ -239,16 +241,13 @@ def main() -> None:
             "labelled_fraction": labelled_fraction(a.model, a.batch_size), "harness_args": a.harness_args,
             "lm_head_params": head, "cpu_count": os.cpu_count(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     rows = summarise(raw, matmul, meta["labelled_fraction"], head)
-    a.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     limit = limits.summary()
     payload = {"meta": meta, "matmul": matmul, "rows": rows, "sweep": sweep, "raw": raw, "overhead": overhead,
                "evaluation": evaluation, "limit_readings": limit}
     md = markdown(rows, matmul, meta, sweep) + verdict_markdown(overhead, evaluation, limit)
-    for name in (f"bench-{stamp}", "latest"):
-        (a.out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
-        (a.out / f"{name}.md").write_text(md)
+    path = write_stamped(a.out, "bench", payload, md)
     print(md)
+    print(f"bench: wrote {path} and its .md; `python -m benchmarks.docs_page` updates the docs page", flush=True)
 
 
 if __name__ == "__main__":

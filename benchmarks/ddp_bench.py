@@ -7,7 +7,8 @@ task, per-process batch and steps, the cores divided between the processes.
 Throughput is the record's: global non-padding tokens over the training loop (scoring excluded); the DDP run's
 per-rank figures are beside it. Scaling = DDP tokens/s over one process's tokens/s (2.0 would be perfect; a
 2-core CPU gives each DDP process one core where the single process had two, so ~1 is the expectation here and
-the figure measures DDP's overhead rather than a speed-up). Writes ddp_bench.json / .md.
+the figure measures DDP's overhead rather than a speed-up). Writes <date>T<time>_<host>_ddp.json / .md
+(benchmarks/stamp.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from benchmarks.stamp import write_stamped
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{ddp.get('train_tokens_per_s')} tokens/s, scaling {scaling}", flush=True)
     a.out.mkdir(parents=True, exist_ok=True)
     meta = {"model": a.model, "steps": a.steps, "batch_per_process": a.batch_size, "cores": cores}
-    (a.out / "ddp_bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
     lines = [f"DDP scaling on {cores} CPU cores ({a.model}, classify, {a.steps} steps, batch {a.batch_size} per "
              "process; one process with all cores vs 2 gloo DDP processes with half each)", "",
              "| method | 1 process tokens/s | 2-process DDP tokens/s (per rank) | scaling | peak per rank (GB) |",
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         peaks = ", ".join(f"{v / 1e9:.2f}" for v in d["peak_mem_bytes_per_rank"])
         lines.append(f"| {r['method']} | {s['train_tokens_per_s']:.0f} | {d['train_tokens_per_s']:.0f} ({per}) | "
                      f"{r['scaling']:.2f} | {peaks} |")
-    (a.out / "ddp_bench.md").write_text("\n".join(lines) + "\n")
+    write_stamped(a.out, "ddp", {"meta": meta, "rows": rows}, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

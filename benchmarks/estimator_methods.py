@@ -11,7 +11,8 @@ on the same run folder, which reads the run's largest recorded batch), so the tw
 glibc keeps resident (harness/estimate/check.py). On CUDA the record's peak allocated figure is already this
 measurement: `python -m harness.estimate --check runs/` compares it directly.
 
-Writes estimator_methods.json and estimator_methods.md to --out (default benchmarks/results/).
+Writes <date>T<time>_<host>_estimator-methods.{json,md} to --out (default benchmarks/results/;
+benchmarks/stamp.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from benchmarks.stamp import write_stamped
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -141,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {method:8s} " + (r["error"] if "error" in r else
               f"predicted {r['predicted_bytes'] / 2**20:.1f} MiB, profiler {r['profiler_bytes'] / 2**20:.1f} MiB "
               f"({r['error_pct']:+.1f}%)"), flush=True)
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "estimator_methods.json").write_text(json.dumps({"steps": a.steps, "rows": rows, "work": str(work)}, indent=2))
-    (a.out / "estimator_methods.md").write_text(markdown(rows, a.steps))
+    payload = {"steps": a.steps, "rows": rows, "work": str(work)}
+    write_stamped(a.out, "estimator-methods", payload, markdown(rows, a.steps))
     print(markdown(rows, a.steps))
     return 0
 

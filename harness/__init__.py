@@ -8,5 +8,8 @@ __version__ = "0.1.0"
 
 import logging as _logging
 
-# bitsandbytes warns on import that an optional CPU kernel package (fetched from the hub) is missing.
+# bitsandbytes warns on import that an optional CPU kernel package (fetched from the hub) is missing, and the
+# `kernels` package it asks warns that it skips the hub's publisher check offline: both on every run, even when
+# nothing is quantised (peft imports bitsandbytes), and neither changes what a run computes.
 _logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)
+_logging.getLogger("kernels").setLevel(_logging.ERROR)

@@ -19,6 +19,7 @@ import math
 import shutil
 import tempfile
 import weakref
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,7 @@ def apply_method(model: PreTrainedModel, plan: MethodPlan) -> PreTrainedModel:
         weakref.finalize(peft_model, shutil.rmtree, plan.initial_adapter, True)
         init = peft_model.peft_config["default"].init_lora_weights
         peft_model.peft_config["default"].init_lora_weights = True  # peft's recipe: save the init as plain LoRA
-        peft_model.save_pretrained(plan.initial_adapter)
+        peft_model.save_pretrained(plan.initial_adapter, save_embedding_layers=False)
         peft_model.peft_config["default"].init_lora_weights = init
     return peft_model
 
@@ -274,19 +275,22 @@ def save_trained(model: nn.Module, plan: MethodPlan, folder: Path) -> None:
       bf16 (seen: different greedy answers from the reloaded SmolLM2 adapter).
     """
     config = getattr(model, "peft_config", {}).get("default")
+    # The harness never targets or resizes embeddings, so none are saved; peft's "auto" would ask the hub whether
+    # the base's config exists (a warning on every offline save) to find a resized vocabulary.
+    save = partial(model.save_pretrained, save_embedding_layers=False) if config is not None else model.save_pretrained
     if config is not None and config.peft_type == peft.PeftType.ADALORA and config.rank_pattern:
         pattern, config.rank_pattern = config.rank_pattern, None
         try:
-            model.save_pretrained(folder)
+            save(folder)
         finally:
             config.rank_pattern = pattern
         ranks = {name: int(sum(bool(k) for k in kept)) for name, kept in pattern.items()}
         (Path(folder) / "adalora_ranks.json").write_text(json.dumps(ranks, indent=1) + "\n")
         return
     if plan.initial_adapter is None:
-        model.save_pretrained(folder)
+        save(folder)
         return
-    model.save_pretrained(folder, path_initial_model_for_weight_conversion=plan.initial_adapter)
+    save(folder, path_initial_model_for_weight_conversion=plan.initial_adapter)
     # peft's conversion keeps only lora_A / lora_B: put back the rest (a trained head from modules_to_save)
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file, save_file

@@ -291,5 +291,26 @@ def print_summary(result: dict[str, Any], run_dir: Path) -> None:
     ]
     if result.get("status") != Status.OK.value:
         lines.append(f"status     {result['status']}: {result['reason']}")
+    if not _in_sweep():  # a sweep prints its own table; these pointers are for the one-off run
+        lines += next_steps(run_dir)
     print("\n".join(lines), flush=True)
     logging.getLogger("harness.log_file").info("summary\n%s", "\n".join(lines))
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def next_steps(run_dir: Path) -> list[str]:
+    """Where to look next after a one-off run: its folder, its report, three commands to try."""
+    report = f"reports/{run_dir.name}"
+    return [
+        f"look at    {run_dir}/result.json (every measurement) and run.log",
+        f"report     python -m analysis.report --runs {run_dir} --out {report}  ->  open {report}/report.html",
+        "next       python -m harness.run method=full          # the reference: full fine-tuning, same task",
+        "           make sweep TASK=classify                   # a grid of runs, resumable, with a summary table",
+        "           make report                                # tables, figures and report.html over runs/",
+    ]

@@ -31,8 +31,8 @@ class Field:
     required: tuple[str, ...] = ()
 
 
-# The schema of result.json: the README's table of the record is generated from it (`markdown_table`, checked by
-# tests/test_schema.py), and every key a run writes is in it.
+# The schema of result.json: the docs' table of the record (docs/runs.md) is generated from it (`markdown_table`,
+# checked by tests/test_schema.py), and every key a run writes is in it.
 FIELDS: tuple[Field, ...] = (
     Field(('run_id', 'task', 'model', 'method', 'r', 'alpha', 'targets', 'seed', 'group'),
         'identity: `run_id` (task, model, method, rank, targets, seed and a hash of the effective config, the '
@@ -113,7 +113,7 @@ FIELDS: tuple[Field, ...] = (
     Field(('forgetting', 'forgetting_probe', 'forgetting_before', 'forgetting_after'),
         'the forgetting probe on general English: causal LMs (`lm-loss`) loss after minus before training, with '
         "`forgetting_before`, `forgetting_after`; encoders (`sentence-similarity`) 1 - Spearman's rho of pairwise "
-        'similarities, with `embedding_drift` (see [Tasks](#tasks-conftask))',
+        'similarities, with `embedding_drift` (see [Tasks](configuration.md#tasks))',
         columns=('forgetting',)),
     Field(('quantization', 'weight_footprint_bytes'),
         'how the base was loaded (QLoRA: backend, NF4, double quantisation, compute dtype, modules left '
@@ -183,7 +183,7 @@ def documented_keys() -> set[str]:
 
 
 def markdown_table() -> str:
-    """The README's table of result.json."""
+    """The table of result.json on docs/runs.md."""
     rows = ["| key in `result.json` | meaning |", "|---|---|"]
     rows += ["| " + ", ".join(f"`{k}`" for k in f.keys) + " | " + f.meaning.replace("|", "\\|") + " |" for f in FIELDS]
     return "\n".join(rows)

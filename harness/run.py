@@ -73,7 +73,10 @@ def _signals_deferred() -> Iterator[None]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from harness.training import quiet_library_bars_without_terminal
+
     signal.signal(signal.SIGTERM, _terminate)
+    quiet_library_bars_without_terminal()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:

@@ -34,6 +34,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from harness.config import config_hash, effective_config, run_id
 from harness.errors import ConfigError
 from harness.selection import at_grid_edge, lr_candidates, select_lr
+from harness.sweep_progress import progress_batch_size, sweep_progress, wall_time_estimate
 from harness.results import (DONE_STATUSES, RESULT_FILE, Status, is_done, now, rejected_before,
                              write_json_atomic)
 from harness.runfolder import read_record
@@ -117,12 +118,14 @@ class HarnessSweeper(BasicSweeper):
 
     def launch(self, todo: list[list[str]], start_idx: int = 0) -> list[Any]:
         returns = []
-        batch_size = self.max_batch_size or max(len(todo), 1)
-        for start in range(0, len(todo), batch_size):
-            batch: Sequence[Sequence[str]] = todo[start:start + batch_size]
-            self.validate_batch_is_legal(batch)
-            log.info("sweep: launching runs %d-%d of %d", start + 1, start + len(batch), len(todo))
-            returns.append(self.launcher.launch(batch, initial_job_idx=start_idx + start))
+        batch_size = self.max_batch_size or progress_batch_size(self.config.hydra.launcher, len(todo))
+        with sweep_progress(len(todo)) as progress:
+            for start in range(0, len(todo), batch_size):
+                batch: Sequence[Sequence[str]] = todo[start:start + batch_size]
+                self.validate_batch_is_legal(batch)
+                log.info("sweep: launching runs %d-%d of %d", start + 1, start + len(batch), len(todo))
+                returns.append(self.launcher.launch(batch, initial_job_idx=start_idx + start))
+                progress(len(batch))
         return returns
 
     def sweep(self, arguments: list[str]) -> Any:
@@ -215,6 +218,8 @@ class HarnessSweeper(BasicSweeper):
             (f" and {invalid} invalid under the same config and code (not retried; rerun=true retries)" if invalid else "")
         log.info("sweep %s: %d grid points -> %d distinct runs (%d equivalent merged), %d already ok%s, %d to run",
                  phase, len(runs) + merged, len(runs), merged, len(done) - collapsed - invalid, skipped, len(todo))
+        if todo:
+            log.info("sweep %s: %s", phase.split(" (")[0], wall_time_estimate(runs, len(todo)))
 
     def report(self, runs: list[dict[str, Any]], sweep_dir: Path) -> None:
         table = summary_table([r["run_dir"] for r in runs])

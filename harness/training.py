@@ -28,6 +28,7 @@ import logging
 import math
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import datasets
 import peft
 import torch
+from tqdm.auto import tqdm
 from transformers import (
     DataCollatorForSeq2Seq,
     DataCollatorWithFlattening,
@@ -49,6 +51,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.utils import logging as transformers_logging
 from transformers.trainer_utils import sort_checkpoints
 
 
@@ -83,6 +86,29 @@ class LogToFile(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         shown = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in (logs or {}).items()}
         self.log.info("step %d/%d: %s", state.global_step, state.max_steps, shown)
+
+
+def quiet_library_bars_without_terminal() -> None:
+    """Without a terminal (a log file, a SLURM job, a sweep) the libraries' own bars (datasets' split generation
+    and tokenising, transformers' shard writing) each leave a line of carriage returns in the log; training's
+    progress is ProgressLine's instead."""
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
+
+
+class ProgressLine(TrainerCallback):
+    """Without a terminal (logs, SLURM, a sweep's workers) Trainer's bar is off; this prints tqdm's own progress
+    line (steps done, elapsed, ETA, rate) once per `logging_steps` instead, so a log shows how long is left."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+        self.first_step = state.global_step  # a resumed run starts past 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and state.max_steps and "train_loss" not in (logs or {}):  # not the closing log
+            print("train " + tqdm.format_meter(state.global_step - self.first_step, state.max_steps - self.first_step,
+                                               time.monotonic() - self.started, unit="step"), flush=True)
 
 
 def training_arguments(train: Any, lr: float, precision: str, seed: int, output_dir: Path,
@@ -148,6 +174,8 @@ def build_trainer(
     if model_kind == "causal_lm" and not _prompt_learning(model) and _accepts(model, "use_cache"):
         # (prompt-learning methods pass their virtual tokens through peft's own cache handling)
         collator = CausalBatches(collator, getattr(args, "labelled_logits_only", False) and _keeps_logits(model))
+    if args.disable_tqdm:
+        callbacks = [*callbacks, ProgressLine()]
     return Trainer(
         model=model, args=args, train_dataset=train_dataset, data_collator=BatchShapes(collator),
         processing_class=tokenizer, callbacks=callbacks,

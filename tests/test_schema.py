@@ -1,5 +1,5 @@
-"""The record's schema (harness/results.py FIELDS) is the one description of result.json: the README's table is
-generated from it, every key a run writes is in it, and the analysis frame's record columns come from it."""
+"""The record's schema (harness/results.py FIELDS) is the one description of result.json: the table on the docs
+page docs/runs.md is generated from it, every key a run writes is in it, and the analysis frame's record columns come from it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from harness.runfolder import RESULT_FILE, find_runs
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_the_readme_table_is_the_schema() -> None:
-    assert markdown_table() in (REPO / "README.md").read_text()
+def test_the_runs_page_table_is_the_schema() -> None:
+    assert markdown_table() in (REPO / "docs" / "runs.md").read_text()
 
 
 def test_every_key_of_the_committed_records_is_documented() -> None:

@@ -24,6 +24,16 @@ SWEEPS = sorted(SWEEP_FILES)
 TINY_SWEEP = ["model=tiny-llama", *TINY]
 
 
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweep_header_is_its_command_and_purpose(name: str) -> None:
+    # the header: the command, one line of purpose and where its budget calibration lives (committed data)
+    lines = SWEEP_FILES[name].read_text().splitlines()
+    header = lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))]
+    assert header[0].startswith(f"# make sweep TASK={name} ") and len(header) <= 6, header
+    calibration = f"results/study/budget/{name}.md"
+    assert header[-1].endswith(calibration) and (REPO / calibration).exists()
+
+
 def folders(runs: Path) -> dict[str, dict]:
     return {p.name: json.loads((p / "result.json").read_text()) for p in runs.iterdir() if (p / "result.json").exists()}
 

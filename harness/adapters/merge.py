@@ -202,7 +202,8 @@ def combine_runs(runs: list[RunFolder], combine: list[str], density: float, weig
                                    density=density if kind in NEEDS_DENSITY else None)
         timings[kind] = round(time.perf_counter() - t0, 3)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out / "adapters"), selected_adapters=[f"merged_{k}" for k in combine])
+    model.save_pretrained(str(out / "adapters"), selected_adapters=[f"merged_{k}" for k in combine],
+                          save_embedding_layers=False)  # no embedding is adapted; "auto" would ask the hub
     table: dict[str, Any] = {
         "runs": [{"name": n, "run_id": r.name, "run_dir": str(r.path), "task": r.result["task"],
                   "method": r.result["method"], "r": r.adapter_config.get("r"), "weight": w}
