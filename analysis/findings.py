@@ -16,6 +16,7 @@ from analysis.claim_rules import NOT_RUN, REFUTED, SUPPORTED, Evidence, Verdict
 from analysis.verdicts import LABELS, SHOWN
 
 SUMMARY_LINES = 10
+FINDINGS_NAME = "FINDINGS.md"
 BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
 SHORT = 70  # characters of a claim's text in the summary lines
 EVIDENCE_LINES = 5  # evidence lines per claim on the page (the ledger has them all)
@@ -84,6 +85,15 @@ def summary_block(findings: str) -> str:
     return "\n".join(head[:SUMMARY_LINES])
 
 
+def readme_summary(findings: str) -> str:
+    """The summary as the README shows it: its title line in bold instead of a second top-level heading, and
+    "per claim below" pointing at the page itself."""
+    lines = summary_block(findings).splitlines()
+    if lines and lines[0].startswith("# "):
+        lines[0] = f"**{lines[0][2:]}**"
+    return "\n".join(lines).replace("; per claim below.", f"; per claim: [{FINDINGS_NAME}]({FINDINGS_NAME}).")
+
+
 def update_readme_block(readme: Path, findings: str, findings_path: Path | None = None) -> bool:
     """Rewrite the text between the findings markers of `readme` with the page's summary (links made relative
     to the README); False, and the file untouched, when it has no such markers."""
@@ -93,7 +103,7 @@ def update_readme_block(readme: Path, findings: str, findings_path: Path | None 
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
         return False
-    block = summary_block(findings)
+    block = readme_summary(findings)
     if findings_path is not None:  # the page's relative links point from results/; the README's from its own folder
         prefix = os.path.relpath(findings_path.parent, readme.parent)
         block = block.replace("](", f"]({prefix}/" if prefix != "." else "](")
