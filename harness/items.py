@@ -10,7 +10,8 @@ Beside `result.json` each finished run writes `items.jsonl.gz`: one JSON line pe
   floor:copy), all scored on the very same items.
 - `id`: a stable item id (a hash of the row's content, so it survives re-preparing the same data).
 - `score`: the item's own score on the task's primary metric (1/0 for accuracy, sentence-level for chrF).
-- `pred`: the prediction as text, for generation tasks only (null for encoders / label tasks).
+- `pred`: the prediction as text: a generation task's answer; for label tasks (classify, encoder or causal LM)
+  the label the answer names ("" for none), short (`Task.item_pred`); null for floor rows.
 - `stats`: sufficient statistics whose column sums give the corpus-level primary metric through
   `aggregate(metric, sums)`; a bootstrap resample of items is then a sum, never a re-scoring.
 
