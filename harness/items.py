@@ -165,9 +165,9 @@ def score_floors(task: Any, train_rows: list[dict[str, Any]], splits: dict[str, 
     rows: list[dict[str, Any]] = []
     for name, floor in task.floors(train_rows).items():
         for split in SPLITS:
-            outputs = floor(splits[split])
-            scores.setdefault(name, {})[split] = task.score(outputs, splits[split])[task.primary_metric]
-            rows += item_rows(split, floor_who(name), task.item_records(outputs, splits[split], keep_pred=False))
+            metrics, records = task.scored_items(floor(splits[split]), splits[split], keep_pred=False)
+            scores.setdefault(name, {})[split] = metrics[task.primary_metric]
+            rows += item_rows(split, floor_who(name), records)
     return scores, rows
 
 

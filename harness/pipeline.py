@@ -108,11 +108,15 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         outputs = task.predict(model, tokenizer, split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
         return task.score(outputs, list(split)), outputs
 
+    def score_items(split) -> tuple[dict[str, float], list[str], list[dict[str, Any]]]:
+        """`score` with the per-item records (harness/items.py) from the same pass."""
+        outputs = task.predict(model, tokenizer, split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
+        return *task.scored_items(outputs, list(split)), outputs
+
     def base_scores() -> dict[str, Any]:
-        (test_metrics, test_outputs), (val_metrics, val_outputs) = score(test_split), score(val_split)
+        (test_metrics, test_items, _), (val_metrics, val_items, _) = score_items(test_split), score_items(val_split)
         out = {"base_metrics": test_metrics, "base_val_metrics": val_metrics,
-               "base_items": {"test": task.item_records(test_outputs, list(test_split)),
-                              "validation": task.item_records(val_outputs, list(val_split))}}
+               "base_items": {"test": test_items, "validation": val_items}}
         if kind == "causal_lm":
             out["forgetting_before"] = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
         return out
@@ -196,8 +200,8 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
 
     # 4. score the tuned model (validation for every choice, test once for the record), save what was trained
     t0 = time.perf_counter()
-    val_metrics, val_outputs = score(val_split)
-    metrics, outputs = score(test_split)
+    val_metrics, val_items, val_outputs = score_items(val_split)
+    metrics, test_items, outputs = score_items(test_split)
     t_probe = time.perf_counter()
     if kind == "causal_lm":  # forgetting: loss on general text after training minus before
         after = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
@@ -237,7 +241,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     discard_plan_files(plan)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished run
     result |= write_run_items(task, run_dir, list(data["train"]), {"validation": list(val_split), "test": list(test_split)},
-                              {"validation": val_outputs, "test": outputs}, base_items,
+                              {"validation": val_items, "test": test_items}, base_items,
                               base_val=result["base_val_score"], base_test=result["base_score"])
     collapsed = collapse_reason(result["loss_curve"],
                                 [task.predicted_label(o) for o in val_outputs] if task.labels else None,
@@ -255,12 +259,13 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
 
 
 def write_run_items(task, run_dir: Path, train_rows: list[dict[str, Any]], splits: dict[str, list[dict[str, Any]]],
-                    tuned_outputs: dict[str, list[str]], base_items: dict[str, list[dict[str, Any]]],
+                    tuned_items: dict[str, list[dict[str, Any]]], base_items: dict[str, list[dict[str, Any]]],
                     base_val: float, base_test: float) -> dict[str, Any]:
-    """Write items.jsonl.gz (the tuned model's, the untuned model's and every floor's items on both splits,
-    harness/items.py) and return the record's part: `items_file`, `floors`, and the floor chosen on validation."""
+    """Write items.jsonl.gz (the tuned model's and the untuned model's item records, `Task.item_records`, and
+    every floor's, on both splits; harness/items.py) and return the record's part: `items_file`, `floors`, and
+    the floor chosen on validation."""
     rows = [row for split in items.SPLITS
-            for row in items.item_rows(split, items.TUNED_WHO, task.item_records(tuned_outputs[split], splits[split]))
+            for row in items.item_rows(split, items.TUNED_WHO, tuned_items[split])
             + items.item_rows(split, items.BASE_WHO, base_items[split])]
     floors, floor_rows = items.score_floors(task, train_rows, splits)
     items.write_items(run_dir, rows + floor_rows)

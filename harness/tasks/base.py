@@ -188,12 +188,18 @@ class Task:
         """What an item record keeps of an answer: the answer itself (label tasks: the label it names)."""
         return output
 
+    def scored_items(self, outputs: list[str], rows: list[dict[str, Any]], keep_pred: bool = True
+                     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """`score`'s metrics and the item records (`item_records`) from one scoring pass."""
+        result = self.score(outputs, rows, items_for=self.primary_metric)
+        scores, stats = result.pop("item_scores"), result.pop("item_stats")
+        return result, [{"id": item_id(row), "score": float(score), "stats": list(stat),
+                         "pred": self.item_pred(output) if keep_pred else None}
+                        for row, output, score, stat in zip(rows, outputs, scores, stats)]
+
     def item_records(self, outputs: list[str], rows: list[dict[str, Any]], keep_pred: bool = True) -> list[dict[str, Any]]:
         """{id, score, stats, pred} per item, in the rows' order (`pred` null without `keep_pred`)."""
-        scores, stats = self.item_scores(outputs, rows)
-        return [{"id": item_id(row), "score": float(score), "stats": list(stat),
-                 "pred": self.item_pred(output) if keep_pred else None}
-                for row, output, score, stat in zip(rows, outputs, scores, stats)]
+        return self.scored_items(outputs, rows, keep_pred)[1]
 
     def floors(self, train_rows: list[dict[str, Any]]) -> dict[str, Floor]:
         """The task's trivial baselines, named, built from the run's training rows: each maps evaluation rows to
