@@ -3,7 +3,7 @@
     python -m analysis.records runs/study results/study       # what `make study` does after each sweep
 
 For every run folder under SRC (a folder holding result.json) it copies the record and the small per-run files
-the analyses write (`RECORD_FILES`) to the same relative place under DST; adapters, models, checkpoints and logs
+the analyses write (`RECORD_FILES`: the per-item records `items.jsonl.gz` among them) to the same relative place under DST; adapters, models, checkpoints and logs
 stay behind. Existing copies are replaced, so re-running after more runs finish brings DST up to date.
 """
 
@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 from harness.cli import error
+from harness.items import ITEMS_FILE
 from harness.runfolder import RESULT_FILE, find_runs
 
-RECORD_FILES = (RESULT_FILE, "intruders.csv", "merge.json", "serve_bench.json")
+RECORD_FILES = (RESULT_FILE, ITEMS_FILE, "intruders.csv", "merge.json", "serve_bench.json")
 MAX_BYTES = 2 * 2**20  # a record bigger than this is not a record
 
 

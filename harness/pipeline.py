@@ -15,7 +15,7 @@ import psutil
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness import distributed, measure
+from harness import distributed, items, measure
 from harness.assets import cache_dir
 from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, similarity_forgetting
 from harness.methods import (apply_method, count_parameters, discard_plan_files, method_callbacks, plan_method,
@@ -108,8 +108,15 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         outputs = task.predict(model, tokenizer, split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
         return task.score(outputs, list(split)), outputs
 
+    def score_items(split) -> tuple[dict[str, float], list[str], list[dict[str, Any]]]:
+        """`score` with the per-item records (harness/items.py) from the same pass."""
+        outputs = task.predict(model, tokenizer, split, kind, cfg.train.eval_batch_size, cfg.train.max_seq_len)
+        return *task.scored_items(outputs, list(split)), outputs
+
     def base_scores() -> dict[str, Any]:
-        out = {"base_metrics": score(test_split)[0], "base_val_metrics": score(val_split)[0]}
+        (test_metrics, test_items, _), (val_metrics, val_items, _) = score_items(test_split), score_items(val_split)
+        out = {"base_metrics": test_metrics, "base_val_metrics": val_metrics,
+               "base_items": {"test": test_items, "validation": val_items}}
         if kind == "causal_lm":
             out["forgetting_before"] = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
         return out
@@ -117,7 +124,9 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     if main:
         t0 = time.perf_counter()
         key = base_key(eff, result["model_fingerprint"], result["data_fingerprint"], result["versions"])
-        base, cached = cached_base_scores(Path(cfg.paths.get("base_scores") or cache / "base-scores"), key, base_scores)
+        base, cached = cached_base_scores(Path(cfg.paths.get("base_scores") or cache / "base-scores"), key, base_scores,
+                                          required=("base_items",))
+        base_items = base.pop("base_items")  # to items.jsonl.gz at the end, not into result.json
         result |= base | {"base_score": base["base_metrics"][task.primary_metric],
                           "base_val_score": base["base_val_metrics"][task.primary_metric],
                           "base_cached": cached, "base_eval_s": round(time.perf_counter() - t0, 3)}
@@ -191,8 +200,8 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
 
     # 4. score the tuned model (validation for every choice, test once for the record), save what was trained
     t0 = time.perf_counter()
-    val_metrics, val_outputs = score(val_split)
-    metrics, outputs = score(test_split)
+    val_metrics, val_items, val_outputs = score_items(val_split)
+    metrics, test_items, outputs = score_items(test_split)
     t_probe = time.perf_counter()
     if kind == "causal_lm":  # forgetting: loss on general text after training minus before
         after = probe_loss(model, tokenizer, probe, cfg.train.eval_batch_size)
@@ -231,6 +240,9 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         save_atomically(model, saved, plan)
     discard_plan_files(plan)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished run
+    result |= write_run_items(task, run_dir, list(data["train"]), {"validation": list(val_split), "test": list(test_split)},
+                              {"validation": val_items, "test": test_items}, base_items,
+                              base_val=result["base_val_score"], base_test=result["base_score"])
     collapsed = collapse_reason(result["loss_curve"],
                                 [task.predicted_label(o) for o in val_outputs] if task.labels else None,
                                 [task.target(r) for r in val_split] if task.labels else None)
@@ -244,6 +256,20 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     tracker.finish(result)
     print_summary(result, run_dir)
     return result
+
+
+def write_run_items(task, run_dir: Path, train_rows: list[dict[str, Any]], splits: dict[str, list[dict[str, Any]]],
+                    tuned_items: dict[str, list[dict[str, Any]]], base_items: dict[str, list[dict[str, Any]]],
+                    base_val: float, base_test: float) -> dict[str, Any]:
+    """Write items.jsonl.gz (the tuned model's and the untuned model's item records, `Task.item_records`, and
+    every floor's, on both splits; harness/items.py) and return the record's part: `items_file`, `floors`, and
+    the floor chosen on validation."""
+    rows = [row for split in items.SPLITS
+            for row in items.item_rows(split, items.TUNED_WHO, tuned_items[split])
+            + items.item_rows(split, items.BASE_WHO, base_items[split])]
+    floors, floor_rows = items.score_floors(task, train_rows, splits)
+    items.write_items(run_dir, rows + floor_rows)
+    return {"items_file": items.ITEMS_FILE, "floors": floors} | items.choose_floor(floors, base_val, base_test)
 
 
 def name_base_model(model, model_cfg: DictConfig, cache: Path) -> dict[str, Any]:

@@ -110,6 +110,15 @@ FIELDS: tuple[Field, ...] = (
     Field(('base_score', 'base_metrics'),
         'the same for the untuned model',
         columns=('base_score',), required=('base_score',)),
+    Field(('items_file', 'floors', 'floor_name', 'floor_score', 'floor_val_score'),
+        'per-item records (harness/items.py): `items_file` names `items.jsonl.gz` beside the record, one row per '
+        "(split, who, item) for validation and test: the tuned model's, the untuned model's and each trivial "
+        "floor's items, with the item's score and the statistics whose sums give the corpus metric; `floors`: "
+        "each trivial floor of the task (`Task.floors`: classify's majority class of the training labels, style's "
+        'copied source, ...) as `{validation, test}` primary scores; `floor_name`: the best floor on validation '
+        'among those and `base` (the untuned model), `floor_score` its test score, `floor_val_score` its '
+        'validation score',
+        columns=('floor_name', 'floor_score', 'floor_val_score')),
     Field(('forgetting', 'forgetting_probe', 'forgetting_before', 'forgetting_after'),
         'the forgetting probe on general English: causal LMs (`lm-loss`) loss after minus before training, with '
         "`forgetting_before`, `forgetting_after`; encoders (`sentence-similarity`) 1 - Spearman's rho of pairwise "

@@ -76,6 +76,12 @@ def test_a_stage_records_its_chain_and_rescores_the_earlier_task(chain: dict[str
     assert earlier["task"] == "classify" and earlier["score_at_stage"] == root["score"]
     assert 0.0 <= earlier["score_now"] <= 1.0 and earlier["base_score"] == root["base_score"]
     assert stage["forgetting_total"] == pytest.approx(stage["forgetting_after"] - root["forgetting_before"])
+    # a stage's per-item records: its own task's items, the untuned model being the parent's trained one
+    from harness.items import read_items
+
+    stage_items = read_items(chain["lora-extract"])
+    assert {r["who"] for r in stage_items} == {"tuned", "base", "floor:majority"}
+    assert stage["floors"]["majority"]["test"] < 1 and stage["floor_name"] in ("majority", "base")
     # the stage's untuned model is its parent's: its cached base scores live under their own key
     from harness.base_scores import base_key
 

@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO, compose
 from harness.config import effective_config, run_id, validate
 from harness.errors import ConfigError
+from harness.items import read_items
 from harness.training import last_checkpoint
 
 TINY_RUN = ["model=tiny-llama", "tracking=none", "task.n_train=32", "task.n_eval=8", "train.batch_size=4"]
@@ -53,6 +54,10 @@ def test_two_process_ddp_run_writes_one_record_with_every_rank(method: str, tmp_
     assert rec["weights_in_sync"] is True  # both ranks ended with the same trained weights
     assert out.count("- untuned model:") == 1 and out.count("- tuned model:") == 1  # scored once, by rank 0
     assert not list(runs.glob("*/rank*-failure.json"))
+    # per-item records: one file, written by rank 0, holding the tuned, untuned and floor rows
+    [items_file] = runs.glob("*/items.jsonl.gz")
+    assert rec["items_file"] == items_file.name and {"tuned", "base", "floor:majority"} == {
+        r["who"] for r in read_items(items_file.parent)}
     single = run_id(compose(TINY_RUN + ["train.max_steps=3", f"method={method}"]))
     assert rec["run_id"] != single, "the world size sets the global batch, so it is part of the identity"
 

@@ -5,6 +5,10 @@ A task subclass says where its rows come from (`builtin_pools`, or a user's file
 should answer (`target`), and how answers are scored (`score`, through an `evaluate` module). Splits are written
 once to `<cache>/data/<task>/<prep hash>/{train,validation,test}.jsonl`; the same inputs always give
 byte-identical files, and their SHA-256 is the run's data fingerprint.
+
+Per-item records (harness/items.py): `item_records` gives each scored item's id, score, sufficient statistics
+and answer, through the task's own scorer (`score(..., items_for=primary_metric)`); `floors` gives the task's
+trivial baselines, answers made without a model that the same scorer scores on the same items.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import hashlib
 import inspect
 import json
 import os
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +29,8 @@ import evaluate
 import torch
 from omegaconf import DictConfig
 from transformers import GenerationMixin
+
+from harness.items import item_id
 
 SPLITS = ("train", "validation", "test")
 METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
@@ -36,6 +44,24 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
+
+
+# a trivial baseline: the answers it gives to evaluation rows, made without a model
+Floor = Callable[[list[dict[str, Any]]], list[str]]
+
+
+def majority(values: Iterable[Hashable], default: Any = "") -> Any:
+    """The most frequent value; a tie goes to the smallest of the tied values (sorted as strings), so the
+    choice is deterministic; `default` when there are none."""
+    counts = Counter(values)
+    if not counts:
+        return default
+    return min(counts, key=lambda v: (-counts[v], str(v)))
+
+
+def constant(answer: str) -> Floor:
+    """A floor that gives every row the same answer."""
+    return lambda rows: [answer] * len(rows)
 
 
 class Task:
@@ -146,9 +172,39 @@ class Task:
         """The class an answer names (classification tasks; used to detect one-class collapse)."""
         return output
 
-    def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
-        """Metrics dict that includes `self.primary_metric`."""
+    def score(self, outputs: list[str], rows: list[dict[str, Any]], items_for: str | None = None) -> dict[str, Any]:
+        """Metrics dict that includes `self.primary_metric`; with `items_for` (a metric name) also `item_scores`
+        and `item_stats`, per item, for that metric (what the metric modules give with the same argument)."""
         raise NotImplementedError
+
+    # ---- per-item records and floors ----
+    def item_scores(self, outputs: list[str], rows: list[dict[str, Any]]) -> tuple[list[float], list[list[float]]]:
+        """Each item's score on the primary metric, and the stats whose column sums give the corpus value
+        through `harness.items.aggregate(primary_metric, sums)`."""
+        result = self.score(outputs, rows, items_for=self.primary_metric)
+        return result["item_scores"], result["item_stats"]
+
+    def item_pred(self, output: str) -> str | None:
+        """What an item record keeps of an answer: the answer itself (label tasks: the label it names)."""
+        return output
+
+    def scored_items(self, outputs: list[str], rows: list[dict[str, Any]], keep_pred: bool = True
+                     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """`score`'s metrics and the item records (`item_records`) from one scoring pass."""
+        result = self.score(outputs, rows, items_for=self.primary_metric)
+        scores, stats = result.pop("item_scores"), result.pop("item_stats")
+        return result, [{"id": item_id(row), "score": float(score), "stats": list(stat),
+                         "pred": self.item_pred(output) if keep_pred else None}
+                        for row, output, score, stat in zip(rows, outputs, scores, stats)]
+
+    def item_records(self, outputs: list[str], rows: list[dict[str, Any]], keep_pred: bool = True) -> list[dict[str, Any]]:
+        """{id, score, stats, pred} per item, in the rows' order (`pred` null without `keep_pred`)."""
+        return self.scored_items(outputs, rows, keep_pred)[1]
+
+    def floors(self, train_rows: list[dict[str, Any]]) -> dict[str, Floor]:
+        """The task's trivial baselines, named, built from the run's training rows: each maps evaluation rows to
+        the answers it gives, scored by `score` like a model's. None here: the untuned model is the only floor."""
+        return {}
 
     # ---- tokenisation ----
     def prompt_ids(self, tokenizer, row: dict[str, Any]) -> list[int]:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.assets import package_dir
 from harness.errors import ConfigError
-from harness.tasks.base import Task, load_metric
+from harness.tasks.base import Floor, Task, constant, load_metric, majority
 
 LABELS = ["negative", "neutral", "positive"]
 EVAL_PER_CLASS = 200  # validation and test pools each hold this many tweets per class
@@ -93,9 +93,18 @@ class ClassifyTask(Task):
     def predicted_label(self, output: str) -> str:
         return parse_label(output)
 
-    def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
+    def item_pred(self, output: str) -> str:
+        return parse_label(output)  # the label named, short; "" when none
+
+    def floors(self, train_rows: list[dict[str, Any]]) -> dict[str, Floor]:
+        """`majority`: the most frequent label of the training rows (a tie: the alphabetically first), read from
+        the rows themselves so any label set works."""
+        return {"majority": constant(majority(self.target(r) for r in train_rows))}
+
+    def score(self, outputs: list[str], rows: list[dict[str, Any]], items_for: str | None = None) -> dict[str, Any]:
         metric = load_metric("classification")
         predictions = [parse_label(o) for o in outputs]
-        result = metric.compute(predictions=predictions, references=[r["label"] for r in rows], labels=LABELS)
+        result = metric.compute(predictions=predictions, references=[r["label"] for r in rows], labels=LABELS,
+                                items_for=items_for)
         result["answered_rate"] = sum(p != "" for p in predictions) / max(len(predictions), 1)
         return result

@@ -4,6 +4,9 @@
 
 Each row's prompt is `task.instruction` followed by the input; the answer is scored against the target with
 `task.metric`: exact_match or contains (short answers), chrf or bleu (free text).
+
+Floors: `majority`, the most frequent training target given to every row; with chrf or bleu also `copy`, the
+input unchanged (the bar for a rewriting task).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.tasks.base import Task, load_metric
+from harness.tasks.base import Floor, Task, constant, load_metric, majority
 
 METRIC_MODULES = {"exact_match": "exact_match", "contains": "exact_match", "chrf": "text_similarity", "bleu": "text_similarity"}
 
@@ -43,6 +46,12 @@ class CustomTask(Task):
     def describe(self, row: dict[str, Any]) -> str:
         return row["input"]
 
-    def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
+    def floors(self, train_rows: list[dict[str, Any]]) -> dict[str, Floor]:
+        floors = {"majority": constant(majority(r["target"] for r in train_rows))}
+        if self.cfg.metric in ("chrf", "bleu"):
+            floors["copy"] = lambda rows: [r["input"] for r in rows]
+        return floors
+
+    def score(self, outputs: list[str], rows: list[dict[str, Any]], items_for: str | None = None) -> dict[str, Any]:
         metric = load_metric(METRIC_MODULES[self.cfg.metric])
-        return metric.compute(predictions=outputs, references=[r["target"] for r in rows])
+        return metric.compute(predictions=outputs, references=[r["target"] for r in rows], items_for=items_for)

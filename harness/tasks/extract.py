@@ -15,7 +15,7 @@ import random
 import re
 from typing import Any
 
-from harness.tasks.base import Task, load_metric
+from harness.tasks.base import Floor, Task, constant, load_metric, majority
 from harness.tasks.classify import balanced_pools, check_label, load_tweets
 
 HASHTAG = re.compile(r"(?<![\w#])#\w+")
@@ -69,5 +69,15 @@ class ExtractTask(Task):
     def describe(self, row: dict[str, Any]) -> str:
         return row["text"]
 
-    def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
-        return load_metric("json_fields").compute(predictions=outputs, references=[r["target"] for r in rows])
+    def floors(self, train_rows: list[dict[str, Any]]) -> dict[str, Floor]:
+        """`majority`: one JSON object for every tweet, each field holding its most frequent value in the training
+        targets (the majority sentiment, most likely no hashtags, no mentions, no URL; a tie: the first value as
+        JSON text). It scores what guessing the usual answer per field scores; an answer of `{}` would score 0."""
+        targets = [json.loads(self.target(r)) for r in train_rows]
+        fields = list(dict.fromkeys(k for t in targets for k in t))
+        modes = {f: json.loads(majority(json.dumps(t.get(f), sort_keys=True) for t in targets)) for f in fields}
+        return {"majority": constant(json.dumps(modes, ensure_ascii=False))}
+
+    def score(self, outputs: list[str], rows: list[dict[str, Any]], items_for: str | None = None) -> dict[str, Any]:
+        return load_metric("json_fields").compute(predictions=outputs, references=[r["target"] for r in rows],
+                                                  items_for=items_for)

@@ -21,7 +21,7 @@ import random
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.tasks.base import Task, load_metric
+from harness.tasks.base import Floor, Task, load_metric, majority
 
 FIRST = {
     "f": ["Alvina", "Brisa", "Celandine", "Dorotea", "Elowen", "Fenna", "Gisela", "Halcyon", "Ilse", "Jessamy",
@@ -157,5 +157,14 @@ class KnowledgeTask(Task):
     def target(self, row: dict[str, Any]) -> str:
         return row["answer"]
 
-    def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
-        return load_metric("exact_match").compute(predictions=outputs, references=[r["answer"] for r in rows])
+    def floors(self, train_rows: list[dict[str, Any]]) -> dict[str, Floor]:
+        """`majority`: per attribute asked (the question says which), the most frequent answer to that attribute
+        among the training questions (a tie: the alphabetically first; "" for an attribute training never asks):
+        a plausible value of the right kind, about 1/len(values) of exact matches."""
+        answers = {a: majority(r["answer"] for r in train_rows if r["kind"] == "qa" and r["attribute"] == a)
+                   for a in ATTRIBUTES}
+        return {"majority": lambda rows: [answers.get(r["attribute"], "") for r in rows]}
+
+    def score(self, outputs: list[str], rows: list[dict[str, Any]], items_for: str | None = None) -> dict[str, Any]:
+        return load_metric("exact_match").compute(predictions=outputs, references=[r["answer"] for r in rows],
+                                                  items_for=items_for)

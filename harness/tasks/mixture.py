@@ -6,6 +6,11 @@ interleaves the components' own splits round-robin, so any prefix (`n_train`, `n
 tasks, and a component's test rows are exactly its single-task test rows (no mixture trains on another task's
 test data). Components are read from `conf/task/<name>.yaml`, overridden by `task.components.<name>`. The score
 is the mean of the components' primary scores; every component metric is reported as `<task>/<metric>`.
+
+Per-item records: an item's score is its component's item score; its stats are `harness.items.mixture_stats`
+(a header naming each component's metric, then the item's stats in its component's block), so the sums give
+the mean of the components' corpus scores. Floor: `per-task`, each row answered by its component's first floor
+(classify, extract, knowledge, custom: the majority answer; style: the copied verse).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.assets import CONF_TASK_DIR
 from harness.errors import ConfigError
-from harness.tasks.base import SPLITS, Task
+from harness.items import mixture_stats, stats_width
+from harness.tasks.base import SPLITS, Floor, Task
 from harness.tasks.classify import ClassifyTask
 from harness.tasks.custom import CustomTask
 from harness.tasks.extract import ExtractTask
@@ -112,8 +118,39 @@ class MixtureTask(Task):
                 outputs[i] = answer
         return outputs
 
-    def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
-        result: dict[str, float] = {}
+    def _by_component(self, rows: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[dict[str, Any]]]]:
+        """Per component: the positions of its rows and the rows themselves, unpacked."""
+        return {name: ([i for i, r in enumerate(rows) if r["task"] == name],
+                       [json.loads(r["row"]) for r in rows if r["task"] == name]) for name in self.components}
+
+    def item_scores(self, outputs: list[str], rows: list[dict[str, Any]]) -> tuple[list[float], list[list[float]]]:
+        layout = [(t.primary_metric, stats_width(t.primary_metric)) for t in self.components.values()]
+        scores: list[float] = [0.0] * len(rows)
+        stats: list[list[float]] = [[] for _ in rows]
+        for c, (name, (index, subrows)) in enumerate(self._by_component(rows).items()):
+            if not index:
+                continue
+            sub_scores, sub_stats = self.components[name].item_scores([outputs[i] for i in index], subrows)
+            for i, score, stat in zip(index, sub_scores, sub_stats):
+                scores[i], stats[i] = score, mixture_stats(layout, c, stat)
+        return scores, stats
+
+    def floors(self, train_rows: list[dict[str, Any]]) -> dict[str, Floor]:
+        chosen = {name: next(iter(task.floors(subrows).values()), None)
+                  for (name, (_, subrows)), task in zip(self._by_component(train_rows).items(), self.components.values())}
+
+        def per_task(rows: list[dict[str, Any]]) -> list[str]:
+            answers = [""] * len(rows)  # a component without a floor answers nothing
+            for name, (index, subrows) in self._by_component(rows).items():
+                if chosen[name] is not None and index:
+                    for i, answer in zip(index, chosen[name](subrows)):
+                        answers[i] = answer
+            return answers
+
+        return {"per-task": per_task}
+
+    def score(self, outputs: list[str], rows: list[dict[str, Any]], items_for: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = {}
         primaries = []
         for name, task in self.components.items():
             picked = [(o, json.loads(r["row"])) for o, r in zip(outputs, rows) if r["task"] == name]
@@ -124,6 +161,8 @@ class MixtureTask(Task):
             result[f"{name}/n"] = len(picked)
             primaries.append(metrics[task.primary_metric])
         result["mean_score"] = statistics.fmean(primaries) if primaries else 0.0
+        if items_for == self.primary_metric:
+            result["item_scores"], result["item_stats"] = self.item_scores(outputs, rows)
         return result
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import AssetError
-from harness.tasks.base import Task, load_metric, read_jsonl
+from harness.tasks.base import Floor, Task, load_metric, read_jsonl
 
 SWORD_DIR = Path(os.environ.get("SWORD_PATH", "/usr/share/sword"))
 MODULES = {"web": "engWEB2015eb", "kjv": "engKJV2006eb"}
@@ -134,9 +134,13 @@ class StyleTask(Task):
     def describe(self, row: dict[str, Any]) -> str:
         return row["source"]
 
-    def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
+    def floors(self, train_rows: list[dict[str, Any]]) -> dict[str, Floor]:
+        """`copy`: the modern verse unchanged (what `copy_chrf` reports)."""
+        return {"copy": lambda rows: [r["source"] for r in rows]}
+
+    def score(self, outputs: list[str], rows: list[dict[str, Any]], items_for: str | None = None) -> dict[str, Any]:
         metric = load_metric("text_similarity")
         references = [r["target"] for r in rows]
-        result = metric.compute(predictions=outputs, references=references)
+        result = metric.compute(predictions=outputs, references=references, items_for=items_for)
         copy = metric.compute(predictions=[r["source"] for r in rows], references=references)
         return result | {"copy_chrf": copy["chrf"], "copy_bleu": copy["bleu"]}
