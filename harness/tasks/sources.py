@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 SOURCES = ("builtin", "files", "hub")
 HOLDOUT = 0.1  # share of the rows carved out for each missing evaluation split
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
+# Files are read as UTF-8 with an optional byte-order mark (what Excel and Notepad save): the `utf-8-sig` codec drops
+# a leading BOM and reads every other file as plain UTF-8. Older `datasets` kept the BOM in front of the first JSON
+# object ("Expected object or value") or the first CSV column's name.
+FILE_ENCODING = "utf-8-sig"
 
 
 def _field_map(task: Task) -> dict[str, str]:
@@ -114,7 +118,8 @@ def _load(task: Task) -> datasets.DatasetDict:
         datasets.disable_progress_bars()  # the one line of a bad file must be the only line
         datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own "Failed to load JSON" line too
         try:
-            return datasets.load_dataset(builder, data_files={s: [str(p) for p in ps] for s, ps in files.items()}, **kwargs)
+            return datasets.load_dataset(builder, data_files={s: [str(p) for p in ps] for s, ps in files.items()},
+                                         encoding=FILE_ENCODING, **kwargs)
         except Exception as err:  # noqa: BLE001 - a malformed file is the user's to fix, in one line
             cause = err
             while cause.__cause__ is not None or cause.__context__ is not None:  # datasets wraps the parser's error
