@@ -119,12 +119,15 @@ def kind_of(config: Any) -> str:
                       "causal LM or an encoder; set model.kind=causal_lm or model.kind=encoder")
 
 
-def model_kind(path: str | None) -> str:
-    return kind_of(read_config(str(path) if path else ""))
+def model_kind(path: str | None) -> str | None:
+    """causal_lm or encoder; None while no path is given (`validate` then says model.path is missing)."""
+    return kind_of(read_config(str(path))) if path else None
 
 
 def hub_id(path: str | None) -> str | None:
     """The hub id a run names as its base: the id itself, or a local folder's `_name_or_path` when that is one."""
+    if not path:
+        return None
     where, is_local = location(path)
     if not is_local:
         return where
