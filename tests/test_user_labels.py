@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import TINY, run_inprocess
+from harness.assets import cache_dir
 from harness.errors import ConfigError
 from harness.results import documented_keys
 from harness.tasks import CONF_TASK_DIR, get_task
@@ -41,14 +42,34 @@ def spam_rows(n: int = 40) -> list[dict]:
 
 # ---- files with a byte-order mark ----
 
-def test_jsonl_with_a_byte_order_mark_reads_like_one_without(tmp_path: Path) -> None:
+def test_jsonl_with_a_byte_order_mark_reads_like_one_without(tmp_path: Path, monkeypatch) -> None:
+    import datasets
+
+    from harness.tasks import sources
+
+    # datasets 5 tolerates a BOM itself; older releases (the project allows datasets>=3) fell back to pandas, which
+    # failed on it ("Expected object or value"): the files must reach every release already decoded as utf-8-sig
+    encodings, load = [], datasets.load_dataset
+    monkeypatch.setattr(sources.datasets, "load_dataset",
+                        lambda *a, **kw: encodings.append(kw.get("encoding")) or load(*a, **kw))
     fields = {"text": "body", "label": "kind"}
     plain = get_task(classify_cfg(source="files", path=str(write_jsonl(tmp_path / "a.jsonl", spam_rows())),
                                   fields=fields), tmp_path / "c1")
     bom = get_task(classify_cfg(source="files", path=str(write_jsonl(tmp_path / "b.jsonl", spam_rows(), bom=True)),
                                 fields=fields), tmp_path / "c2")
     assert bom.fingerprint() == plain.fingerprint()  # the same prepared rows, byte for byte
-    assert bom.labels == ["ham", "spam"]
+    assert bom.labels == ["ham", "spam"] and encodings == ["utf-8-sig", "utf-8-sig"]
+
+
+def test_a_hub_class_column_gives_its_class_names(tmp_path: Path) -> None:
+    import datasets
+
+    from harness.tasks.sources import _rows
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    split = datasets.Dataset.from_dict({"text": ["bad film", "good film"], "label": [0, 1]}, features=features)
+    task = get_task(classify_cfg(source="hub", dataset="someone/reviews"), tmp_path)
+    assert [r["label"] for r in _rows(task, split, "reviews")] == ["neg", "pos"]
 
 
 def test_csv_with_a_byte_order_mark_keeps_its_first_column_name(tmp_path: Path) -> None:
@@ -84,8 +105,6 @@ def test_two_string_labels_prompt_parse_and_score(tmp_path: Path) -> None:
 
 
 def test_builtin_sentiment_data_and_prompt_are_unchanged() -> None:
-    from harness.assets import cache_dir
-
     task = get_task(classify_cfg(), cache_dir())
     assert task.fingerprint() == BUILTIN_CLASSIFY_FINGERPRINT
     assert task.labels == ["negative", "neutral", "positive"]
@@ -146,3 +165,18 @@ def test_tiny_run_on_integer_labels_records_label_set_and_balance(tmp_path: Path
     assert set(balance) == set(SPLITS) and sum(balance["train"].values()) == 16
     assert balance["train"]["0"] > balance["train"]["1"] > 0  # 3 to 1 in the data
     assert sum(balance["test"].values()) == 6  # the carved 10% of 60 rows (n_eval=8 caps nothing here)
+
+
+def test_generation_budget_fits_the_longest_label(tmp_path: Path, monkeypatch) -> None:
+    from transformers import AutoTokenizer
+
+    from harness.tasks.base import Task
+
+    rows = [{"text": f"ticket {i}", "label": "billing_and_invoices_department" if i % 2 else "login"} for i in range(30)]
+    task = get_task(classify_cfg(source="files", path=str(write_jsonl(tmp_path / "t.jsonl", rows))), tmp_path / "c")
+    tokenizer = AutoTokenizer.from_pretrained(cache_dir() / "models" / "smollm2-135m")
+    budgets = []
+    monkeypatch.setattr(Task, "answers", lambda self, *args, **kwargs: budgets.append(args[6]) or [])
+    task.answers(None, tokenizer, [], "cpu", 8, 64)
+    longest = len(tokenizer("billing_and_invoices_department", add_special_tokens=False)["input_ids"])
+    assert longest + 1 > 4 and budgets == [longest + 1]

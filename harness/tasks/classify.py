@@ -180,6 +180,13 @@ class ClassifyTask(Task):
     def predicted_label(self, output: str) -> str:
         return parse_label(output, self.labels)
 
+    def answers(self, model, tokenizer, rows: list[dict[str, Any]], device, batch_size: int, max_len: int,
+                max_new_tokens: int | None = None, **kwargs) -> list[str]:
+        """Greedy answers with room for the longest label (a user's label may take more than `max_new_tokens`)."""
+        longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in self.labels)
+        budget = max(max_new_tokens or self.cfg.max_new_tokens, longest + 1)
+        return super().answers(model, tokenizer, rows, device, batch_size, max_len, budget, **kwargs)
+
     def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
         metric = load_metric("classification")
         predictions = [self.predicted_label(o) for o in outputs]

@@ -4,7 +4,8 @@
     python -m harness.run task=classify task.source=files task.path=tweets.csv 'task.fields={text: tweet, label: mood}'
     python -m harness.run task=style task.source=hub task.dataset=org/name 'task.fields={source: modern, target: old}'
 
-`task.fields` maps a task field to a dataset column (a field left out is looked up under its own name). Splits
+`task.fields` maps a task field to a dataset column (a field left out is looked up under its own name); a class
+column of a hub dataset (`ClassLabel`) gives its class names. Files may start with a UTF-8 byte-order mark. Splits
 named `train` / `validation` / `test` are used as they are; missing evaluation splits are carved from the
 shuffled training rows (HOLDOUT of them each, by `task.data_seed`) after exact duplicates are dropped, so the
 splits never share a row. Problems are one-line errors: a missing column, an empty value, an unreachable hub.
@@ -149,9 +150,13 @@ def _rows(task: Task, split: datasets.Dataset, where: str) -> list[dict[str, Any
     if missing:
         raise ConfigError(f"{where} lacks {', '.join(missing)}; its columns are {', '.join(split.column_names)}; "
                           f"map them with task.fields={{{', '.join(f'{f}: <column>' for f in mapping)}}}")
+    # a hub dataset's class column (ClassLabel) holds integers; its rows mean the class names (imdb: neg, pos)
+    names = {col: split.features[col].int2str for col in mapping.values()
+             if isinstance(split.features.get(col), datasets.ClassLabel)}
     rows = []
     for i, record in enumerate(split.select_columns(list(dict.fromkeys(mapping.values())))):
-        values = {field: record[col] for field, col in mapping.items()}
+        values = {field: names[col](record[col]) if col in names and record[col] is not None and record[col] >= 0
+                  else record[col] for field, col in mapping.items()}
         nested = [f"{f} (column '{mapping[f]}': {type(v).__name__})" for f, v in values.items() if isinstance(v, (list, dict))]
         if nested:
             raise ConfigError(f"{where} row {i} holds a list or mapping in {', '.join(nested)}; each field must be "
