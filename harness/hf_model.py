@@ -63,15 +63,24 @@ def check_model(path: str | None, *, need_weights: bool = True, need_kind: bool 
             raise ConfigError(f"model.path={path} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); save the "
                               "tokenizer into it too (tokenizer.save_pretrained)")
     else:
-        from harness.assets import check_hub_model
-        from harness.errors import AssetError
-
-        try:
-            check_hub_model(f"hf {where}", where)
-        except AssetError as err:
-            raise ConfigError(f"model.path={path} is not a local folder, and as a hub id: {err}") from None
+        check_hub_id(where)
     if need_kind:
         model_kind(str(path))
+
+
+def check_hub_id(model_id: str, timeout_s: float = 3.0) -> None:
+    """A hub id is usable when a local HF cache holds its config.json or the hub answers within seconds."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from harness import hub
+
+    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+        return
+    why = "the hub is disabled (HF_HUB_OFFLINE)" if hub.offline() else \
+        f"{hub.host()} is unreachable" if not hub.reachable(timeout_s) else None
+    if why:
+        raise ConfigError(f"model.path={model_id} is no local folder, and as a hub id it cannot be fetched: {why} and "
+                          "no local HF cache holds it; give a local folder, or set HF_HOME to a cache that has it")
 
 
 def read_config(path: str) -> Any:

@@ -118,13 +118,24 @@ def test_estimator_works_from_config_json_alone(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("path", "message"), [
     (None, "model=hf needs model.path"),
     ("/no/such/folder", "model.path=/no/such/folder does not exist"),
-    ("nobody/no-such-model", "not a local folder, and as a hub id"),
+    ("nobody/no-such-model", "is no local folder, and as a hub id it cannot be fetched: the hub is disabled"),
 ])
 def test_missing_folder_or_unavailable_id_is_one_line(path, message) -> None:
     cfg = compose(["model=hf"] + ([f"model.path={path}"] if path else []))
     with pytest.raises(ConfigError, match=message) as err:
         validate(cfg)
     assert "\n" not in str(err.value)
+
+
+def test_an_unreachable_hub_is_one_line_within_seconds(monkeypatch) -> None:
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="127.0.0.1 is unreachable"):
+        validate(compose(["model=hf", "model.path=nobody/no-such-model"]))
+    assert time.perf_counter() - start < 10
 
 
 def test_folder_without_weights_or_tokenizer_is_one_line(tmp_path: Path, tiny_llama_folder: Path) -> None:
