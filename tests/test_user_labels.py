@@ -180,3 +180,13 @@ def test_generation_budget_fits_the_longest_label(tmp_path: Path, monkeypatch) -
     task.answers(None, tokenizer, [], "cpu", 8, 64)
     longest = len(tokenizer("billing_and_invoices_department", add_special_tokens=False)["input_ids"])
     assert longest + 1 > 4 and budgets == [longest + 1]
+
+
+def test_a_mixture_asks_a_user_classify_component_with_its_labels(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "s.jsonl", spam_rows())
+    cfg = OmegaConf.load(CONF_TASK_DIR / "multitask.yaml")
+    cfg.components = {"classify": {"source": "files", "path": str(data), "fields": {"text": "body", "label": "kind"}}}
+    task = get_task(cfg, tmp_path / "c")
+    rows = [r for r in task.read_split("test") if r["task"] == "classify"]
+    assert rows and all("one of: ham, spam" in task.messages(r)[0]["content"] for r in rows)
+    assert {task.target(r) for r in rows} <= {"ham", "spam"} and task.labels is None  # the mixture itself: no head
