@@ -143,7 +143,7 @@ FIELDS: tuple[Field, ...] = (
     Field(('base_model',),
         '`hub_id` (also `base_model_name_or_path` in `adapter_config.json`), `local_path` (the folder the run '
         'loaded), `source`; `model=hf`: `local_path` is model.path as a folder (null for a hub id) and `hub_id` the '
-        "id, or a folder's config.json `_name_or_path` when that names one (else null)',
+        "id, or a folder's config.json `_name_or_path` when that names one (else null)",
     ),
     Field(('config', 'config_hash', 'data_fingerprint', 'model_fingerprint'),
         'what is needed to reproduce the run',
