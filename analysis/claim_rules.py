@@ -58,6 +58,7 @@ class Evidence:
     estimates: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> Estimate.as_dict()
     serve: list[dict[str, Any]] = field(default_factory=list)
     merges: list[dict[str, Any]] = field(default_factory=list)
+    records: pd.DataFrame | None = None         # every run at every rate (claims 16-21, analysis/claim_rules_2025.py)
 
     def fair(self) -> pd.DataFrame:
         """Retention rows gathered under the fair-comparison protocol."""

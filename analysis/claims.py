@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+import analysis.claim_rules_2025  # noqa: F401  (registers claims 16-21 in the ledger)
 from analysis.claim_rules import (INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evidence, Verdict, ledger)
 from harness.cli import error
 from harness.errors import HarnessError
@@ -50,7 +51,7 @@ def gather(roots: Sequence[Path], estimates: bool = True) -> Evidence:
     from analysis.runs import load_folders
 
     df = load_folders(roots)
-    ev = Evidence(retention=tables.retention(df), runs=tables.at_selected_lr(df))
+    ev = Evidence(retention=tables.retention(df), runs=tables.at_selected_lr(df), records=df)
     summaries = _glob(roots, "intruder_summary.csv")
     complete = [p.parent for p in summaries if (p.parent / "intruder_groups.csv").exists()
                 and (p.parent / "intruder_correlations.json").exists()]

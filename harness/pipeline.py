@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from harness import distributed, measure
 from harness.assets import cache_dir
 from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, similarity_forgetting
-from harness.methods import (apply_method, count_parameters, discard_plan_files, method_callbacks, plan_method,
-                             quantization_config, quantization_record, save_trained)
+from harness.methods import (apply_method, count_parameters, discard_plan_files, freeze_head, method_callbacks,
+                             plan_method, quantization_config, quantization_record, save_trained)
 from harness.models import load_model, load_tokenizer, model_fingerprint, model_path
 from harness.results import RESULT_FILE, Status, code_fingerprint, git_commit, now, versions, write_json_atomic
 from harness.tasks import get_task
@@ -132,6 +132,8 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
 
     # 3. the method, then training (with the validation curve when train.eval_every is set)
     model = apply_method(model, plan)
+    if kind == "encoder" and cfg.task.get("freeze_head"):  # the body alone must fit the labels (task memorize)
+        log.info("frozen head: %s", ", ".join(freeze_head(model)) or "none found")
     total, trainable = count_parameters(model)
     result |= {"params_total": total, "params_trainable": trainable, "trainable_pct": 100.0 * trainable / total,
                "target_modules": plan.target_modules, "mem_after_method": measure.current_memory()}
