@@ -233,9 +233,10 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         save_atomically(model, saved, plan)
     discard_plan_files(plan)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished run
+    one_class = task.labels and task.one_class_is_collapse
     collapsed = collapse_reason(result["loss_curve"],
-                                [task.predicted_label(o) for o in val_outputs] if task.labels else None,
-                                [task.target(r) for r in val_split] if task.labels else None)
+                                [task.predicted_label(o) for o in val_outputs] if one_class else None,
+                                [task.target(r) for r in val_split] if one_class else None)
     result |= {"score": metrics[task.primary_metric], "primary_metric": task.primary_metric, "metrics": metrics,
                "val_score": val_metrics[task.primary_metric], "val_metrics": val_metrics,
                "samples": samples, "adapter_bytes": measure.dir_bytes(saved), "saved_to": saved.name,

@@ -268,3 +268,72 @@ def test_gain_over_floor() -> None:
     assert math.isnan(float(st.gain(0.6, 0.5, 0.5)))
     runs = pd.DataFrame({"base_score": [0.3, 0.3], "floor_score": [0.25, np.nan]})
     assert st.floor_of(runs) == 0.25 and st.floor_of(runs.drop(columns="floor_score")) == 0.3
+
+
+# ---- figures -------------------------------------------------------------------------------------------------
+
+def test_the_2025_figures_render_from_hand_made_frames(tmp_path) -> None:
+    from analysis import plots_2025
+
+    ev = evidence(ratio_records(10) + capacity_records({1: 512, 4: 2048}) + plane_records((0.15, 0.825)))
+    lr = plots_2025.lr_curves(ev.records[ev.records["task"] == "classify"], tmp_path / "lr.png")
+    cap = plots_2025.capacity_curve(ev.runs, tmp_path / "cap.png", chance=0.25)
+    cell = next(c for c in ev.runs["cell"].unique() if ev.runs[ev.runs["cell"] == c]["forgetting"].notna().any())
+    from analysis.claim_rules_2025 import plane_points
+    plane = plots_2025.forgetting_plane(plane_points(ev, cell, st.rng()), tmp_path / "plane.png")
+    for path in (lr, cap, plane):
+        assert path is not None and path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
+    assert plots_2025.lr_curves(ev.records.iloc[:0], tmp_path / "none.png") is None
+    assert plots_2025.forgetting_plane(pd.DataFrame(), tmp_path / "none.png") is None
+    assert len(plots_2025.write_figures(ev, tmp_path / "all")) >= 3
+
+
+# ---- sweeps --------------------------------------------------------------------------------------------------
+
+SWEEPS_2025 = {"lr-ratio": 36, "lr-ratio-lm": 12, "tuned-variants": 44, "tuned-variants-lm": 18, "capacity": 4,
+               "placement": 6, "batch": 6}
+
+
+def expanded_variants(name: str) -> list[list[str]]:
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from conftest import REPO
+
+    variants = OmegaConf.load(REPO / "sweeps" / "study" / f"{name}.yaml")["variants"]
+    return [v for variant in variants
+            for v in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(list(variant)), None)[0]]
+
+
+@pytest.mark.parametrize("name, points", sorted(SWEEPS_2025.items()))
+def test_each_2025_sweep_states_purpose_command_budget_and_its_grid(name, points) -> None:
+    from conftest import REPO
+
+    head = (REPO / "sweeps" / "study" / f"{name}.yaml").read_text().splitlines()[:3]
+    assert [line.split(":")[0] for line in head] == ["# Purpose", "# Command", "# Budget (estimate)"]
+    assert f"make sweep TASK={name}" in head[1]
+    variants = expanded_variants(name)
+    assert len(variants) == points
+    rates = [o for v in variants for o in v if o.startswith("train.lr=")]
+    if rates:  # explicit lists: a factor-2 grid or finer, per variant
+        for variant in variants[::6]:
+            lrs = sorted(float(o.split("=")[1]) for v in variants for o in v
+                         if o.startswith("train.lr=") and [x for x in v if not x.startswith("train.lr=")] ==
+                         [x for x in variant if not x.startswith("train.lr=")])
+            assert len(lrs) >= 6 and max(b / a for a, b in zip(lrs, lrs[1:])) <= st.MAX_STEP, (name, variant, lrs)
+
+
+def test_the_placement_ranks_match_trainable_parameters_within_5_percent() -> None:
+    from harness.estimate.model import estimate_overrides
+
+    head = 384 * 3 + 3  # the classify head, trainable in every variant: peft's modules_to_save
+    counts = {}
+    for variant in expanded_variants("placement"):
+        keep = [o for o in variant if not o.startswith("method.lr=")]
+        est = estimate_overrides(["model=minilm-l6", "task=classify", "alpha=32", *keep], device="cpu")
+        counts[tuple(keep)] = est.params_trainable - head
+    by_budget = [list(counts.values())[:3], list(counts.values())[3:]]
+    assert by_budget[0][0] == 6 * 20 * 4 * (384 + 384)  # attn r=20: 368,640
+    for budget in by_budget:
+        assert max(budget) / min(budget) - 1 <= 0.05, counts

@@ -29,6 +29,7 @@ class MemorizeTask(Task):
     name = "memorize"
     primary_metric = "accuracy"
     prep_keys = ("data_seed", "label_seed", "n_classes", "min_confidence")
+    one_class_is_collapse = False  # an adapter that stores nothing may predict one class: chance, not a failure
     templates = ("Which class (one of {choices}) was this text assigned? Answer with the class alone.\n\nText: {text}",)
 
     def __init__(self, cfg: DictConfig, cache) -> None:
