@@ -30,11 +30,18 @@ LARGE_BATCH = 4                   # claim 20: a batch >= 4x the default
 FRONTIER_MARGIN = 0.05            # claim 21: 5 gain points (gain as a share of full FT's)
 
 
+COLUMNS = ("cell", "variant", "lr_variant", "task", "model", "method", "r", "alpha", "targets", "seed", "lr", "score",
+           "val_score", "base_score", "forgetting", "params_trainable", "train_steps", "train_examples",
+           "train_epochs", "budget", "label", "primary_metric")
+
+
 def _ok(df: pd.DataFrame | None) -> pd.DataFrame:
+    """The ok runs with a score, every column the rules read present (missing ones empty)."""
     if df is None or df.empty or "score" not in df:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=list(COLUMNS))
     ok = df["status"].eq("ok") if "status" in df else True  # Evidence.runs holds ok runs only
-    return df[ok & df["score"].notna()]
+    df = df[ok & df["score"].notna()]
+    return df.reindex(columns=list(dict.fromkeys([*df.columns, *COLUMNS])))
 
 
 def _batch(runs: pd.DataFrame) -> pd.Series:
@@ -401,7 +408,9 @@ def plane_points(ev: Evidence, cell: str, gen: np.random.Generator) -> pd.DataFr
 def frontier_deficit(points: pd.DataFrame, lora: pd.Series) -> tuple[float, float, float]:
     """LoRA's gain minus full FT's frontier at LoRA's forgetting, with its bootstrap interval (nan: LoRA forgets
     less than every full-FT point, where the frontier is undefined)."""
-    full = points[points["method"] == "full"]
+    full = points[(points["method"] == "full") & (points["n_seeds"] >= st.MIN_SEEDS)]
+    if full.empty:
+        return math.nan, math.nan, math.nan
     front = st.frontier(full["forgetting"], full["gain"])
     point = lora["gain"] - st.frontier_gain(*front, lora["forgetting"])
     fx, fy = np.vstack(full["forgetting_draws"]), np.vstack(full["gain_draws"])
@@ -414,9 +423,10 @@ def frontier_deficit(points: pd.DataFrame, lora: pd.Series) -> tuple[float, floa
 def claim_21(ev: Evidence, v: Verdict) -> Verdict:
     """Per cell with a forgetting probe: full FT's points over every rate and budget tried (gain over the floor as
     a share of full FT's at its selected rate; forgetting increase), their frontier (analysis.tables.pareto_mask:
-    less forgetting and more gain win; linear between its points); each LoRA variant at its selected rate against
+    less forgetting and more gain win; linear between its points); each fair LoRA variant (>= 2 rates tried, >= 3
+    seeds) at its selected rate against
     it: deficit = LoRA's gain minus the frontier's at LoRA's forgetting, bootstrapped over seeds (every point
-    resampled). Supported when every deficit's interval lies above -0.05 (within 5 gain points of the frontier, or
+    resampled; only points with >= 3 seeds are judged or make the frontier, the rest are listed). Supported when every deficit's interval lies above -0.05 (within 5 gain points of the frontier, or
     above it); refuted when one lies wholly below -0.05; otherwise inconclusive (also when LoRA forgets less than
     any full-FT point). Sources: Biderman et al. 2024 (arXiv 2405.09673: Llama-2-7B, code and math, LoRA r 16-256,
     one curve), PEFT-Arena (arXiv 2605.28819: Qwen2.5-7B, Llama-3.2-3B, learning-retention plane); here small
@@ -425,22 +435,28 @@ def claim_21(ev: Evidence, v: Verdict) -> Verdict:
     if runs.empty or _ok(ev.records).empty:
         v.missing = "records with forgetting for full FT (several rates) and LoRA in one cell"
         return v
-    states = []
+    states, fair = [], ev.fair()
+    tuned = set(zip(fair["cell"], fair["variant"])) if not fair.empty else set()
     for cell in runs["cell"].unique():
         points = plane_points(ev, cell, gen)
         if points.empty or not (points["method"] == "full").any():
             continue
-        for _, lora in points[points["method"] == "lora"].iterrows():
+        fair_point = np.array([(cell, k) in tuned for k in points["key"]], bool)
+        lora_points = points[(points["method"] == "lora").to_numpy() & fair_point]
+        for _, lora in lora_points.iterrows():
+            if lora["n_seeds"] < st.MIN_SEEDS:  # one seed's bootstrap has no width: shown, not judged
+                v.evidence.append(f"{cell} {lora['label']}: n={lora['n_seeds']} seed(s), not judged")
+                continue
             d, low, high = frontier_deficit(points, lora)
             states.append(INCONCLUSIVE if not math.isfinite(d) else SUPPORTED if low >= -FRONTIER_MARGIN
                           else REFUTED if high < -FRONTIER_MARGIN else INCONCLUSIVE)
             v.evidence.append(f"{cell} {lora['label']}: gain {lora['gain']:.2f} [{lora['gain_low']:.2f}, "
                               f"{lora['gain_high']:.2f}], forgetting {lora['forgetting']:+.3f}; vs frontier "
                               + (f"{d:+.2f} [{low:+.2f}, {high:+.2f}]" if math.isfinite(d) else "undefined (forgets less than any full-FT point)"))
-        n_full = int((points["method"] == "full").sum())
-        v.evidence.append(f"{cell}: full FT frontier over {n_full} (rate, budget) point(s)")
+        n_full = int(((points["method"] == "full") & (points["n_seeds"] >= st.MIN_SEEDS)).sum())
+        v.evidence.append(f"{cell}: full FT frontier over {n_full} (rate, budget) point(s) with >= {st.MIN_SEEDS} seeds")
     if not states:
-        v.missing = "full FT (with forgetting) and LoRA at its selected rate in one cell"
+        v.missing = f"full FT (with forgetting) and LoRA at its selected rate in one cell, >= {st.MIN_SEEDS} seeds each"
         return v
     v.estimate = f"{states.count(SUPPORTED)} of {len(states)} LoRA point(s) on or above the frontier (5-point margin)"
     v.verdict = REFUTED if REFUTED in states else SUPPORTED if all(x == SUPPORTED for x in states) else INCONCLUSIVE

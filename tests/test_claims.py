@@ -208,7 +208,7 @@ def test_claim_15_is_the_exact_count(n, expected) -> None:
 
 def test_the_ledger_markdown_lists_every_claim_and_rule() -> None:
     text = markdown(ledger(evidence([row("lora", 16, ret=(99, 96, 102))])))
-    assert text.count("\n| ") == 16 and "## Rules" in text and "15. " in text
+    assert text.count("\n| ") == 22 and "## Rules" in text and "15. " in text and "21. " in text  # 16-21: 2025 rules
 
 
 def test_the_committed_report_rebuilds_from_the_committed_records() -> None:
