@@ -343,3 +343,19 @@ def test_the_placement_ranks_match_trainable_parameters_within_5_percent() -> No
     assert by_budget[0][0] == 6 * 20 * 4 * (384 + 384)  # attn r=20: 368,640
     for budget in by_budget:
         assert max(budget) / min(budget) - 1 <= 0.05, counts
+
+
+def test_a_variant_with_its_own_rate_list_runs_once_per_rate(tmp_path) -> None:
+    from conftest import TINY, run_cli
+
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "rates.yaml").write_text(
+        "defaults:\n  - config\n  - _self_\ngroup: rates\nvariants:\n"
+        "  - [method=full, \"train.lr=1e-4,2e-4\"]\n  - [method=lora, r=4, \"train.lr=1e-3,2e-3,4e-3\"]\n")
+    proc = run_cli(["-m", "--config-dir", str(tmp_path / "sweeps"), "--config-name", "rates", "model=tiny-bert",
+                    *TINY, f"paths.runs={tmp_path / 'runs'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/result.json")]
+    assert sorted((r["method"], r["lr"]) for r in records) == [
+        ("full", 1e-4), ("full", 2e-4), ("lora", 1e-3), ("lora", 2e-3), ("lora", 4e-3)]
