@@ -70,6 +70,14 @@ def _fit(runs: pd.DataFrame, gen: np.random.Generator) -> tuple[st.Optimum | Non
     return st.optimum(c, gen), ""
 
 
+def _largest_variant(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the variant with the most runs: two sweeps' configs of one method (e.g. with and without a
+    validation curve) are separate variants of one cell and are never pooled."""
+    if runs.empty:
+        return runs
+    return runs[runs["variant"] == runs["variant"].value_counts().index[0]]
+
+
 def _lora_arms(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     alpha, r = rows["alpha"], rows["r"]
     return {f"alpha={MAIN_ALPHA}": rows[alpha == MAIN_ALPHA], "alpha=2r": rows[alpha == 2 * r]}
@@ -106,7 +114,7 @@ def claim_16(ev: Evidence, v: Verdict) -> Verdict:
         if fulls.empty or lora.empty:
             continue
         for budget, in_budget in lora.groupby("budget", sort=False):
-            full_runs = fulls[fulls["budget"] == budget]
+            full_runs = _largest_variant(fulls[fulls["budget"] == budget])
             full, why = _fit(full_runs, gen) if not full_runs.empty else (None, "no full FT at this budget")
             if full is None:
                 skipped.append(f"{cell} full FT: {why}")
@@ -115,7 +123,8 @@ def claim_16(ev: Evidence, v: Verdict) -> Verdict:
                               + (" (grid edge)" if full.edge else ""))
             for arm, arm_runs in _lora_arms(in_budget).items():
                 fits = {}
-                for (r, targets), runs in arm_runs.groupby(["r", "targets"], sort=True):
+                for _, runs in sorted(arm_runs.groupby("variant"), key=lambda kv: kv[1]["r"].iloc[0]):
+                    r, targets = runs["r"].iloc[0], runs["targets"].iloc[0]
                     fit, why = _fit(runs, gen)
                     if fit is None:
                         skipped.append(f"{cell} lora r={int(r)} {arm}: {why}")
@@ -189,6 +198,7 @@ def claim_17(ev: Evidence, v: Verdict) -> Verdict:
         lora = part[part["method"] == "lora"]
         for (r, targets), anchor in lora.groupby(["r", "targets"]):
             peers = part[(part["r"] == r) & (part["targets"] == targets) & (part["method"] != "full")]
+            peers = pd.concat([_largest_variant(g) for _, g in peers.groupby("method")])  # one variant a method
             seeds = peers.groupby("method")["seed"].nunique()
             methods = sorted(seeds[seeds >= st.MIN_SEEDS].index)
             if not set(NAMED_VARIANTS) <= set(methods) or len(methods) < MIN_VARIANTS:
@@ -332,9 +342,9 @@ def claim_20(ev: Evidence, v: Verdict) -> Verdict:
     if runs.empty:
         v.missing = "full FT and LoRA at two batch sizes >= 4x apart (sweeps/study/batch.yaml)"
         return v
-    runs = runs.assign(batch=_batch(runs))
+    runs = runs.assign(batch=_batch(runs), epochs=runs["train_epochs"].round(1))
     deltas: dict[tuple[str, int], np.ndarray] = {}
-    for cell, part in runs.groupby("cell", sort=False):
+    for (cell, _), part in runs.groupby(["cell", "epochs"], sort=False):  # batches compared at equal data
         sizes = sorted(part["batch"].dropna().unique())
         if len(sizes) < 2 or sizes[-1] < LARGE_BATCH * sizes[0]:
             continue

@@ -3,12 +3,14 @@ each fitted optimum (claim 16's ratio visible as the distance between the dashed
 memorisation task (claim 18) and the learning-forgetting plane with full FT's frontier (claim 21). Each returns the
 written path, or None when its frame holds nothing to draw.
 
-    from analysis.plots_2025 import write_figures
-    write_figures(evidence, Path("results/study/claims-2025"))
+    python -m analysis.plots_2025 --runs runs/claims-2025 --out reports/claims-2025   # every figure the records allow
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +33,16 @@ def lr_curves(records: pd.DataFrame, path: Path) -> Path | None:
         if not records.empty else records
     if ok.empty or ok.groupby("variant")["lr"].nunique().max() < 3:
         return None
-    cells = list(ok.groupby("cell", sort=False))
+    cells = [(cell, part) for cell, part in ok.groupby("cell", sort=False)
+             if part.groupby("variant")["lr"].nunique().max() >= 3]  # a panel needs a curve
     fig, axes = _panels(len(cells), width=6.4, height=4.4)
     for ax, (cell, part) in zip(axes, cells):
         fits = {}
         for variant, rows in part.groupby("variant", sort=False):
             c = st.curve(rows)
             if c.log_lr.size >= 3 and len(c.seeds) >= 1:
-                fits[variant] = st.fit_optimum(c.log_lr, c.scores.mean(axis=0))[0]
-        full_opt = next((fits[v] for v, rows in part.groupby("variant") if rows["method"].iloc[0] == "full"
+                fits[variant] = st.fit_optimum(c.log_lr, c.scores.mean(axis=0))
+        full_opt = next((fits[v][0] for v, rows in part.groupby("variant") if rows["method"].iloc[0] == "full"
                          and v in fits), None)
         for i, (variant, rows) in enumerate(part.groupby("variant", sort=False)):
             by_lr = rows.groupby("lr")["val_score"]
@@ -48,9 +51,9 @@ def lr_curves(records: pd.DataFrame, path: Path) -> Path | None:
             colour = method_color(rows["method"].iloc[0])
             name = _variant_name(rows)
             if variant in fits:
-                opt = 10 ** fits[variant]
+                opt = 10 ** fits[variant][0]
                 ratio = "" if full_opt is None or rows["method"].iloc[0] == "full" else f", {opt / 10 ** full_opt:.1f}x full"
-                name += f": opt {opt:.2g}{ratio}"
+                name += f": opt {opt:.2g}{ratio}" + (" (grid edge)" if fits[variant][1] else "")
                 ax.axvline(opt, color=colour, linestyle="--", linewidth=0.8, alpha=0.7)
             ax.errorbar(lrs, mean, yerr=err, color=colour, marker="os^Dv"[i % 5], capsize=2, label=name)
         ax.set_xscale("log")
@@ -127,3 +130,24 @@ def write_figures(ev, out: Path) -> list[Path]:
             written.append(forgetting_plane(points, out / f"forgetting_plane_{i}.png", title=str(cell).split("|")[0])
                            if not points.empty else None)
     return [p for p in written if p is not None]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from analysis.claims import gather
+    from harness.cli import error
+    from harness.errors import HarnessError
+
+    parser = argparse.ArgumentParser(prog="python -m analysis.plots_2025", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", type=Path, default=[Path("runs")])
+    parser.add_argument("--out", type=Path, default=Path("reports/claims-2025"))
+    args = parser.parse_args(argv)
+    try:
+        written = write_figures(gather(args.runs, estimates=False), args.out)
+    except HarnessError as err:
+        return error(err)
+    print("\n".join(map(str, written)) or "no figure: the records hold no rate grid, memorize run or forgetting point")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
