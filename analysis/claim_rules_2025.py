@@ -431,16 +431,17 @@ def frontier_deficit(points: pd.DataFrame, lora: pd.Series) -> tuple[float, floa
 
 @claim(21, "LoRA learns less and forgets less: a trade-off along full FT's learning-forgetting frontier, not below it.")
 def claim_21(ev: Evidence, v: Verdict) -> Verdict:
-    """Per cell with a forgetting probe: full FT's points over every rate and budget tried (gain over the floor as
-    a share of full FT's at its selected rate; forgetting increase), their frontier (analysis.tables.pareto_mask:
+    """Per cell with a forgetting probe: full FT's points over every rate and budget tried (gain over the floor as a
+    share of full FT's at its selected rate; forgetting increase), their frontier (analysis.tables.pareto_mask:
     less forgetting and more gain win; linear between its points); each fair LoRA variant (>= 2 rates tried, >= 3
-    seeds) at its selected rate against
-    it: deficit = LoRA's gain minus the frontier's at LoRA's forgetting, bootstrapped over seeds (every point
-    resampled; only points with >= 3 seeds are judged or make the frontier, the rest are listed). Supported when every deficit's interval lies above -0.05 (within 5 gain points of the frontier, or
-    above it); refuted when one lies wholly below -0.05; otherwise inconclusive (also when LoRA forgets less than
-    any full-FT point). Sources: Biderman et al. 2024 (arXiv 2405.09673: Llama-2-7B, code and math, LoRA r 16-256,
-    one curve), PEFT-Arena (arXiv 2605.28819: Qwen2.5-7B, Llama-3.2-3B, learning-retention plane); here small
-    models, forgetting = the harness probe (encoder similarity ranking, causal-LM general-English loss)."""
+    seeds) at its selected rate against it: deficit = LoRA's gain minus the frontier's at LoRA's forgetting,
+    bootstrapped over seeds (every point resampled; only points with >= 3 seeds are judged or make the frontier,
+    the rest are listed). Supported when every deficit's interval lies above -0.05 (within 5 gain points of the
+    frontier, or above it); refuted when one lies wholly below -0.05; otherwise inconclusive (also when LoRA
+    forgets less than any full-FT point). Sources: Biderman et al. 2024 (arXiv 2405.09673: Llama-2-7B, code and
+    math, LoRA r 16-256, one curve), PEFT-Arena (arXiv 2605.28819: Qwen2.5-7B, Llama-3.2-3B, learning-retention
+    plane); here small models, forgetting = the harness probe (encoder similarity ranking, causal-LM loss on
+    general English)."""
     runs, gen = _selected(ev), st.rng()
     if runs.empty or _ok(ev.records).empty:
         v.missing = "records with forgetting for full FT (several rates) and LoRA in one cell"
@@ -462,9 +463,11 @@ def claim_21(ev: Evidence, v: Verdict) -> Verdict:
                           else REFUTED if high < -FRONTIER_MARGIN else INCONCLUSIVE)
             v.evidence.append(f"{cell} {lora['label']}: gain {lora['gain']:.2f} [{lora['gain_low']:.2f}, "
                               f"{lora['gain_high']:.2f}], forgetting {lora['forgetting']:+.3f}; vs frontier "
-                              + (f"{d:+.2f} [{low:+.2f}, {high:+.2f}]" if math.isfinite(d) else "undefined (forgets less than any full-FT point)"))
+                              + (f"{d:+.2f} [{low:+.2f}, {high:+.2f}]" if math.isfinite(d)
+                                 else "undefined (forgets less than any full-FT point)"))
         n_full = int(((points["method"] == "full") & (points["n_seeds"] >= st.MIN_SEEDS)).sum())
-        v.evidence.append(f"{cell}: full FT frontier over {n_full} (rate, budget) point(s) with >= {st.MIN_SEEDS} seeds")
+        v.evidence.append(f"{cell}: full FT frontier over {n_full} (rate, budget) point(s) "
+                          f"with >= {st.MIN_SEEDS} seeds")
     if not states:
         v.missing = f"full FT (with forgetting) and LoRA at its selected rate in one cell, >= {st.MIN_SEEDS} seeds each"
         return v
