@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+import analysis.claim_rules_2025  # noqa: F401  (registers claims 16-21 in the ledger)
 from analysis.claim_rules import LABELS, SHOWN, Evidence, Verdict, ledger
 from analysis.findings import findings_markdown, update_readme_block
 from analysis.memory_claims import CLAIM_14, frontier_markdown, memory_frontier, workload, write_frontier
@@ -58,7 +59,8 @@ def gather(roots: Sequence[Path], estimates: bool = True) -> Evidence:
     df = load_folders(roots)
     table, study = gain_table(df)
     runs = tables.at_selected_lr(df)
-    ev = Evidence(retention=table, runs=runs, study=study, optimism=selection_optimism(runs, tables.selection(df)))
+    ev = Evidence(retention=table, runs=runs, study=study, optimism=selection_optimism(runs, tables.selection(df)),
+                  records=df)
     summaries = _glob(roots, "intruder_summary.csv")
     complete = [p.parent for p in summaries if (p.parent / "intruder_groups.csv").exists()
                 and (p.parent / "intruder_correlations.json").exists()]

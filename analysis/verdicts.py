@@ -56,6 +56,7 @@ class Evidence:
     study: Any = None                           # analysis.gain.Study: the arms behind the table (None: tests)
     optimism: pd.DataFrame | None = None        # analysis.choices.selection_optimism
     memory_frontier: list[dict[str, Any]] = field(default_factory=list)  # analysis.memory_claims.memory_frontier
+    records: pd.DataFrame | None = None         # every run at every rate (claims 16-21, analysis/claim_rules_2025.py)
 
     def fair(self) -> pd.DataFrame:
         """Retention rows gathered under the fair-comparison protocol: >= MIN_SEEDS seeds, >= 2 rates tried."""

@@ -334,6 +334,17 @@ def method_callbacks(model: nn.Module, plan: MethodPlan) -> list[TrainerCallback
     return []
 
 
+def freeze_head(model: nn.Module) -> list[str]:
+    """Freeze an encoder's classification head (and peft's trainable copy of it, `modules_to_save`), so that only
+    the body can fit the labels (task.freeze_head; the memorize task's capacity measure). Returns the frozen names."""
+    frozen = []
+    for name, param in model.named_parameters():
+        if param.requires_grad and any(part in HEAD_NAMES for part in name.split(".")):
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(total, trainable); peft's count for peft models (it unpacks 4-bit weights), else plain numel."""
     if isinstance(model, peft.PeftModel):

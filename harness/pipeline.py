@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from harness import distributed, items, measure
 from harness.assets import cache_dir
 from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, similarity_forgetting
-from harness.methods import (apply_method, count_parameters, discard_plan_files, method_callbacks, plan_method,
-                             quantization_config, quantization_record, save_trained)
+from harness.methods import (apply_method, count_parameters, discard_plan_files, freeze_head, method_callbacks,
+                             plan_method, quantization_config, quantization_record, save_trained)
 from harness.models import load_model, load_tokenizer, local_folder, model_fingerprint
 from harness.results import RESULT_FILE, Status, code_fingerprint, git_commit, now, versions, write_json_atomic
 from harness.tasks import get_task
@@ -142,6 +142,8 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
 
     # 3. the method, then training (with the validation curve when train.eval_every is set)
     model = apply_method(model, plan)
+    if kind == "encoder" and cfg.task.get("freeze_head"):  # the body alone must fit the labels (task memorize)
+        log.info("frozen head: %s", ", ".join(freeze_head(model)) or "none found")
     total, trainable = count_parameters(model)
     result |= {"params_total": total, "params_trainable": trainable, "trainable_pct": 100.0 * trainable / total,
                "target_modules": plan.target_modules, "mem_after_method": measure.current_memory()}
@@ -244,9 +246,10 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     result |= write_run_items(task, run_dir, list(data["train"]), {"validation": list(val_split), "test": list(test_split)},
                               {"validation": val_items, "test": test_items}, base_items,
                               base_val=result["base_val_score"], base_test=result["base_score"])
+    one_class = task.labels and task.one_class_is_collapse
     collapsed = collapse_reason(result["loss_curve"],
-                                [task.predicted_label(o) for o in val_outputs] if task.labels else None,
-                                [task.target(r) for r in val_split] if task.labels else None)
+                                [task.predicted_label(o) for o in val_outputs] if one_class else None,
+                                [task.target(r) for r in val_split] if one_class else None)
     result |= {"score": metrics[task.primary_metric], "primary_metric": task.primary_metric, "metrics": metrics,
                "val_score": val_metrics[task.primary_metric], "val_metrics": val_metrics,
                "samples": samples, "adapter_bytes": measure.dir_bytes(saved), "saved_to": saved.name,

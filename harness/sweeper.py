@@ -73,7 +73,8 @@ def _with_seed_range(arguments: list[str]) -> list[str]:
 class HarnessSweeper(BasicSweeper):
     """`hydra.sweeper.params`: the Cartesian axes, as in Hydra's basic sweeper. The sweep file's top-level
     `variants`: an optional list of override lists, e.g. `[[method=full], [method=lora, r=8]]`, each crossed with
-    the axes, for grids that are not a product (LoRA at two ranks beside full FT, which has none)."""
+    the axes, for grids that are not a product (LoRA at two ranks beside full FT, which has none). A variant's own
+    sweep (`[method=full, "train.lr=1e-5,2e-5,4e-5"]`) expands into one variant per value: each method its own rates."""
 
     def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
@@ -88,7 +89,9 @@ class HarnessSweeper(BasicSweeper):
             params = _with_seed_range(params)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         points = [list(o) for o in self.split_arguments(parser.parse_overrides(params), None)[0]]
-        variants = [list(v) for v in self.config.get("variants") or []]
+        # a variant may sweep its own keys (`train.lr=1e-4,2e-4`: a rate list per method): one variant per value
+        variants = [expanded for v in self.config.get("variants") or []
+                    for expanded in self.split_arguments(parser.parse_overrides(list(v)), None)[0]]
         if variants:  # a variant's own keys win over the same key on an axis (e.g. the axes' default method)
             points = [[o for o in point if o.split("=", 1)[0] not in {v.split("=", 1)[0] for v in variant}] + variant
                       for variant in variants for point in points]

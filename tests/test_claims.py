@@ -45,7 +45,7 @@ def test_every_claim_is_not_run_without_evidence() -> None:
                                                      "gain_mean", "gain_low", "gain_high", "val_gain", "learned"]),
                      runs=pd.DataFrame(columns=["cell", "variant", "method", "r", "score", "params_trainable"]))
     verdicts = ledger(empty)
-    assert [v.claim for v in verdicts] == list(range(1, 16))
+    assert [v.claim for v in verdicts] == list(range(1, 22))  # 16-21: analysis/claim_rules_2025.py
     assert all(v.verdict == NOT_RUN and v.missing for v in verdicts), [(v.claim, v.verdict) for v in verdicts]
     assert all(v.rule for v in verdicts)  # every rule is stated (its docstring)
 
@@ -218,7 +218,7 @@ def test_claim_15_is_the_exact_count(n, expected) -> None:
 
 def test_the_ledger_markdown_lists_every_claim_and_rule() -> None:
     text = markdown(ledger(evidence([row("lora", 16, ret=(99, 96, 102))])))
-    assert text.count("\n| ") == 16 and "## Rules" in text and "15. " in text
+    assert text.count("\n| ") == 22 and "## Rules" in text and "15. " in text and "21. " in text  # 16-21: 2025 rules
 
 
 def test_the_committed_report_rebuilds_from_the_committed_records() -> None:

@@ -40,6 +40,7 @@ def folders(runs: Path) -> dict[str, dict]:
 
 @pytest.mark.parametrize("name", SWEEPS)
 def test_every_sweep_file_composes_with_its_grid(name: str, tmp_path: Path) -> None:
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     conf_with(SWEEP_FILES[name].parent, tmp_path / "conf")  # a sweep file may build on another: defaults: [intruder]
@@ -49,7 +50,9 @@ def test_every_sweep_file_composes_with_its_grid(name: str, tmp_path: Path) -> N
     with initialize_config_dir(config_dir=str(tmp_path / "conf"), version_base="1.3"):
         sweep_cfg = compose(config_name=name, return_hydra_config=True)
     params = dict(sweep_cfg.hydra.sweeper.get("params") or {})
-    variants = [list(v) for v in sweep_cfg.get("variants") or []]
+    # a variant's own sweep (`train.lr=1e-4,2e-4`) expands as the sweeper does it: one variant per value
+    variants = [expanded for v in sweep_cfg.get("variants") or []
+                for expanded in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(list(v)), None)[0]]
     assert "method" in params or (variants and all(any(o.startswith("method=") for o in v) for v in variants)), \
         f"sweeps/{name}.yaml must sweep method (an axis, or in every variant)"
     assert "seed" in params or int(sweep_cfg.get("seeds") or 1) > 1, f"sweeps/{name}.yaml must sweep seed (or set seeds)"

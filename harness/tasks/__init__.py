@@ -9,9 +9,10 @@ from omegaconf import DictConfig, OmegaConf
 from harness.assets import CONF_TASK_DIR
 from harness.errors import ConfigError
 from harness.tasks.base import Task
+from harness.tasks.memorize import MemorizeTask
 from harness.tasks.mixture import SINGLE_TASKS, InstructTask, MultitaskTask
 
-TASKS: dict[str, type[Task]] = SINGLE_TASKS | {cls.name: cls for cls in (InstructTask, MultitaskTask)}
+TASKS: dict[str, type[Task]] = SINGLE_TASKS | {cls.name: cls for cls in (InstructTask, MultitaskTask, MemorizeTask)}
 USER_DATA_TASKS = ("custom",)  # nothing to prepare until the user points them at data
 
 
