@@ -40,6 +40,7 @@ from transformers import TrainerCallback
 COPY_LIMIT = 64 << 20  # bytes of trainable tensors copied for the relative change (adapters; not full FT)
 LAYER_NUMBER = re.compile(r"\.\d+(?=\.)")
 NAMES_SHOWN = 5
+NOT_DUE_SHOWN = 20  # a 1-step full fine-tune has every weight not yet due: the record keeps the first names
 
 
 @dataclass(frozen=True)
@@ -165,12 +166,10 @@ class UpdateCheck(TrainerCallback):
         self.norm_max: torch.Tensor | None = None
         self.first_move: list[int | None] = [None] * len(self.params)  # per tensor: first step it really moved
         self.counted: list[list[bool]] = []  # per step, per tensor: a positive rate, or one the schedule promised
-        self.peak_lr: float | None = None
         self.warmup_steps = 0
         self.steps = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.peak_lr = float(args.learning_rate)
         self.warmup_steps = int(args.get_warmup_steps(state.max_steps)) if state.max_steps else 0
 
     def _step_rates(self, optimizer, step: int) -> tuple[list[bool], list[bool]]:
@@ -243,7 +242,8 @@ class UpdateCheck(TrainerCallback):
         return {"steps": self.steps, "tensors": len(names), "relative_change_kept": self.initial is not None,
                 "method_structure": self.method if self.method in METHODS else None,
                 "verdict": verdict, "counted_steps": sum(any(s) for s in self.counted),
-                "groups": self._groups(names, got, moved), "not_trained": stuck, "not_due": waiting,
+                "groups": self._groups(names, got, moved), "not_trained": stuck,
+                "not_due": waiting[:NOT_DUE_SHOWN], "not_due_count": len(waiting),
                 "effective_updates": {"layers": len(layers), "changed": sum(bool(v["changed"]) for v in layers.values()),
                                       "pruned": len(pruned)}}, stuck
 
