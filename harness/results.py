@@ -126,11 +126,9 @@ FIELDS: tuple[Field, ...] = (
         'did training really happen (harness/update_check.py): per parameter group (name with layer numbers as '
         '`*`) the tensors, how many got a finite non-zero gradient and how many moved, the RMS gradient norm over '
         "steps, and `rel_change` = ||W - W0|| / ||W0|| (null when W0 = 0, as LoRA's B, or when the trainable "
-        'tensors exceed 64 MiB, as full FT, whose copy would add to the measured peak). A tensor must move only '
-        "where the method's structure (update_check.METHODS: LoRA's A once B has moved) and the schedule (a "
-        'positive-rate step) say so, and so must each adapted layer\'s effective update (B @ A). `verdict`: `ok`, '
-        '`too_short` (the run ended before some tensor was due, listed in `not_due`; the run ends `ok`) or `failed` '
-        '(a due tensor or layer did not move, or a method tensor is frozen: `not_trained` names them; nothing saved)',
+        'tensors exceed 64 MiB, as full FT, whose copy would add to the measured peak). A run in which any '
+        'trainable tensor never got a gradient or never moved ends `failed`, naming them, and saves nothing. '
+        '`not_trained` lists them',
     ),
     Field(('code_fingerprint',),
         'hash of harness/, conf/ and hydra_plugins/: a resumed sweep skips a run recorded `invalid` under the '
