@@ -109,11 +109,14 @@ def run_locations(argv: list[str], overrides: list[str]) -> dict[str, str]:
     if sweep_file and not any(o.startswith("paths.runs=") for o in overrides):
         folder = Path(_option(argv, "--config-dir", "-cd") or ".")
         path = folder / (sweep_file if sweep_file.endswith(".yaml") else sweep_file + ".yaml")
-        if path.is_file():
-            runs = OmegaConf.select(OmegaConf.load(path), "paths.runs", default=None, throw_on_resolution_failure=False)
-    if runs is None:
         try:
-            runs = _compose([o for o in overrides if o.startswith("paths.")]).paths.runs
+            runs = OmegaConf.select(OmegaConf.load(path), "paths.runs", default=None, throw_on_resolution_failure=False)
+        except Exception:  # noqa: BLE001 - missing or malformed: Hydra reports the sweep file itself
+            runs = None
+    if runs is None:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if o.startswith("paths.")])
+        try:
+            runs = _compose([o.input_line for o in parsed if not o.is_sweep_override()]).paths.runs
         except HydraException as err:
             raise ConfigError(f"cannot read paths.runs: {str(err).splitlines()[0]}") from None
     found = {"paths.runs": str(runs)}
