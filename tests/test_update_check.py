@@ -199,3 +199,32 @@ def test_a_factor_waits_for_its_zero_partner() -> None:
         record, stuck = check.report()
         assert stuck == [] and record["verdict"] == ("too_short" if steps == 1 else "ok")
         assert record["not_due"] == (["layer.lora_A.weight"] if steps == 1 else [])
+
+
+def test_an_adalora_module_pruned_to_rank_zero_is_not_required_to_move() -> None:
+    """AdaLoRA's budget may keep no rank of a module: its E is masked back to zero, which is training, not a fault."""
+    from types import SimpleNamespace
+
+    class Pruned(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kept, self.pruned = nn.Module(), nn.Module()
+            for module in (self.kept, self.pruned):
+                module.lora_E = nn.ParameterDict({"default": nn.Parameter(torch.zeros(2, 1))})
+            # peft names the pattern under the wrapped model, without the wrapper's prefix
+            self.peft_config = {"default": SimpleNamespace(rank_pattern={"kept.lora_E.default": [True, False],
+                                                                         "pruned.lora_E.default": [False, False]})}
+
+        def forward(self, x):
+            return (x @ self.kept.lora_E["default"]).sum() + 0 * self.pruned.lora_E["default"].sum()
+
+    model = Pruned()
+    check = UpdateCheck(model, "adalora")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(3, 2)).backward()
+    check.on_pre_optimizer_step(None, None, None)
+    opt.step()
+    record, stuck = check.report()
+    assert stuck == [] and record["effective_updates"]["pruned"] == 1
+    model.peft_config["default"].rank_pattern["pruned.lora_E.default"] = [True, False]  # now it should have moved
+    assert check.report()[1] == ["pruned.lora_E.default"]
