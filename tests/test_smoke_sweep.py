@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from analysis import claims, intruder, report
@@ -61,8 +62,10 @@ def test_the_fixture_is_the_27_run_smoke_sweep() -> None:
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_report_lists_what_failed_and_why(name: str, tmp_path: Path, capsys) -> None:
+def test_report_lists_what_failed_and_why(name: str, tmp_path: Path, capsys, monkeypatch) -> None:
     runs = variant(name, tmp_path)
+    if name == "after-fix":  # the large-model projection of 19 variants takes ~80 s here; one-ok-run covers it
+        monkeypatch.setattr(report, "projection", lambda summary: (pd.DataFrame(), "no projection: skipped"))
     code = report.main(["--runs", str(runs), "--out", str(tmp_path / "report")])
     out, err = capsys.readouterr()
     assert code == 0, err
