@@ -290,5 +290,5 @@ class UpdateCheck(TrainerCallback):
 def stuck_reason(stuck: list[str], record: dict[str, Any]) -> str:
     """One line naming what did not train."""
     shown = ", ".join(stuck[:NAMES_SHOWN]) + (f" and {len(stuck) - NAMES_SHOWN} more" if len(stuck) > NAMES_SHOWN else "")
-    return (f"{len(stuck)} of {record['tensors']} trainable tensors or adapted layers did not train where the "
-            f"method's structure and the schedule say they must: {shown}")
+    return (f"{len(stuck)} did not train where the method's structure and the schedule say they must (of "
+            f"{record['tensors']} trainable tensors and {record['effective_updates']['layers']} adapted layers): {shown}")
