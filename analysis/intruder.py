@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from analysis.intruder_tables import (_scalar, comparable_modules, correlations,
 from analysis.intruder_weights import weight_pairs
 from harness.cli import error
 from harness.errors import ConfigError, HarnessError
-from harness.runfolder import RESULT_FILE, RunFolder, find_runs, is_run_folder, open_run
+from harness.runfolder import RESULT_FILE, RunFolder, find_runs, is_run_folder, open_run, read_record
 
 log = logging.getLogger("analysis.intruder")
 VERSION = 2  # bump when the stored arrays change meaning (2: max |cos| of every singular vector, not the top 50)
@@ -84,21 +85,35 @@ def collect_runs(paths: Sequence[Path]) -> list[Run]:
         if not found:
             raise ConfigError(f"{path} is neither a run folder (with {RESULT_FILE}) nor a folder of run folders")
         folders += found
-    runs, seen = [], {}
+    runs, seen, ended = [], {}, Counter()
     for folder in folders:
-        run = load_run(folder)
+        try:
+            run = load_run(folder)
+        except ConfigError as err:  # an unreadable or config-less record (an `invalid` run): skipped like the others
+            record = read_record(folder) or {}
+            status = record.get("status") or "unreadable"
+            ended[status] += 1
+            why = f"status {status}: {record.get('reason')}" if status not in ("ok", "unreadable") else str(err)
+            print(f"skipping {folder.name}: {why}", file=sys.stderr)
+            continue
+        ended[run.result.get("status")] += 1
         if run.result.get("run_id") in seen:  # the same run in two sweeps' folders: one run, never two seeds
             print(f"skipping {folder}: the same run as {seen[run.result['run_id']]}", file=sys.stderr)
             continue
         seen[run.result.get("run_id")] = folder
         if run.result.get("status") != "ok":
-            print(f"skipping {folder.name}: status {run.result.get('status')}", file=sys.stderr)
+            print(f"skipping {folder.name}: status {run.result.get('status')}: {run.result.get('reason')}", file=sys.stderr)
         elif run.result.get("saved_to") not in ("adapter", "model"):
             print(f"skipping {folder.name}: nothing saved to compare", file=sys.stderr)
+        elif not run.saved.is_dir() and not (folder / ARRAYS).exists():  # records copied without their weights
+            ended["ok without weights"], ended["ok"] = ended["ok without weights"] + 1, ended["ok"] - 1
+            print(f"skipping {folder.name}: its {run.result['saved_to']}/ is not in the folder", file=sys.stderr)
         else:
             runs.append(run)
     if not runs:
-        raise ConfigError("no finished (status ok) run among the folders given; train some with harness.run first")
+        counts = ", ".join(f"{n} {status}" for status, n in ended.items() if n)
+        raise ConfigError(f"no finished (status ok) run with saved weights among the {len(folders)} run folders "
+                          f"given ({counts}); train some with harness.run first")
     return runs
 
 

@@ -74,6 +74,8 @@ def _cell_panels(data: pd.DataFrame, **size: float):
 
 def retention_vs_rank(ret: pd.DataFrame, out: Path, threshold: float) -> Path | None:
     """Retention (% of full FT) against LoRA rank, one panel per task and model; error bars: 95% t-interval."""
+    if ret.empty:  # no retention at all (only failed runs): pandas left the columns untyped
+        return None
     data = ret[ret["retention_mean"].notna() & np.isfinite(ret["retention_mean"]) & ret["r"].notna()]
     if data.empty:
         return None

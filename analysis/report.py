@@ -325,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         written = build(df, Path(args.out or Path("reports") / name), args.threshold, args.title, source)
     except HarnessError as err:
         return error(err)
-    print(with_data(retention_display(retention(df))).to_string(index=False))
+    shown = with_data(retention_display(retention(df)))
+    statuses = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
+    print(shown.to_string(index=False) if not shown.empty else
+          f"no retention to show: {len(df)} runs ({statuses}); the report's Failures section lists why")
     print(f"\nreport: {written['html']}  (Markdown: {written['markdown']}, tables: {written['tables']}/)")
     return 0
 

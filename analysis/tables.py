@@ -37,6 +37,10 @@ GIB, MIB = 2**30, 2**20
 CONFIDENCE = 0.95
 PROJECTION_MODELS = ("llama-2-7b", "llama-3.1-70b")  # conf/model presets: the "7B" and "70B" rows memory tables quote
 KEYS = ["cell", "task", "model", "variant", "label", "method", "r", "targets"]
+SUMMARY_COLUMNS = ["n", "seeds", "score", "score_sd", "base_score", "primary_metric", "budget", "precision",
+                   "params_total", "params_trainable", "trainable_pct", "peak_mem_bytes", "mem_kind", "adapter_bytes",
+                   "train_tokens_per_s", "tokens_per_s_sd", "train_runtime_s", "forgetting", "lr", "val_score",
+                   "train_examples", "max_seq_len"]
 
 
 def ok_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -135,7 +139,7 @@ def variant_summary(df: pd.DataFrame) -> pd.DataFrame:
     every measurement."""
     ok = at_selected_lr(df)
     if ok.empty:
-        return pd.DataFrame(columns=KEYS + ["n", "score", "score_sd", "budget", "peak_mem_bytes", "train_runtime_s"])
+        return pd.DataFrame(columns=KEYS + SUMMARY_COLUMNS)  # every column, so the tables and figures find theirs
     grouped = ok.groupby(KEYS, dropna=False, sort=False)
     out = grouped.agg(
         n=("run_id", "size"), seeds=("seed", lambda s: ",".join(str(int(v)) for v in sorted(s.dropna()))),
@@ -290,7 +294,7 @@ def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
 def recommendations(ret: pd.DataFrame, summary: pd.DataFrame, threshold: float = 95.0) -> pd.DataFrame:
     """Per task, model and data: the variant whose mean retention reaches `threshold` % at the lowest peak memory.
     Full FT (100% by definition) qualifies, so a task where nothing else reaches the bar recommends full FT."""
-    merged = ret.merge(summary[["cell", "variant", "peak_mem_bytes", "mem_kind"]], on=["cell", "variant"], how="left")
+    merged = ret.merge(summary.reindex(columns=["cell", "variant", "peak_mem_bytes", "mem_kind"]), on=["cell", "variant"], how="left")
     rows = []
     for (task, model, cell), part in merged.groupby(["task", "model", "cell"], sort=False):
         scored = part[part["retention_mean"].notna()]

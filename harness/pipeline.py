@@ -153,7 +153,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     tracking = cfg.tracking if main else OmegaConf.create({"backend": "none"})  # one W&B run: rank 0's
     tracker = Tracker(tracking, run_dir, rid, eff, tags, cfg.group, cfg.name)
     train_ds = task.train_dataset(data["train"], tokenizer, kind, cfg.train.max_seq_len)
-    peak, guard, update = measure.PeakMemory(), DivergenceGuard(), UpdateCheck(model)
+    peak, guard, update = measure.PeakMemory(), DivergenceGuard(), UpdateCheck(model, cfg.method.name)
     callbacks = [peak, guard, update, LogToFile(), *method_callbacks(model, plan), *tracker.callbacks]
     curve = None
     if cfg.train.eval_every and (main or sharded):  # DDP: the other ranks wait for it at their next exchange

@@ -92,6 +92,67 @@ def test_unusable_run_locations_are_one_line(where: str, expected: str, tmp_path
     _one_line_and_nothing_made(proc, expected, tmp_path / "nothing")
 
 
+LOCATIONS = [
+    ("/proc/harness-runs", "cannot create a folder in /proc"),    # a special file system: nothing can be made there
+    ("/etc/hostname", "/etc/hostname is not a folder"),           # a file where the folder should be
+    ("/etc/hostname/runs", "/etc/hostname is not a folder"),      # under a file
+]
+
+
+@pytest.mark.parametrize("mode", ["single", "sweep"])
+@pytest.mark.parametrize("where,expected", LOCATIONS, ids=[w for w, _ in LOCATIONS])
+def test_unusable_locations_are_refused_before_hydra(where: str, expected: str, mode: str, tmp_path: Path) -> None:
+    """Single runs and `-m` sweeps alike: one line, exit 2, before Hydra tries to create the folder."""
+    sweep = ["-m", "method=lora,ia3"] if mode == "sweep" else []
+    proc = run_cli([*sweep, "model=tiny-llama", "tracking=none", f"paths.runs={where}"], timeout=120)
+    _one_line_and_nothing_made(proc, expected, tmp_path / "nothing")
+
+
+def test_a_sweep_files_own_runs_folder_and_hydra_dirs_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "mine.yaml").write_text("defaults:\n  - config\n  - _self_\npaths:\n  runs: /proc/harness-mine\n")
+    proc = run_cli(["-m", "--config-dir", str(tmp_path), "--config-name", "mine", "model=tiny-llama",
+                    "tracking=none"], timeout=120)
+    _one_line_and_nothing_made(proc, "paths.runs=/proc/harness-mine is not writable", tmp_path / "nothing")
+    proc = run_cli(["-m", "hydra.sweep.dir=/proc/harness-sweep", "model=tiny-llama", "tracking=none",
+                    f"paths.runs={tmp_path / 'runs'}"], timeout=120)
+    _one_line_and_nothing_made(proc, "hydra.sweep.dir=/proc/harness-sweep is not writable", tmp_path / "runs")
+
+
+def test_no_permission_and_no_space_are_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """In-process (root passes any permission check, and no test fills a disk): the probe's failure and a
+    file system below preflight.MIN_FREE_BYTES each end the command with one line and exit status 2."""
+    import shutil
+    import tempfile
+
+    from harness import preflight
+
+    args = ["model=tiny-llama", "tracking=none", f"paths.runs={tmp_path / 'runs'}"]
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkdtemp", denied)
+        with pytest.raises(SystemExit) as ended:
+            preflight.check_or_exit(["-m", *args])
+    assert ended.value.code == 2 and "no write permission" in capsys.readouterr().err
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=preflight.MIN_FREE_BYTES - 1))
+    with pytest.raises(SystemExit) as ended:
+        preflight.check_or_exit(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert ended.value.code == 2 and len(err) == 1 and "MiB free" in err[0]
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.glob(".harness-probe-*"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder")
+def test_a_folder_without_write_permission_is_refused(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    proc = run_cli(["model=tiny-llama", "tracking=none", f"paths.runs={locked / 'runs'}"], timeout=120)
+    _one_line_and_nothing_made(proc, "no write permission", locked / "runs")
+
+
 KNOBS = [
     ("r", "0"), ("alpha", "-1"), ("seed", "-1"), ("train.batch_size", "0"), ("train.grad_accum", "0"),
     ("train.max_seq_len", "0"), ("train.max_steps", "0"), ("train.epochs", "-1"), ("train.lr", "0"),
