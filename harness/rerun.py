@@ -145,6 +145,8 @@ def run_in(src: Path, conf_dir: Path, log_path: Path, threads: int | None, pytho
     if threads:
         env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env.pop("PYTHONPATH", None)
+    if src.resolve() != REPO_ROOT:  # extracted code: its record must not take the stamp of a checkout around --out
+        env["GIT_CEILING_DIRECTORIES"] = str(src.resolve().parent)
     with open(log_path, "w") as log:
         return subprocess.run([python, "-m", "harness.run", "--config-dir", str(conf_dir), "--config-name", "rerun"],
                               cwd=src, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
