@@ -214,10 +214,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if key == "diff" and row["quantity"] == "loss_curve" and value is not None:
+        return f"{value:+.4f} (max, step {row['worst_step']})"
+    if isinstance(value, float) and key in ("original", "rerun"):
+        return f"{value:.4f}"
+    return f"{value:g}" if key == "tolerance" else _fmt(value)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     header = ["quantity", "original", "rerun", "diff", "tolerance", "within", "parts_at_step"]
-    cells = [header] + [[_fmt(r.get(h)) if h not in ("original", "rerun") or not isinstance(r.get(h), float)
-                         else f"{r[h]:.4f}" for h in header] for r in rows]
+    cells = [header] + [[_cell(r, h) for h in header] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(header))) for c in cells)
 
