@@ -21,6 +21,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -269,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.run_dir / RESULT_FILE).is_file():
         return error(f"{args.run_dir} holds no {RESULT_FILE}; pass a run folder (e.g. one under results/study/<sweep>/runs/)")
+    if not shutil.which(args.python):
+        return error(f"--python {args.python} is not an interpreter here; pass e.g. .venv/bin/python")
     tol = {"score": args.score_tol, "val_score": args.score_tol, "loss": args.loss_tol}
     out = args.out or Path(tempfile.mkdtemp(prefix="harness-rerun-"))
     try:

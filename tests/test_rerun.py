@@ -102,6 +102,12 @@ def test_folder_without_a_record_is_one_line_error(tmp_path: Path, capsys: pytes
     assert err.startswith("error: ") and "result.json" in err and err.count("\n") == 1
 
 
+def test_missing_interpreter_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "result.json").write_text("{}")
+    assert rr.main([str(tmp_path), "--python", str(tmp_path / "nope")]) == 2
+    assert "is not an interpreter" in capsys.readouterr().err
+
+
 def test_continual_stage_is_refused(tmp_path: Path) -> None:
     (tmp_path / "result.json").write_text(json.dumps({"config": {"model": {}, "method": {}, "task": {}, "train": {},
                                                                  "init_from": "parent"}}))
