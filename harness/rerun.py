@@ -5,7 +5,8 @@
 
 The code comes from the record's commit (`git archive`), with its `source.diff` applied when the record was made
 from a dirty tree. A dirty record without a saved diff cannot be rebuilt from its commit: it is reported so and
-re-run on this checkout (HEAD) instead, as is a record whose commit this repository lacks (`--on head` forces it).
+re-run on this checkout (HEAD) instead, as is a record whose commit this repository lacks (`--on head` forces it;
+`--on commit` runs the bare commit without the lost change, to tell a gap of code from one of environment).
 The run's config is the record's effective config (`config`) written over the composed defaults of its model,
 method, task and targets; the re-run's own record says whether its effective config came out identical.
 
@@ -56,7 +57,7 @@ class Source:
 
     def describe(self) -> str:
         if self.kind == "head":
-            state = source_state()
+            state = source_state()  # when planned: the checkout may move while the run trains
             return f"this checkout (HEAD {state.commit[:12] + ('-dirty' if state.dirty else '') if state else 'unknown'})"
         return f"commit {self.commit[:12]}" + (f" + {DIFF_FILE}" if self.diff else "")
 
@@ -83,10 +84,11 @@ def _has_commit(sha: str, repo: Path) -> bool:
     return subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=repo, capture_output=True).returncode == 0
 
 
-def plan_source(record: dict[str, Any], run_dir: Path, repo: Path = REPO_ROOT, on_head: bool = False) -> Source:
-    """Which code re-runs the record: its commit (with its diff when dirty), else this checkout, with the reason."""
+def plan_source(record: dict[str, Any], run_dir: Path, repo: Path = REPO_ROOT, on: str = "record") -> Source:
+    """Which code re-runs the record: its commit (with its diff when dirty), else this checkout, with the reason.
+    `on="head"`: this checkout; `on="commit"`: the bare commit even when the record's diff is lost."""
     stamp = record.get("git_commit")
-    if on_head:
+    if on == "head":
         return Source("head", notes=["--on head: re-run on this checkout"])
     if not stamp:
         return Source("head", notes=["the record names no commit: re-run on this checkout"])
@@ -96,6 +98,9 @@ def plan_source(record: dict[str, Any], run_dir: Path, repo: Path = REPO_ROOT, o
         return Source("head", notes=[f"commit {sha[:12]} is not in this repository: re-run on this checkout"])
     if not dirty:
         return Source("commit", sha)
+    if on == "commit":
+        return Source("commit", sha, notes=[f"--on commit: the bare commit {sha[:12]}, without the record's "
+                                            "uncommitted change"])
     diff = Path(run_dir) / (record.get("diff_file") or DIFF_FILE)
     if record.get("diff_file") and diff.is_file():
         return Source("commit", sha, diff)
@@ -234,11 +239,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(header))) for c in cells)
 
 
-def rerun(run_dir: Path, out: Path, tol: dict[str, float], threads: int | None = None, on_head: bool = False,
+def rerun(run_dir: Path, out: Path, tol: dict[str, float], threads: int | None = None, on: str = "record",
           python: str = sys.executable) -> dict[str, Any]:
     """Re-run the record in `run_dir` under `out`; returns the report (also written to out/rerun.json)."""
     original = load_record(run_dir)
-    source = plan_source(original, run_dir, on_head=on_head)
+    source = plan_source(original, run_dir, on=on)
+    described = source.describe()
     threads = threads or original.get("torch_threads")
     src = materialise(source, out / "src")
     runs, conf_dir = out / "runs", out / "conf"
@@ -249,7 +255,7 @@ def rerun(run_dir: Path, out: Path, tol: dict[str, float], threads: int | None =
         raise ConfigError(f"the re-run wrote no record (exit status {code}); see {out / 'rerun.log'}")
     new = read_json(found[0]) or {}
     rows = compare(original, new, tol)
-    report = {"run_id": original.get("run_id"), "run_dir": str(run_dir), "source": source.describe(),
+    report = {"run_id": original.get("run_id"), "run_dir": str(run_dir), "source": described,
               "source_notes": source.notes, "rerun_status": new.get("status"), "rerun_dir": str(found[0].parent),
               "notes": context_notes(original, new, threads), "rows": rows,
               "reproduced": all(r["within"] for r in rows) and new.get("status") == original.get("status")}
@@ -261,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.rerun", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run folder holding result.json")
     parser.add_argument("--out", type=Path, help="scratch folder for the re-run (default: a temporary folder)")
-    parser.add_argument("--on", choices=("record", "head"), default="record",
-                        help="code to run: the record's commit (+ its diff), or this checkout")
+    parser.add_argument("--on", choices=("record", "commit", "head"), default="record",
+                        help="code to run: the record's commit (+ its diff), the bare commit, or this checkout")
     parser.add_argument("--threads", type=int, help="torch threads (default: the record's, else the environment's)")
     parser.add_argument("--score-tol", type=float, default=TOLERANCE["score"], help="largest |score difference|")
     parser.add_argument("--loss-tol", type=float, default=TOLERANCE["loss"], help="largest |loss difference| per step")
@@ -275,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     tol = {"score": args.score_tol, "val_score": args.score_tol, "loss": args.loss_tol}
     out = args.out or Path(tempfile.mkdtemp(prefix="harness-rerun-"))
     try:
-        report = rerun(args.run_dir, out, tol, args.threads, args.on == "head", args.python)
+        report = rerun(args.run_dir, out, tol, args.threads, args.on, args.python)
     except ConfigError as err:
         return error(err)
     print(f"re-run of {report['run_id']} from {report['source']} -> {report['rerun_dir']} ({report['rerun_status']})")

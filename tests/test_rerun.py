@@ -64,6 +64,8 @@ def test_source_of_a_dirty_record_with_its_diff_is_the_commit_plus_the_diff(tmp_
 def test_dirty_record_without_a_diff_is_not_reproducible_from_its_commit(tmp_path: Path) -> None:
     source = rr.plan_source({"git_commit": head() + "-dirty"}, tmp_path)  # an older record: no git_dirty key
     assert source.kind == "head" and "NOT REPRODUCIBLE FROM ITS COMMIT" in source.notes[0]
+    bare = rr.plan_source({"git_commit": head() + "-dirty"}, tmp_path, on="commit")
+    assert (bare.kind, bare.commit, bare.diff) == ("commit", head(), None) and "without" in bare.notes[0]
     assert rr.plan_source({"git_commit": "0" * 40}, tmp_path).kind == "head"
     assert rr.plan_source({}, tmp_path).notes == ["the record names no commit: re-run on this checkout"]
 
