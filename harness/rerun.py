@@ -204,8 +204,9 @@ def context_notes(original: dict[str, Any], rerun: dict[str, Any], threads: int 
     va, vb = original.get("versions") or {}, rerun.get("versions") or {}
     moved = [f"{k} {va.get(k)} -> {vb.get(k)}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
     notes.append("versions: " + ("; ".join(moved) if moved else "the same as the record's"))
-    notes.append(f"torch threads: record {original.get('torch_threads', 'not recorded')}, re-run "
-                 f"{rerun.get('torch_threads')}" + ("" if threads else " (from the environment)"))
+    used = rerun.get("torch_threads") or threads or f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    notes.append(f"torch threads: record {original.get('torch_threads', 'not recorded')}, re-run {used}"
+                 + ("" if threads else " (from the environment)"))
     return notes
 
 
