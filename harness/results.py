@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
 from datetime import datetime, timezone
 from dataclasses import dataclass
@@ -157,8 +156,14 @@ FIELDS: tuple[Field, ...] = (
     Field(('config', 'config_hash', 'data_fingerprint', 'model_fingerprint'),
         'what is needed to reproduce the run',
         columns=('config_hash', 'data_fingerprint')),
-    Field(('versions', 'git_commit'),
-        'torch, transformers, peft, bitsandbytes, ... and the harness commit (`-dirty` when modified)',
+    Field(('versions', 'git_commit', 'git_dirty', 'diff_file', 'versions_match_lock', 'lock_mismatches'),
+        'torch, transformers, peft, bitsandbytes, ... and the harness commit (`-dirty` when the code, i.e. '
+        'harness/, conf/, hydra_plugins/, sweeps/ or pyproject.toml, differs from it, untracked files included: '
+        '`git_dirty`); a dirty run saves that difference beside result.json (`diff_file`: `source.diff`, '
+        '`git apply` on a checkout of the commit rebuilds the code; harness/provenance.py); whether every package '
+        '`requirements.lock` pins (all but torch) is installed at its locked version, and `{name: {locked, '
+        'installed}}` for those that are not (null without a lock file). `python -m harness.rerun RUN_DIR` '
+        're-runs a record from all this',
         required=('versions', 'git_commit')),
     Field(('started_at', 'finished_at', 'pid', 'host', 'resumed_from', 'rehashed_from'),
         'provenance; `resumed_from`: the checkpoint a re-run continued from; `rehashed_from`: the run_id a '
@@ -290,13 +295,3 @@ def _installed(name: str) -> bool:
     except metadata.PackageNotFoundError:
         return False
 
-
-def git_commit() -> str | None:
-    """The harness checkout's commit, with '-dirty' when tracked files have uncommitted changes."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None

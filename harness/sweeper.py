@@ -33,6 +33,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from harness.config import config_hash, effective_config, run_id
 from harness.errors import ConfigError
+from harness.provenance import warn_if_dirty
 from harness.selection import at_grid_edge, lr_candidates, select_lr
 from harness.sweep_progress import progress_batch_size, sweep_progress, wall_time_estimate
 from harness.results import (DONE_STATUSES, RESULT_FILE, Status, is_done, now, rejected_before,
@@ -133,6 +134,7 @@ class HarnessSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         check_one_run_per_gpu(self.config.hydra.launcher)
+        warn_if_dirty(f"sweep '{self.config.get('group') or 'sweep'}'")  # a record of a dirty tree needs its diff
         grid = self.grid(arguments)
         lr_search = self.lr_search(grid)
         sweep_dir = Path(self.config.hydra.sweep.dir)
