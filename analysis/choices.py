@@ -40,8 +40,15 @@ CHOICE_POINTS: tuple[ChoicePoint, ...] = (
                 "test_floor_choice_ignores_test_scores"),
     ChoicePoint("reported seeds (selection seed left out)", "analysis/choices.py reporting_seeds",
                 "which seeds ran the search (selection_seeds), not scores", "test_reporting_seeds"),
-    ChoicePoint("merge weights and density", "harness/adapters/merge.py --weights / --density",
-                "fixed on the command line (defaults 1.0 per adapter, density 0.5): no data is read", "(no data read)"),
+    ChoicePoint("merge weights and density (per combine type)", "harness/adapters/merge_select.py choose "
+                "(merge --select; grid --grid-weights 0.5,1.0,1.5 x --grid-density 0.2,0.5,0.8)",
+                "mean over tasks of validation retention (merged / own adapter, both on validation); ties: the first "
+                "grid point; `--eval` without --select keeps fixed --weights / --density and reads no data",
+                "(tests/test_merge.py: test_select_chooses_on_validation_only, test_choose_reads_validation_retention_only)"),
+    ChoicePoint("AdaLoRA schedule (tinit, where pruning ends) and budget (init_r, target_r)",
+                "conf/method/adalora.yaml schedule {tinit: 0.1, end: 0.6}, init_r_factor 1.5; sweeps/study/fair-adalora.yaml",
+                "nothing measured: a rule fixed before the runs (pruning done by 60% of the steps; final rank total "
+                "= LoRA's); each run records what it kept (params_effective)", "(no data read)"),
     ChoicePoint("training budgets (steps, epochs)", "sweeps/study/*.yaml, fixed before the runs",
                 "nothing measured: fixed per sweep file", "(no data read)"),
     ChoicePoint("search rungs (early stopping of rates)", "none: every searched rate trains its full budget",

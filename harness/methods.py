@@ -9,7 +9,8 @@ of a method file, each read here or in harness.config:
 - `model_kinds`: the model kinds the method supports (prefix tuning: causal LMs only);
 - `quantization`: transformers `BitsAndBytesConfig` keywords; the base loads quantised (QLoRA);
 - `feedforward`: per-family module names IA3 treats as feed-forward (scaled at their input);
-- `init_r_factor`, `schedule`: AdaLoRA's initial rank (times `r`) and tinit/tfinal as fractions of max_steps.
+- `init_r_factor`, `schedule`: AdaLoRA's initial rank (times `r`); `schedule.tinit` / `schedule.end`, the fractions
+  of max_steps where budgeting starts and where the pruning is done (the rank pattern fixed for the steps after).
 """
 
 from __future__ import annotations
@@ -120,13 +121,69 @@ def adapter_rank(eff: dict[str, Any]) -> int:
 
 
 def _adalora_schedule(eff: dict[str, Any]) -> dict[str, int]:
-    """total_step is the run's max_steps; tinit / tfinal are fractions of it, shrunk when a short run needs it."""
+    """peft's tinit / tfinal / total_step from the method's fractions of the run's max_steps.
+
+    peft's RankAllocator keeps every rank for steps 0..tinit, shrinks the budget (cubically) from tinit to
+    total_step - tfinal, fixes the rank pattern at step total_step - tfinal and trains the kept ranks for the last
+    tfinal steps. `schedule.end` is the fraction of the steps by which pruning is done (tfinal = 1 - end);
+    `schedule.tfinal` (the older spelling) is still read. A run too short for one budgeting step keeps every rank."""
     total = int(eff["train"]["max_steps"])
     frac = eff["method"].get("schedule") or {}
-    tinit, tfinal = int(frac.get("tinit", 0) * total), int(frac.get("tfinal", 0) * total)
+    end = frac.get("end", 1 - frac.get("tfinal", 0))
+    if not 0 <= frac.get("tinit", 0) < end <= 1:
+        raise ConfigError(f"method.schedule: need 0 <= tinit < end <= 1 (fractions of max_steps), got {dict(frac)}")
+    tinit, tfinal = int(frac.get("tinit", 0) * total), total - int(round(end * total))
     if tinit >= total - tfinal:  # peft needs at least one budgeting step
         tinit, tfinal = 0, 0
     return {"total_step": total, "tinit": tinit, "tfinal": tfinal, "init_r": adapter_rank(eff)}
+
+
+def adalora_budget(shapes: list[tuple[int, int]], init_r: int, target_r: int) -> dict[str, int]:
+    """AdaLoRA's adapter parameter counts on target modules of these (out, in) shapes, before training.
+
+    A rank is a triplet (a row of P, a singular value, a column of Q): in + out + 1 parameters. peft allocates
+    init_r triplets per module and prunes to a budget of target_r * modules triplets *wherever they score
+    highest*, so the final count is known only after training: `final_even` (every module at target_r, which
+    equals LoRA r=target_r's count plus one value per rank) and the range the allocation can reach, from every
+    kept rank in the smallest modules (`final_min`) to every one in the largest (`final_max`)."""
+    sizes = sorted(out + inp + 1 for out, inp in shapes)
+    budget = target_r * len(sizes)
+
+    def fill(order: list[int]) -> int:
+        left, total = budget, 0
+        for size in order:
+            kept = min(init_r, left)
+            total, left = total + kept * size, left - kept
+        return total
+
+    return {"rank_budget": budget, "allocated": init_r * sum(sizes), "final_even": target_r * sum(sizes),
+            "final_min": fill(sizes), "final_max": fill(sizes[::-1])}
+
+
+def adalora_record(model: nn.Module) -> dict[str, Any] | None:
+    """What an AdaLoRA run kept (result.json `adalora`, `params_effective`); None for other methods.
+
+    `params_effective` counts the trainable parameters the final model uses: the kept triplets and everything
+    else trainable (a classifier head). The pruned triplets stay allocated (`params_trainable`, what the optimizer
+    held) but their singular value is masked to zero after every step from the schedule's end on, so they no
+    longer change the output: the final model is the kept triplets, which is what AdaLoRA's paper compares at."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None or config.peft_type != peft.PeftType.ADALORA:
+        return None
+    pattern = config.rank_pattern or {}
+    params = dict(model.base_model.model.named_parameters())  # the names the rank allocator keys its pattern by
+    kept_total, allocated_total, effective = 0, 0, 0
+    for name, value in params.items():
+        if ".lora_E." in name:
+            size = params[name.replace("lora_E", "lora_A")].shape[1] + params[name.replace("lora_E", "lora_B")].shape[0] + 1
+            kept = int(sum(bool(k) for k in pattern[name])) if name in pattern else value.shape[0]
+            kept_total, allocated_total, effective = kept_total + kept, allocated_total + value.shape[0], effective + kept * size
+        elif value.requires_grad and ".lora_A." not in name and ".lora_B." not in name:
+            effective += value.numel()
+    return {"params_effective": effective, "adalora": {
+        "init_r": config.init_r, "target_r": config.target_r, "total_step": config.total_step, "tinit": config.tinit,
+        "tfinal": config.tfinal, "schedule_end_step": config.total_step - config.tfinal,
+        "ranks_allocated": allocated_total, "ranks_kept": kept_total, "pruned": bool(pattern)}}
 
 
 def build_peft_config(

@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from harness import distributed, items, measure
 from harness.assets import cache_dir
 from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, similarity_forgetting
-from harness.methods import (apply_method, count_parameters, discard_plan_files, freeze_head, method_callbacks,
-                             plan_method, quantization_config, quantization_record, save_trained)
+from harness.methods import (adalora_record, apply_method, count_parameters, discard_plan_files, freeze_head,
+                             method_callbacks, plan_method, quantization_config, quantization_record, save_trained)
 from harness.models import load_model, load_tokenizer, local_folder, model_fingerprint
 from harness.provenance import provenance_record
 from harness.results import RESULT_FILE, Status, code_fingerprint, now, versions, write_json_atomic
@@ -185,6 +185,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         "val_curve": curve.points if curve else []}
     result["loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     result["update_check"], stuck = update.report()
+    result |= adalora_record(model) or {}  # AdaLoRA: the schedule's end step and what the pruning kept
     if "dist" in eff:  # every rank's share, gathered; then rank 0 alone goes on
         ranks = distributed.gather({"peak_mem_bytes": result.get("peak_mem_bytes"), "examples": result["train_examples"],
                                     "tokens": trained["tokens"], "runtime_s": result["train_runtime_s"],

@@ -51,6 +51,12 @@ FIELDS: tuple[Field, ...] = (
         "peft's own count for adapters",
         columns=('params_total', 'params_trainable', 'trainable_pct'),
         required=('params_total', 'params_trainable', 'trainable_pct')),
+    Field(('params_effective', 'adalora'),
+        'AdaLoRA only: `params_trainable` is what was allocated (init_r ranks everywhere, what the optimizer held); '
+        '`params_effective` what the final model uses (the triplets the pruning kept, plus a trained head); '
+        '`adalora` the schedule (`init_r`, `target_r`, `total_step`, `tinit`, `tfinal`, `schedule_end_step` = '
+        'total_step - tfinal, where the rank pattern was fixed) and `ranks_allocated` / `ranks_kept`',
+        columns=('params_effective',)),
     Field(('peak_mem_bytes', 'peak_reserved_bytes', 'mem_kind'),
         'CUDA: peak *allocated* (and *reserved*) during training after `reset_peak_memory_stats` '
         "(`cuda_allocated`). CPU: the process's peak resident set size during training, reset at train start "

@@ -199,3 +199,72 @@ def test_serve_bench_refuses_an_encoder(tiny_runs, capsys) -> None:
     assert serve_bench.main([str(tiny_runs["bert_s0"])]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "causal LM" in err
+
+
+# ---- merges chosen on validation (harness/adapters/merge_select.py) -------------------------------------------
+
+def _select(tiny_runs, out: Path, extra: list[str] = ()) -> dict:
+    runs = [str(tiny_runs["lora_bf16"]), str(tiny_runs["lora_s1"])]
+    code = merge.main([*runs, "--combine", "ties,linear", "--select", "--grid-weights", "0.5,1.5",
+                       "--grid-density", "0.2,0.8", "--n-val", "4", "--n-test", "4", "--out", str(out), *extra])
+    assert code == 0
+    return json.loads((out / merge.TABLE_JSON).read_text())
+
+
+def test_select_records_the_validation_grid_and_test_scores(tiny_runs, tmp_path: Path) -> None:
+    table = _select(tiny_runs, tmp_path / "sel", ["--union", str(tiny_runs["full"])])
+    grids = {k: v["grid"] for k, v in table["selection"].items()}
+    assert [(g["weight"], g["density"]) for g in grids["ties"]] == [(0.5, 0.2), (0.5, 0.8), (1.5, 0.2), (1.5, 0.8)]
+    assert [(g["weight"], g["density"]) for g in grids["linear"]] == [(0.5, None), (1.5, None)]  # no density
+    for kind, grid in grids.items():
+        assert all(len(g["val"]) == 2 for g in grid)
+        chosen = table["selection"][kind]["chosen"]
+        assert (chosen["weight"], chosen["density"]) in [(g["weight"], g["density"]) for g in grid]
+    assert table["n_val"] == [4, 4] and table["n_test"] == [4, 4]
+    for row in table["rows"]:
+        assert set(row["merged"]) == {"ties", "linear"} and {"base", "own", "union", "own_val"} <= set(row)
+    assert (tmp_path / "sel" / "adapters" / "merged_ties" / "adapter_model.safetensors").exists()
+    assert "chosen weight" in (tmp_path / "sel" / merge.TABLE_MD).read_text()
+
+
+def test_select_chooses_on_validation_only(tiny_runs, tmp_path: Path, monkeypatch) -> None:
+    """Scores that depend on the active adapter's weights; the test side reversed: the choice does not move."""
+    from harness.adapters import merge_select
+
+    reverse = {"on": False}
+
+    def fake_score(model, tokenizer, run, which, n) -> float:
+        active = model.active_adapter
+        total = sum(p.float().abs().sum().item() for name, p in model.named_parameters()
+                    if f".{active}." in name and ("lora_A" in name or "lora_B" in name))
+        value = total / (1.0 + total)
+        return 1.0 - value if which == "test" and reverse["on"] else value
+
+    monkeypatch.setattr(merge_select, "score_split", fake_score)
+    forward = _select(tiny_runs, tmp_path / "fwd")
+    reverse["on"] = True
+    reversed_ = _select(tiny_runs, tmp_path / "rev")
+    for kind in ("ties", "linear"):
+        grid = forward["selection"][kind]["grid"]
+        best = max(grid, key=lambda g: g["val_retention"])
+        assert forward["selection"][kind]["chosen"]["weight"] == best["weight"]
+        assert forward["selection"][kind]["chosen"] == reversed_["selection"][kind]["chosen"]
+        assert len({g["val_retention"] for g in grid}) > 1  # the grid points really differ on validation
+    assert forward["selection"]["linear"]["chosen"]["weight"] == 1.5  # larger weight, larger factors: the fake's maximum
+    assert forward["rows"][0]["merged"]["ties"] != reversed_["rows"][0]["merged"]["ties"]  # test did change
+
+
+def test_choose_reads_validation_retention_only() -> None:
+    from harness.adapters.merge_select import choose
+
+    grid = [{"val_retention": 0.4, "test": 0.9}, {"val_retention": 0.8, "test": 0.1},
+            {"val_retention": 0.8, "test": 0.5}, {"val_retention": None, "test": 1.0}]
+    assert choose(grid) == 1  # the highest validation retention, the first of a tie; test never read
+    assert choose([{"val_retention": None}, {"val_retention": None}]) == 0
+
+
+def test_select_refuses_fixed_weights(tiny_runs, tmp_path: Path, capsys) -> None:
+    runs = [str(tiny_runs["lora_bf16"]), str(tiny_runs["lora_s1"])]
+    code = merge.main([*runs, "--combine", "ties", "--select", "--weights", "1,1", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--select chooses" in err

@@ -2,6 +2,11 @@
 
     python -m harness.adapters.merge RUN_DIR --out merged/          # merge_and_unload -> a plain model folder
     python -m harness.adapters.merge RUN_A RUN_B RUN_C --combine ties,dare_ties,linear --eval  # [--union RUN_U]
+    python -m harness.adapters.merge RUN_A RUN_B RUN_C --combine ties,dare_ties,linear --select --union RUN_U
+
+`--select` (harness/adapters/merge_select.py) chooses each combine type's weight and density on the tasks'
+validation rows from a grid, then scores base, own adapters, union and the chosen merges on test: the study's
+protocol. `--eval` scores fixed `--weights` / `--density` on test (no choice is made).
 
 Merging is peft's `merge_and_unload`; `merge.json` records the base it went into. A QLoRA adapter merges into the
 4-bit weights it trained against, de-quantised (not the original float weights, which it never saw). Combining
@@ -326,11 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (paths.runs/<run_id>)")
     parser.add_argument("--out", type=Path, help="output folder (default: RUN/merged, or <runs>/combined_<tasks>)")
     parser.add_argument("--combine", help=f"comma-separated peft combination types: {', '.join(COMBINE_TYPES)}")
-    parser.add_argument("--density", type=float, default=0.5, help="fraction kept by ties / dare / magnitude_prune")
+    parser.add_argument("--density", type=float, help="fraction kept by ties / dare / magnitude_prune (default 0.5)")
     parser.add_argument("--weights", help="comma-separated weight per run (default 1.0 each)")
     parser.add_argument("--eval", action="store_true", help="score base, own, combined (and --union) on every task")
     parser.add_argument("--n-eval", type=int, help="score only the first N test rows of each task (default: all)")
     parser.add_argument("--union", type=Path, help="a run trained on all the tasks (e.g. task=multitask), scored too")
+    parser.add_argument("--select", action="store_true", help="choose weight and density per combine type on "
+                        "validation from --grid-weights x --grid-density, then score on test (merge_select.py)")
+    parser.add_argument("--grid-weights", default="0.5,1.0,1.5", help="--select: weights tried (one for every adapter)")
+    parser.add_argument("--grid-density", default="0.2,0.5,0.8", help="--select: densities tried (ties, dare, ...)")
+    parser.add_argument("--n-val", type=int, help="--select: validation rows per task (default: the run's n_eval)")
+    parser.add_argument("--n-test", type=int, help="--select: test rows per task (default: the run's n_eval)")
     parser.add_argument("--dtype", default="float32", help="precision the merged model is saved in (float32, "
                         "bfloat16, float16; default float32, which keeps every update; merge.json says what less loses)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -349,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         bad = [c for c in combine if c not in COMBINE_TYPES]
         if bad or not combine:
             raise ConfigError(f"--combine {args.combine!r}: unknown {', '.join(bad) or 'empty'}; choose from {', '.join(COMBINE_TYPES)}")
+        if args.select:
+            return _select(args, runs, combine)
+        args.density = 0.5 if args.density is None else args.density
         if not 0 < args.density <= 1:
             raise ConfigError(f"--density must be in (0, 1], got {args.density}")
         if args.n_eval is not None and args.n_eval <= 0:
@@ -364,6 +378,30 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except HarnessError as err:
         return error(err)
+
+
+def _numbers(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+
+
+def _select(args: argparse.Namespace, runs: list[RunFolder], combine: list[str]) -> int:
+    from harness.adapters.merge_select import select_and_score
+
+    if args.weights or args.density is not None or args.eval or args.n_eval:
+        raise ConfigError("--select chooses weight and density on validation and scores test itself; drop --weights, "
+                          "--density, --eval and --n-eval (use --grid-weights, --grid-density, --n-val, --n-test)")
+    for flag, value in (("--n-val", args.n_val), ("--n-test", args.n_test)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
+    union = load_run(args.union) if args.union else None
+    out = args.out or runs[0].path.parent / ("selected_" + "_".join(r.result["task"] for r in runs))
+    select_and_score(runs, combine, _numbers(args.grid_weights, "--grid-weights"),
+                     _numbers(args.grid_density, "--grid-density"), out, args.n_val, args.n_test, union)
+    print((out / TABLE_MD).read_text())
+    return 0
 
 
 if __name__ == "__main__":
