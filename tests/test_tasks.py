@@ -266,13 +266,14 @@ def test_cli_reports_a_task_source_error_in_one_line(tmp_path: Path) -> None:
 def test_tiny_run_on_new_task_records_scores_and_forgetting(task: str, runs: Path) -> None:
     result, _ = run_inprocess([f"task={task}", "model=tiny-llama", *TINY, "task.n_eval=4"], runs)
     assert result["status"] == "ok" and 0 <= result["score"] <= 1 and 0 <= result["base_score"] <= 1
-    assert result["primary_metric"] == {"style": "chrf", "instruct": "mean_score"}[task]
+    assert result["primary_metric"] == {"style": "sari", "instruct": "mean_score"}[task]
     assert 0 < result["forgetting_before"] < 20 and 0 < result["forgetting_after"] < 20
     assert result["forgetting"] == pytest.approx(result["forgetting_after"] - result["forgetting_before"])
     if task == "style":
-        assert 0 < result["metrics"]["copy_chrf"] < 1
+        assert 0 < result["metrics"]["copy_sari"] < 1 and 0 < result["metrics"]["copy_chrf"] < 1
+        assert {"sari_add", "chrf"} <= set(result["metrics"])
     else:
-        assert {"style/chrf", "classify/accuracy", "extract/field_accuracy", "knowledge/exact_match"} <= set(result["metrics"])
+        assert {"style/sari", "style/chrf", "classify/accuracy", "extract/field_accuracy", "knowledge/exact_match"} <= set(result["metrics"])
 
 
 def test_tiny_run_on_custom_files(tmp_path: Path, runs: Path) -> None:
