@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.assets import CONF_DIR, check_hub_model
 from harness.distributed import SHARDED, STRATEGIES, world
 from harness.errors import AssetError, ConfigError
+from harness.hf_model import check_model  # also registers model=hf's resolvers (kind, hub_id, name from config.json)
 
 # Keys that say where or how a run is reported, not what it is.
 NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun", "seeds", "lr_search", "lr_widen", "lr_protocol", "variants", "stages")
@@ -122,6 +123,8 @@ def _positive_number(value: Any, name: str, fix: str) -> None:
 
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Check every value that can be checked without loading a model; return the effective config."""
+    if cfg.model.source == "hf":  # before anything resolves the kind from model.path
+        check_model(cfg.model.get("path"), need_kind=OmegaConf.is_interpolation(cfg.model, "kind"))
     if cfg.method.get("has_rank", False):
         _positive_int(cfg.r, "r", "e.g. r=16")
         if cfg.alpha is not None:

@@ -1,4 +1,5 @@
-"""Model loading: bundled pretrained models (from the converted cache), tiny random models, hub presets.
+"""Model loading: bundled pretrained models (from the converted cache), tiny random models, hub presets, and any
+model by local folder or hub id (`model=hf model.path=...`, harness/hf_model.py).
 
 Every path ends in a transformers `from_pretrained` / `from_config`, so GPU users get the same code with
 `dtype=bfloat16` and, for QLoRA, a bitsandbytes `quantization_config`.
@@ -24,6 +25,7 @@ from transformers import (
 
 from harness.assets import CONF_MODEL_DIR, bundled_model_dir
 from harness.errors import AssetError
+from harness.hf_model import location
 
 # "auto" is resolved per method by config.effective_config; loaded bare (e.g. a frozen base for analysis) it means bf16.
 WEIGHT_DTYPES = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "bf16-mixed": torch.float32, "fp32": torch.float32, "fp16-mixed": torch.float32}
@@ -31,23 +33,39 @@ WEIGHT_DTYPES = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "bf16-mixed": t
 HEAD_NAMES = ("lm_head", "classifier", "score")  # output heads: never adapter targets, never quantised
 
 def model_path(model_cfg: DictConfig, cache: Path) -> str:
-    """What `from_pretrained` gets: a local folder for bundled models, the hub id for hub presets."""
+    """What `from_pretrained` gets: a local folder for bundled models, the hub id for hub presets, model.path
+    (as an absolute folder, or the hub id) for model=hf."""
     if model_cfg.source == "bundled":
         return str(bundled_model_dir(model_cfg, cache))
     if model_cfg.source == "hub":
         return model_cfg.hub_id
+    if model_cfg.source == "hf":
+        return location(model_cfg.path)[0]
     raise AssetError(f"model '{model_cfg.name}' has source={model_cfg.source!r}; tiny models have no path")
 
 
+def local_folder(model_cfg: DictConfig, cache: Path) -> str | None:
+    """The folder a model loads from on this machine (bundled, or model=hf with a folder); None for hub ids and
+    tiny random models."""
+    if model_cfg.source == "bundled":
+        return model_path(model_cfg, cache)
+    if model_cfg.source == "hf":
+        where, is_local = location(model_cfg.path)
+        return where if is_local else None
+    return None
+
+
 def _from_hub(loader, model_cfg: DictConfig, *args, **kwargs):
-    """Call a `from_pretrained` for a hub preset, turning "cannot reach the hub" into one clear line."""
+    """Call a `from_pretrained` for a hub preset (or model=hf by hub id), turning "cannot reach the hub" into one
+    clear line."""
     try:
         return loader(*args, **kwargs)
     except (OSError, ValueError) as err:
-        if model_cfg.source != "hub":
+        from_hub = model_cfg.source == "hub" or (model_cfg.source == "hf" and not location(model_cfg.path)[1])
+        if not from_hub:
             raise
         raise AssetError(
-            f"model '{model_cfg.name}' ({model_cfg.hub_id}) is not reachable: the hub is offline and no local "
+            f"model '{model_cfg.name}' ({model_path(model_cfg, Path())}) is not reachable: the hub is offline and no local "
             f"HF cache holds it; use a bundled model (model=smollm2-135m or model=minilm-l6) or set HF_HOME to "
             f"a cache that has it ({type(err).__name__})"
         ) from None
@@ -133,12 +151,14 @@ def model_fingerprint(model_cfg: DictConfig, cache: Path, model: PreTrainedModel
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
         return digest.hexdigest()[:16]
-    if model_cfg.source == "hub":
-        return f"hub:{model_cfg.hub_id}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
-    folder = Path(model_path(model_cfg, cache))
-    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+    folder = local_folder(model_cfg, cache)
+    if folder is None:  # a hub preset, or model=hf by hub id
+        return f"hub:{model_path(model_cfg, cache)}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+    # a model=hf folder is keyed by where it lies too: two users' folders may share a name
+    owner = model_cfg.name if model_cfg.source != "hf" else f"{model_cfg.name}-{hashlib.sha1(folder.encode()).hexdigest()[:8]}"
+    for weights in sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.bin")):
         stat = weights.stat()
-        sidecar = cache / "fingerprints" / f"{model_cfg.name}-{weights.name}-{stat.st_size}-{int(stat.st_mtime)}.sha256"
+        sidecar = cache / "fingerprints" / f"{owner}-{weights.name}-{stat.st_size}-{int(stat.st_mtime)}.sha256"
         if not sidecar.exists():
             sidecar.parent.mkdir(parents=True, exist_ok=True)
             file_digest = hashlib.sha256()

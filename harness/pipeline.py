@@ -20,7 +20,7 @@ from harness.assets import cache_dir
 from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, similarity_forgetting
 from harness.methods import (apply_method, count_parameters, discard_plan_files, method_callbacks, plan_method,
                              quantization_config, quantization_record, save_trained)
-from harness.models import load_model, load_tokenizer, model_fingerprint, model_path
+from harness.models import load_model, load_tokenizer, local_folder, model_fingerprint
 from harness.results import RESULT_FILE, Status, code_fingerprint, git_commit, now, versions, write_json_atomic
 from harness.tasks import get_task
 from harness.tracking import Tracker
@@ -88,6 +88,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         "epochs": cfg.train.get("epochs"), **budget_record(steps, len(data["train"]), cfg.train),
         "lr_protocol": cfg.get("lr_protocol"), "init_from": init,
         "data_fingerprint": task.fingerprint(),
+        **task.label_record(data),
         "model_fingerprint": model_fingerprint(cfg.model, cache, model),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
         "started_at": now(),
@@ -279,7 +280,7 @@ def name_base_model(model, model_cfg: DictConfig, cache: Path) -> dict[str, Any]
     hub_id = model_cfg.get("hub_id") if model_cfg.source != "tiny" else None
     for config in (getattr(model, "peft_config", None) or {}).values():
         config.base_model_name_or_path = hub_id
-    local = model_path(model_cfg, cache) if model_cfg.source == "bundled" else None
+    local = local_folder(model_cfg, cache)
     return {"hub_id": hub_id, "local_path": local, "source": model_cfg.source}
 
 

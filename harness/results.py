@@ -44,7 +44,8 @@ FIELDS: tuple[Field, ...] = (
         '`running`, `ok`, `collapsed`, `failed` (an error, or a trainable tensor that never trained: see '
         '`update_check`), `invalid`, `oom`, `diverged`, `interrupted` (harness/results.py). `collapsed`: trained '
         "to the end and finite, but the training loss ended more than 5% above its start, or a classifier's "
-        'validation predictions fell onto one class (>= 95% of >= 30 rows); scores kept, never selected or '
+        'validation predictions fell onto one class (>= 95% of >= 30 rows and >= 10 points above that class\'s '
+        'share of the references); scores kept, never selected or '
         'averaged, not retried by a resumed sweep',
         columns=('status', 'reason'), required=('status',)),
     Field(('params_total', 'params_trainable', 'trainable_pct'),
@@ -143,9 +144,15 @@ FIELDS: tuple[Field, ...] = (
         'hash of harness/, conf/ and hydra_plugins/: a resumed sweep skips a run recorded `invalid` under the '
         'same config and the same code (`rerun=true` retries)',
     ),
+    Field(('label_set', 'class_balance'),
+        'classification tasks: the classes (the builtin sentiment labels, or every label of the training rows of '
+        'the user\'s data, in the order of the encoder head) and the rows of each class in the train, validation '
+        'and test splits the run used',
+    ),
     Field(('base_model',),
         '`hub_id` (also `base_model_name_or_path` in `adapter_config.json`), `local_path` (the folder the run '
-        'loaded), `source`',
+        'loaded), `source`; `model=hf`: `local_path` is model.path as a folder (null for a hub id) and `hub_id` the '
+        "id, or a folder's config.json `_name_or_path` when that names one (else null)",
     ),
     Field(('config', 'config_hash', 'data_fingerprint', 'model_fingerprint'),
         'what is needed to reproduce the run',

@@ -22,10 +22,14 @@ from typing import Any
 from transformers import TrainerCallback
 
 log = logging.getLogger("harness")
-# A classifier whose most frequent named class covers at least this share of the validation rows has collapsed
-# onto one class (the references are balanced, 1/3 each, for `classify`); below MIN_ROWS rows a one-class
-# answer is too likely by chance to call. An answer naming no class is a miss, not a class.
+# A classifier has collapsed onto one class when that class takes at least ONE_CLASS_SHARE of the validation
+# predictions AND at least SHARE_MARGIN more than its share of the references: on balanced data (classify's builtin
+# 1/3 each, or 1/2 for two classes) that is the 95% rule alone, while on imbalanced data a model that mostly names the
+# majority class the references mostly hold (95% of predictions where 90% of the rows are that class) is not called
+# collapsed. Below MIN_ROWS rows a one-class answer is too likely by chance to call. An answer naming no class is a
+# miss, not a class.
 ONE_CLASS_SHARE = 0.95
+SHARE_MARGIN = 0.10
 MIN_ROWS = 30
 # The training loss must end this much (relative) above its start: a flat loss wanders by less. Start and end are
 # means over the first and last third of the logged losses, and need at least LOSS_POINTS of them: one logged
@@ -95,7 +99,9 @@ def collapse_reason(loss_curve: list[tuple[int, float]], predictions: list[str] 
 
     - its training loss ended above where it started (the mean of the last third of the logged losses more than
       LOSS_RISE above the mean of the first third);
-    - a classifier's validation predictions fell onto one class while the references are not one class.
+    - a classifier's validation predictions fell onto one class: at least ONE_CLASS_SHARE of them, and at least
+      SHARE_MARGIN above that class's share of the references (so imbalanced data that holds mostly one class
+      does not count as a collapse when the predictions follow it).
     A run that merely fails to beat the untuned model is not collapsed: that is a result."""
     losses = [loss for _, loss in loss_curve if loss is not None and math.isfinite(loss)]
     if len(losses) >= LOSS_POINTS:
@@ -107,7 +113,8 @@ def collapse_reason(loss_curve: list[tuple[int, float]], predictions: list[str] 
     if named and references and len(predictions) >= MIN_ROWS:
         label, count = Counter(named).most_common(1)[0]
         share = count / len(predictions)
-        ref_share = Counter(references).most_common(1)[0][1] / len(references)
-        if share >= ONE_CLASS_SHARE and ref_share < ONE_CLASS_SHARE:
-            return f"predictions degenerate onto one class ({label!r} for {share:.0%} of validation rows)"
+        ref_share = sum(r == label for r in references) / len(references)
+        if share >= ONE_CLASS_SHARE and share - ref_share >= SHARE_MARGIN - 1e-9:
+            return (f"predictions degenerate onto one class ({label!r} for {share:.0%} of validation rows, "
+                    f"{ref_share:.0%} of the references)")
     return None

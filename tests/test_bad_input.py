@@ -44,7 +44,7 @@ def _data(case: str, tmp: Path) -> Path:
         return _jsonl(tmp / "no-mood.jsonl", [{"tweet": r["tweet"]} for r in GOOD])
     if case == "mistyped column":
         return _jsonl(tmp / "list-text.jsonl", [{"tweet": [r["tweet"]], "mood": r["mood"]} for r in GOOD])
-    if case == "label outside the set":
+    if case == "one label only":
         return _jsonl(tmp / "labels.jsonl", [{"tweet": r["tweet"], "mood": "ecstatic"} for r in GOOD])
     if case == "empty field":
         return _jsonl(tmp / "blank.jsonl", GOOD + [{"tweet": "   ", "mood": "neutral"}])
@@ -59,7 +59,7 @@ DATA_CASES = {
     "malformed row": "cannot read task.path",
     "missing column": "lacks label (column 'mood')",
     "mistyped column": "holds a list or mapping in text",
-    "label outside the set": "sentiment label 'ecstatic' is not one of",
+    "one label only": "the training rows hold one label ('ecstatic')",
     "empty field": "has an empty text",
 }
 

@@ -86,6 +86,10 @@ def effective(cfg: DictConfig) -> dict[str, Any]:
     for key in ("batch_size", "grad_accum", "max_seq_len"):
         _positive_int(cfg.train[key], f"train.{key}", f"e.g. train.{key}=8")
     check_budget(cfg.train)
+    if cfg.model.source == "hf":  # config.json alone: the estimate needs no weights
+        from harness.hf_model import check_model
+
+        check_model(cfg.model.get("path"), need_weights=False, need_kind=OmegaConf.is_interpolation(cfg.model, "kind"))
     eff = effective_config(cfg)
     # several GPUs: the estimate is one GPU's share (a run's identity carries the launched world size instead)
     gpus = cfg.dist.gpus
@@ -102,11 +106,16 @@ def effective(cfg: DictConfig) -> dict[str, Any]:
 
 def hf_config(model_cfg: dict[str, Any], cache: Path | None = None):
     """The transformers config of a model preset: `hf_config` in its yaml, a tiny model's `architecture`, a bundled
-    model's local config.json, or a hub preset's locally cached config."""
+    model's local config.json, or a hub preset's locally cached config; model=hf: its folder's config.json (or the
+    hub id's, cached)."""
     from transformers import AutoConfig
 
     if model_cfg.get("hf_config"):
         return AutoConfig.for_model(**dict(model_cfg["hf_config"]))
+    if model_cfg.get("source") == "hf":
+        from harness.hf_model import read_config
+
+        return read_config(model_cfg["path"])
     if model_cfg.get("source") == "tiny":
         from harness.assets import cache_dir
         from harness.models import load_tokenizer
@@ -127,11 +136,12 @@ def hf_config(model_cfg: dict[str, Any], cache: Path | None = None):
         ) from None
 
 
-def task_labels(task_cfg: dict[str, Any]) -> list[str] | None:
-    from harness.tasks import TASKS
+def task_labels(task_cfg: dict[str, Any], cache: Path | None = None) -> list[str] | None:
+    """The task's classes (the head's size): the builtin set, or read from the user's training rows."""
+    from harness.assets import cache_dir
+    from harness.tasks import get_task
 
-    cls = TASKS.get(task_cfg.get("name"))
-    return list(cls.labels) if cls is not None and cls.labels else None
+    return get_task(OmegaConf.create(task_cfg), cache or cache_dir()).labels
 
 
 def build_meta_model(eff: dict[str, Any], cache: Path | None = None) -> nn.Module:
@@ -148,7 +158,7 @@ def build_meta_model(eff: dict[str, Any], cache: Path | None = None) -> nn.Modul
     if quant:  # bitsandbytes: unquantised parts load in the compute dtype
         dtype = getattr(torch, str(quant.get("bnb_4bit_compute_dtype", "bfloat16")).removeprefix("torch."))
     if model_cfg["kind"] == "encoder":
-        labels = task_labels(eff["task"]) or ["0", "1"]
+        labels = task_labels(eff["task"], cache) or ["0", "1"]
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}

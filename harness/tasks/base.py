@@ -67,7 +67,7 @@ def constant(answer: str) -> Floor:
 class Task:
     name: ClassVar[str]
     primary_metric: ClassVar[str]
-    labels: ClassVar[list[str] | None] = None  # encoders classify over these
+    labels: list[str] | None = None  # encoders classify over these; per task instance (classify reads the user's)
     prep_keys: ClassVar[tuple[str, ...]] = ("data_seed",)  # config keys that change the prepared pools
     version: ClassVar[int] = 1
     # Instruction phrasings, formatted with a row's fields; [0] is the task's own prompt, the rest serve `instruct`.
@@ -166,6 +166,17 @@ class Task:
     def label_id(self, row: dict[str, Any]) -> int:
         assert self.labels is not None
         return self.labels.index(self.target(row))
+
+    def label_record(self, data: datasets.DatasetDict) -> dict[str, Any]:
+        """For result.json: the label set and each split's class counts (train, validation and test as the run uses
+        them); {} for tasks without labels."""
+        if not self.labels:
+            return {}
+        counts = {s: {label: 0 for label in self.labels} for s in SPLITS}
+        for split in SPLITS:
+            for row in data[split]:
+                counts[split][self.target(row)] += 1
+        return {"label_set": list(self.labels), "class_balance": counts}
 
     # ---- scoring ----
     def predicted_label(self, output: str) -> str:

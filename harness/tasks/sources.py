@@ -4,7 +4,8 @@
     python -m harness.run task=classify task.source=files task.path=tweets.csv 'task.fields={text: tweet, label: mood}'
     python -m harness.run task=style task.source=hub task.dataset=org/name 'task.fields={source: modern, target: old}'
 
-`task.fields` maps a task field to a dataset column (a field left out is looked up under its own name). Splits
+`task.fields` maps a task field to a dataset column (a field left out is looked up under its own name); a class
+column of a hub dataset (`ClassLabel`) gives its class names. Files may start with a UTF-8 byte-order mark. Splits
 named `train` / `validation` / `test` are used as they are; missing evaluation splits are carved from the
 shuffled training rows (HOLDOUT of them each, by `task.data_seed`) after exact duplicates are dropped, so the
 splits never share a row. Problems are one-line errors: a missing column, an empty value, an unreachable hub.
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 SOURCES = ("builtin", "files", "hub")
 HOLDOUT = 0.1  # share of the rows carved out for each missing evaluation split
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv"}
+# Files are read as UTF-8 with an optional byte-order mark (what Excel and Notepad save): the `utf-8-sig` codec drops
+# a leading BOM and reads every other file as plain UTF-8. Older `datasets` kept the BOM in front of the first JSON
+# object ("Expected object or value") or the first CSV column's name.
+FILE_ENCODING = "utf-8-sig"
 
 
 def _field_map(task: Task) -> dict[str, str]:
@@ -114,7 +119,8 @@ def _load(task: Task) -> datasets.DatasetDict:
         datasets.disable_progress_bars()  # the one line of a bad file must be the only line
         datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own "Failed to load JSON" line too
         try:
-            return datasets.load_dataset(builder, data_files={s: [str(p) for p in ps] for s, ps in files.items()}, **kwargs)
+            return datasets.load_dataset(builder, data_files={s: [str(p) for p in ps] for s, ps in files.items()},
+                                         encoding=FILE_ENCODING, **kwargs)
         except Exception as err:  # noqa: BLE001 - a malformed file is the user's to fix, in one line
             cause = err
             while cause.__cause__ is not None or cause.__context__ is not None:  # datasets wraps the parser's error
@@ -144,9 +150,13 @@ def _rows(task: Task, split: datasets.Dataset, where: str) -> list[dict[str, Any
     if missing:
         raise ConfigError(f"{where} lacks {', '.join(missing)}; its columns are {', '.join(split.column_names)}; "
                           f"map them with task.fields={{{', '.join(f'{f}: <column>' for f in mapping)}}}")
+    # a hub dataset's class column (ClassLabel) holds integers; its rows mean the class names (imdb: neg, pos)
+    names = {col: split.features[col].int2str for col in mapping.values()
+             if isinstance(split.features.get(col), datasets.ClassLabel)}
     rows = []
     for i, record in enumerate(split.select_columns(list(dict.fromkeys(mapping.values())))):
-        values = {field: record[col] for field, col in mapping.items()}
+        values = {field: names[col](record[col]) if col in names and record[col] is not None and record[col] >= 0
+                  else record[col] for field, col in mapping.items()}
         nested = [f"{f} (column '{mapping[f]}': {type(v).__name__})" for f, v in values.items() if isinstance(v, (list, dict))]
         if nested:
             raise ConfigError(f"{where} row {i} holds a list or mapping in {', '.join(nested)}; each field must be "
