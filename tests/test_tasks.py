@@ -15,7 +15,9 @@ from conftest import TINY, run_cli, run_inprocess
 from harness.assets import cache_dir
 from harness.errors import AssetError, ConfigError
 from harness.tasks import CONF_TASK_DIR, get_task
+from harness import items
 from harness.tasks.base import SPLITS
+from harness.tasks.classify import LABELS
 from harness.tasks.extract import expected_fields
 from harness.tasks.style import clean_osis
 
@@ -360,6 +362,15 @@ def test_answer_mode_is_checked_when_the_task_is_made(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="task.answer must be one of generate, loglik, got 'logprob'"):
         get_task(task_cfg("classify", answer="logprob"), tmp_path)
     assert get_task(task_cfg("classify"), tmp_path).answer_mode == "generate"
+
+
+def test_tiny_run_on_classify_by_loglik(runs: Path) -> None:
+    """Through the whole pipeline: the untuned and the tuned model answer by label log-likelihood, so every
+    answer names a label, and the record says how they answered."""
+    result, run_dir = run_inprocess(["task=classify", "task.answer=loglik", "model=tiny-llama", *TINY], runs)
+    assert result["status"] == "ok" and result["config"]["task"]["answer"] == "loglik"
+    assert result["metrics"]["answered_rate"] == 1.0 and result["base_metrics"]["answered_rate"] == 1.0
+    assert {r["pred"] for r in items.read_items(run_dir) if r["who"] in ("base", "tuned")} <= set(LABELS)
 
 
 @pytest.mark.slow
