@@ -309,7 +309,9 @@ class Task:
         token, as the sentiment labels are on smollm2-135m, a row takes a single pass over its prompt, less than
         generating an answer. Inputs are batched longest first and laid out as `answers` lays out prompts (left
         padding; with `share_prefix` the prompts' common beginning is run once and its cache reused), with
-        position ids counted as generate counts them."""
+        position ids counted as generate counts them, so a padded input scores as it does alone. peft's prompt
+        learning (prefix / prompt tuning) sets positions itself: there padding moves a score slightly (on
+        tiny-llama with a random prefix, up to 0.011 nats between batch sizes 1 and 8; prompt tuning 0.0002)."""
         if not choices:
             raise ValueError(f"task '{self.name}': choice_logprobs needs at least one choice")
         model.eval()
