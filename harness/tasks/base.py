@@ -343,10 +343,7 @@ def shared_prefix(model, prompts: list[list[int]]) -> list[int]:
     """The tokens every prompt begins with, leaving each at least one token of its own (the position whose
     logits start the answer); [] when too short to pay off, or when the method itself feeds the attention cache
     (prefix / prompt tuning: peft prepends its virtual tokens through the same cache)."""
-    peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
-        return []
-    if not prompts:
+    if is_prompt_learning(model) or not prompts:
         return []
     prefix = os.path.commonprefix(prompts)[:min(map(len, prompts)) - 1]
     return list(prefix) if len(prefix) >= MIN_SHARED_PREFIX else []
