@@ -9,7 +9,7 @@ Beside `result.json` each finished run writes `items.jsonl.gz`: one JSON line pe
   `.cache/` is not committed), or "floor:<name>" (a trivial baseline of `Task.floors()`, e.g. floor:majority,
   floor:copy), all scored on the very same items.
 - `id`: a stable item id (a hash of the row's content, so it survives re-preparing the same data).
-- `score`: the item's own score on the task's primary metric (1/0 for accuracy, sentence-level for chrF).
+- `score`: the item's own score on the task's primary metric (1/0 for accuracy, sentence-level for chrF and SARI).
 - `pred`: the prediction as text: a generation task's answer; for label tasks (classify, encoder or causal LM)
   the label the answer names ("" for none), short (`Task.item_pred`); null for floor rows.
 - `stats`: sufficient statistics whose column sums give the corpus-level primary metric through
@@ -51,7 +51,7 @@ ITEMS_FILE = "items.jsonl.gz"
 SPLITS = ("validation", "test")
 BASE_WHO, TUNED_WHO, FLOOR_PREFIX = "base", "tuned", "floor:"
 # the metrics a mixture's header can name, by position (append only: records refer to them by index)
-METRIC_CODES = ("accuracy", "exact_match", "contains", "field_accuracy", "chrf", "bleu", "macro_f1")
+METRIC_CODES = ("accuracy", "exact_match", "contains", "field_accuracy", "chrf", "bleu", "macro_f1", "sari")
 
 
 def item_id(row: dict[str, Any]) -> str:

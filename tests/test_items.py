@@ -81,10 +81,12 @@ def test_summed_item_stats_give_each_tasks_corpus_score(index, tmp_path: Path) -
         from_items, corpus = corpus_from_items(task, outputs, rows, picked)
         assert from_items == pytest.approx(corpus, abs=1e-9), task.name
         checked.add(task.primary_metric)
-    assert checked == {"accuracy", "chrf", "field_accuracy", "exact_match"}
-    # chrF really is a corpus statistic here: the mean of sentence scores differs from it
-    style_scores, _ = make_task("style", tmp_path).item_scores(STYLE_OUTPUTS, STYLE_ROWS)
-    assert abs(np.mean(style_scores) - sacrebleu.corpus_chrf(STYLE_OUTPUTS, [[r["target"] for r in STYLE_ROWS]]).score / 100) > 0.01
+    assert checked == {"accuracy", "sari", "field_accuracy", "exact_match"}
+    # style's chrF, now a secondary figure, still gives its corpus stats through the same protocol, and there
+    # it really is a corpus statistic: the mean of sentence scores differs from it
+    chrf = make_task("style", tmp_path).score(STYLE_OUTPUTS, STYLE_ROWS, items_for="chrf")
+    assert items.aggregate("chrf", np.sum(chrf["item_stats"], axis=0)) == pytest.approx(chrf["chrf"], abs=1e-9)
+    assert abs(np.mean(chrf["item_scores"]) - chrf["chrf"]) > 0.01
 
 
 @pytest.mark.parametrize("metric", ["exact_match", "contains", "chrf", "bleu"])
@@ -146,13 +148,21 @@ def test_classify_floor_is_the_majority_of_the_training_labels(tmp_path: Path) -
     assert majority([]) == ""
 
 
-def test_style_floor_copies_the_source_and_scores_its_chrf(tmp_path: Path) -> None:
+def test_style_floor_copies_the_source_and_scores_its_sari(tmp_path: Path) -> None:
     task = make_task("style", tmp_path)
     copied = task.floors([])["copy"](STYLE_ROWS)
     assert copied == [r["source"] for r in STYLE_ROWS]
-    expected = sacrebleu.corpus_chrf(copied, [[r["target"] for r in STYLE_ROWS]]).score / 100
-    metrics = task.score(copied, STYLE_ROWS)
-    assert metrics["chrf"] == pytest.approx(expected, abs=1e-12) and metrics["chrf"] == metrics["copy_chrf"]
+    sources, targets = [r["source"] for r in STYLE_ROWS], [[r["target"]] for r in STYLE_ROWS]
+    expected = load_metric("sari").compute(sources=sources, predictions=copied, references=targets)
+    metrics, records = task.scored_items(copied, STYLE_ROWS, keep_pred=False)
+    assert metrics["sari"] == pytest.approx(expected["sari"], abs=1e-12) and metrics["sari"] == metrics["copy_sari"]
+    # a copy adds nothing the KJV adds and deletes nothing (HF's 0/0 = 1): its floor is the keep part alone
+    assert metrics["sari_add"] == 0.0 and metrics["sari_delete"] == 1.0 and 0.3 < metrics["sari"] < 0.7
+    assert metrics["sari"] == pytest.approx((metrics["sari_keep"] + 1.0) / 3)
+    assert np.mean([r["score"] for r in records]) == pytest.approx(metrics["sari"]) and records[0]["stats"][1] == 1.0
+    # chrF and its copy figure stay as secondary metrics
+    chrf = sacrebleu.corpus_chrf(copied, [[r["target"] for r in STYLE_ROWS]]).score / 100
+    assert metrics["chrf"] == pytest.approx(chrf, abs=1e-12) and metrics["chrf"] == metrics["copy_chrf"]
 
 
 def test_extract_floor_answers_the_most_frequent_value_of_each_field(tmp_path: Path) -> None:

@@ -78,13 +78,29 @@ def task(name: str, **overrides):
 
 def test_style_reports_the_copy_baseline() -> None:
     style = task("style")
+    assert style.primary_metric == "sari"
     rows = [{"ref": "", "source": "You are blessed.", "target": "Blessed art thou."},
             {"ref": "", "source": "He said to them,", "target": "And he said unto them,"}]
     copied = style.score([r["source"] for r in rows], rows)
-    assert copied["chrf"] == copied["copy_chrf"] < 1
+    assert copied["sari"] == copied["copy_sari"] < 1 and copied["chrf"] == copied["copy_chrf"] < 1
+    assert copied["sari_add"] == copied["copy_sari_add"] == 0.0
     perfect = style.score([r["target"] for r in rows], rows)
-    assert perfect["chrf"] == pytest.approx(1.0) and perfect["copy_chrf"] == copied["copy_chrf"]
+    assert perfect["sari"] == pytest.approx(1.0) and perfect["chrf"] == pytest.approx(1.0)
+    assert perfect["copy_sari"] == copied["copy_sari"] and perfect["copy_chrf"] == copied["copy_chrf"]
     assert style.score(["", ""], rows)["chrf"] == 0.0
+
+
+def test_style_sari_credits_the_edit_that_chrf_ranks_below_a_near_copy() -> None:
+    """A partial move to KJV wording ("art", "thou") against a near copy that only reorders ("Blessed are you"):
+    chrF against the KJV verse prefers the near copy; SARI prefers the edit, which adds what the KJV adds."""
+    style = task("style")
+    rows = [{"ref": "", "source": "You are blessed.", "target": "Blessed art thou."},
+            {"ref": "", "source": "He said to them,", "target": "And he said unto them,"}]
+    edit = style.score(["You art blessed thou.", "And he said to them,"], rows)
+    near_copy = style.score(["Blessed are you.", "And he said to them,"], rows)
+    assert edit["chrf"] < near_copy["chrf"]
+    assert edit["sari"] > near_copy["sari"] and edit["sari_add"] > near_copy["sari_add"]
+    assert edit["sari"] > edit["copy_sari"]
 
 
 def test_classify_parses_one_word_answers() -> None:

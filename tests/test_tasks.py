@@ -15,7 +15,9 @@ from conftest import TINY, run_cli, run_inprocess
 from harness.assets import cache_dir
 from harness.errors import AssetError, ConfigError
 from harness.tasks import CONF_TASK_DIR, get_task
+from harness import items
 from harness.tasks.base import SPLITS
+from harness.tasks.classify import LABELS
 from harness.tasks.extract import expected_fields
 from harness.tasks.style import clean_osis
 
@@ -266,13 +268,14 @@ def test_cli_reports_a_task_source_error_in_one_line(tmp_path: Path) -> None:
 def test_tiny_run_on_new_task_records_scores_and_forgetting(task: str, runs: Path) -> None:
     result, _ = run_inprocess([f"task={task}", "model=tiny-llama", *TINY, "task.n_eval=4"], runs)
     assert result["status"] == "ok" and 0 <= result["score"] <= 1 and 0 <= result["base_score"] <= 1
-    assert result["primary_metric"] == {"style": "chrf", "instruct": "mean_score"}[task]
+    assert result["primary_metric"] == {"style": "sari", "instruct": "mean_score"}[task]
     assert 0 < result["forgetting_before"] < 20 and 0 < result["forgetting_after"] < 20
     assert result["forgetting"] == pytest.approx(result["forgetting_after"] - result["forgetting_before"])
     if task == "style":
-        assert 0 < result["metrics"]["copy_chrf"] < 1
+        assert 0 < result["metrics"]["copy_sari"] < 1 and 0 < result["metrics"]["copy_chrf"] < 1
+        assert {"sari_add", "chrf"} <= set(result["metrics"])
     else:
-        assert {"style/chrf", "classify/accuracy", "extract/field_accuracy", "knowledge/exact_match"} <= set(result["metrics"])
+        assert {"style/sari", "style/chrf", "classify/accuracy", "extract/field_accuracy", "knowledge/exact_match"} <= set(result["metrics"])
 
 
 def test_tiny_run_on_custom_files(tmp_path: Path, runs: Path) -> None:
@@ -281,3 +284,110 @@ def test_tiny_run_on_custom_files(tmp_path: Path, runs: Path) -> None:
                                "task.metric=exact_match", "model=tiny-llama", *TINY], runs)
     assert result["status"] == "ok" and result["primary_metric"] == "exact_match" and result["score"] == 0.0
     assert result["samples"][0]["input"].startswith("What is")
+
+
+# ---- classify by label log-likelihood (task.answer=loglik) ----
+
+def brute_force_logprobs(model, tokenizer, task, rows: list[dict], choices: list[str]):
+    """Each (row, choice) alone, unpadded, one full forward pass: the summed log-probability of the choice's tokens."""
+    import torch
+
+    totals = torch.zeros(len(rows), len(choices), dtype=torch.float64)
+    with torch.no_grad():
+        for r, row in enumerate(rows):
+            prompt = task.prompt_ids(tokenizer, row)
+            for k, choice in enumerate(choices):
+                tokens = tokenizer(choice, add_special_tokens=False)["input_ids"]
+                logits = model(input_ids=torch.tensor([prompt + tokens])).logits[0].float()
+                logprobs = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1)
+                totals[r, k] = logprobs.gather(1, torch.tensor(tokens).unsqueeze(1)).sum().item()
+    return totals
+
+
+@pytest.fixture(scope="module")
+def tiny_classify():
+    from benchmarks.eval_bench import _setup
+
+    model, tokenizer, task, test = _setup("tiny-llama", "classify", 6, "fp32")
+    return model, tokenizer, task, list(test)
+
+
+@pytest.mark.parametrize("batch_size, share_prefix", [(1, False), (4, True), (16, True)])
+def test_choice_logprobs_equal_each_choice_scored_alone(tiny_classify, batch_size: int, share_prefix: bool) -> None:
+    """Multi-token choices, two sharing a first token (so they need separate passes), single-token ones sharing
+    one pass: batched, padded, with or without the shared-prefix cache, the sums are those of each pair alone."""
+    from harness.tasks.base import choice_inputs
+
+    model, tokenizer, task, rows = tiny_classify
+    choices = ["positive", "positive feelings", "neutral tone here", "negative", "mixed"]
+    tokens = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+    assert tokens[0] == tokens[1][:1] and len(tokens[2]) > 2 and len(tokens[3]) == len(tokens[4]) == 1
+    inputs, scored = choice_inputs([task.prompt_ids(tokenizer, r) for r in rows], tokens)
+    assert len(inputs) == 3 * len(rows)  # per row: the single-token choices share one input
+    expected = brute_force_logprobs(model, tokenizer, task, rows, choices)
+    got = task.choice_logprobs(model, tokenizer, rows, choices, batch_size, 512, share_prefix=share_prefix)
+    assert torch_allclose(got, expected)
+    answers = task.choice_answers(model, tokenizer, rows, choices, batch_size, 512, share_prefix=share_prefix)
+    assert answers == [choices[int(i)] for i in expected.argmax(dim=1)]
+
+
+def torch_allclose(a, b) -> bool:
+    import torch
+
+    return bool(torch.allclose(a, b, atol=1e-4, rtol=0))
+
+
+def test_loglik_picks_the_label_the_model_scores_highest(tiny_classify) -> None:
+    """A constructed case: a bias added to the output logits makes one label's token the model's clear favourite
+    at every position, and loglik answers that label for every row, whichever label it is (unbiased, this random
+    model prefers "positive" on every row, so the other two labels come from the bias alone)."""
+    import torch
+
+    model, tokenizer, _, rows = tiny_classify
+    task = get_task(task_cfg("classify", n_eval=6, answer="loglik"), cache_dir())
+    split = task.splits()["test"]
+    for favourite in task.labels:
+        bias = torch.zeros(model.config.vocab_size)
+        bias[tokenizer(favourite, add_special_tokens=False)["input_ids"]] = 30.0
+        hook = model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+        try:
+            answers = task.predict(model, tokenizer, split, "causal_lm", batch_size=4, max_len=512)
+        finally:
+            hook.remove()
+        assert answers == [favourite] * len(split)
+        assert task.score(answers, list(split))["answered_rate"] == 1.0
+
+
+def test_answer_mode_is_checked_when_the_task_is_made(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="task.answer must be one of generate, loglik, got 'logprob'"):
+        get_task(task_cfg("classify", answer="logprob"), tmp_path)
+    assert get_task(task_cfg("classify"), tmp_path).answer_mode == "generate"
+
+
+def test_tiny_run_on_classify_by_loglik(runs: Path) -> None:
+    """Through the whole pipeline: the untuned and the tuned model answer by label log-likelihood, so every
+    answer names a label, and the record says how they answered."""
+    result, run_dir = run_inprocess(["task=classify", "task.answer=loglik", "model=tiny-llama", *TINY], runs)
+    assert result["status"] == "ok" and result["config"]["task"]["answer"] == "loglik"
+    assert result["metrics"]["answered_rate"] == 1.0 and result["base_metrics"]["answered_rate"] == 1.0
+    assert {r["pred"] for r in items.read_items(run_dir) if r["who"] in ("base", "tuned")} <= set(LABELS)
+
+
+@pytest.mark.slow
+def test_bundled_model_generation_and_loglik_agree_on_classify_validation() -> None:
+    """On smollm2-135m (untuned, fp32), where generation names a label, the label loglik scores highest is the
+    same one on at least 90% of classify's validation prompts (measured 92 of 98, 2026-12-06), and loglik is
+    at least as accurate. Over all prompts they agree far less (0.61): the untuned model's greedy answer
+    often names no label ("The sentiment of this", 51 of 150), where loglik still picks one."""
+    from benchmarks.eval_bench import _setup
+
+    model, tokenizer, task, _ = _setup("smollm2-135m", "classify", 150, "fp32")
+    validation = task.splits()["validation"]
+    truth = [r["label"] for r in validation]
+    generated = [task.predicted_label(a) for a in task.predict(model, tokenizer, validation, "causal_lm", 32, 256)]
+    loglik = task.choice_answers(model, tokenizer, list(validation), list(task.labels), 32, 256)
+    named = [i for i, label in enumerate(generated) if label]
+    agree = sum(generated[i] == loglik[i] for i in named) / len(named)
+    assert len(named) >= 50 and agree >= 0.9, f"agree on {agree:.0%} of the {len(named)} prompts generation labels"
+    accuracy = [sum(a == t for a, t in zip(answers, truth)) for answers in (generated, loglik)]
+    assert accuracy[1] >= accuracy[0]

@@ -4,7 +4,9 @@ user's own labelled texts (task.source=files|hub) with whatever labels they use.
 The builtin classes are balanced in every split, so accuracy's chance level is 1/3. With the user's data the label
 set is read from the training rows (integers or strings, two or more classes, kept as written); a label that
 appears in validation or test but never in training is an error. A causal LM answers with a label; an answer that
-names no label counts as wrong. Encoders get a classification head over the label set.
+names no label counts as wrong. Encoders get a classification head over the label set. With `task.answer=loglik`
+a causal LM instead answers with the label whose tokens it scores highest after the prompt
+(`Task.choice_answers`, lm-eval's multiple-choice form), so every answer names a label.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from harness.errors import ConfigError
 from harness.tasks.base import SPLITS, Floor, Task, constant, load_metric, majority
 
 LABELS = ["negative", "neutral", "positive"]
+ANSWER_MODES = ("generate", "loglik")  # task.answer: how a causal LM gives its label
 SENTIMENT_TEMPLATES = (
     "Classify the sentiment of this tweet as positive, negative or neutral. Answer with one word.\n\nTweet: {text}",
     "Is the following tweet positive, negative or neutral? Reply with a single word.\n\n{text}",
@@ -139,6 +142,13 @@ class ClassifyTask(Task):
     fields = ("text", "label")
     _labels: list[str] | None = None
 
+    def __init__(self, cfg, cache):
+        super().__init__(cfg, cache)
+        self.answer_mode = cfg.get("answer") or "generate"
+        if self.answer_mode not in ANSWER_MODES:
+            raise ConfigError(f"task.answer must be one of {', '.join(ANSWER_MODES)}, got {self.answer_mode!r}; "
+                              "e.g. task.answer=loglik")
+
     @property
     def labels(self) -> list[str]:
         """The task's classes: the builtin sentiment labels, or every label of the user's training rows."""
@@ -173,6 +183,13 @@ class ClassifyTask(Task):
 
     def target(self, row: dict[str, Any]) -> str:
         return row["label"]
+
+    def predict(self, model, tokenizer, split, kind: str, batch_size: int, max_len: int, **kwargs) -> list[str]:
+        """`task.answer=loglik`: a causal LM's answer is the label it scores highest (`choice_answers`)."""
+        if kind == "causal_lm" and self.answer_mode == "loglik":
+            return self.choice_answers(model, tokenizer, list(split), list(self.labels), batch_size, max_len,
+                                       share_prefix=kwargs.get("share_prefix", True))
+        return super().predict(model, tokenizer, split, kind, batch_size, max_len, **kwargs)
 
     def encoder_text(self, row: dict[str, Any]) -> str:
         return row["text"]

@@ -3,9 +3,17 @@
 Both translations come from Debian's public-domain SWORD modules (`sword-text-web`, `sword-text-kjv`), read with
 PyPI `pysword`; verses align by book / chapter / verse. The target is the KJV verse itself, so the task is a
 real style transfer (thee / thou, -eth, "begat", word order) with the meaning held fixed. Splits are by whole
-chapter, so a held-out verse's neighbours are held out too. The score is corpus chrF against the KJV verse;
-`copy_chrf` is what copying the modern verse unchanged scores, the bar a model has to clear to show a change
-of style.
+chapter, so a held-out verse's neighbours are held out too.
+
+The score is SARI (harness/metrics/sari, HuggingFace's `sari`, 0..1) of the answer against the modern verse (the
+source) and the KJV verse (the reference): it asks whether the n-grams a model keeps, deletes and adds are the
+ones the KJV keeps, deletes and adds, so copying the input, which chrF against the KJV rewards (copying scores
+chrF 0.676, a LoRA run 0.675, full fine-tuning 0.702), earns no add credit. Copying is still not zero: it scores
+about 0.54, because it deletes nothing and HF's SARI counts deletion precision 0/0 as 1, a perfect deletion part
+on top of its keep F1. So copying stays the floor (`floors()` 'copy', reported as `copy_sari`) and what a claim
+reads is the gain over it, not SARI itself. `sari_add` (the add F1, 0 for a copy whenever the KJV adds a word) is
+the part that moves most with a change of style; `sari_keep` and `sari_delete` are the other two parts. chrF and
+BLEU against the KJV verse stay as secondary figures (`chrf`, `bleu`, and `copy_chrf` / `copy_bleu` for the copy).
 """
 
 from __future__ import annotations
@@ -98,7 +106,7 @@ def usable(pair: dict[str, Any]) -> bool:
 
 class StyleTask(Task):
     name = "style"
-    primary_metric = "chrf"
+    primary_metric = "sari"
     fields = ("source", "target")
     templates = (
         "Rewrite this Bible verse in the style of the King James Version. Give only the rewritten verse.\n\nVerse: {source}",
@@ -135,12 +143,18 @@ class StyleTask(Task):
         return row["source"]
 
     def floors(self, train_rows: list[dict[str, Any]]) -> dict[str, Floor]:
-        """`copy`: the modern verse unchanged (what `copy_chrf` reports)."""
+        """`copy`: the modern verse unchanged (what `copy_sari` reports; about 0.54 SARI, see the module doc)."""
         return {"copy": lambda rows: [r["source"] for r in rows]}
 
     def score(self, outputs: list[str], rows: list[dict[str, Any]], items_for: str | None = None) -> dict[str, Any]:
-        metric = load_metric("text_similarity")
-        references = [r["target"] for r in rows]
-        result = metric.compute(predictions=outputs, references=references, items_for=items_for)
-        copy = metric.compute(predictions=[r["source"] for r in rows], references=references)
-        return result | {"copy_chrf": copy["chrf"], "copy_bleu": copy["bleu"]}
+        """SARI and its parts against the source and the KJV verse; chrF and BLEU against the KJV verse; the same
+        for a copy of the source (`copy_*`). `items_for` may name a SARI part or chrf / bleu."""
+        sources, references = [r["source"] for r in rows], [r["target"] for r in rows]
+        sari, similarity = load_metric("sari"), load_metric("text_similarity")
+        edits = sari.compute(sources=sources, predictions=outputs, references=[[t] for t in references],
+                             items_for=items_for)
+        overlap = similarity.compute(predictions=outputs, references=references, items_for=items_for)
+        copy_edits = sari.compute(sources=sources, predictions=sources, references=[[t] for t in references])
+        copy_overlap = similarity.compute(predictions=sources, references=references)
+        return overlap | edits | {"copy_sari": copy_edits["sari"], "copy_sari_add": copy_edits["sari_add"],
+                                  "copy_chrf": copy_overlap["chrf"], "copy_bleu": copy_overlap["bleu"]}

@@ -15,6 +15,8 @@ scores 1), and the keep recall divides by the count of kept reference n-grams (t
 cocoxu/simplification issue 6). Text is lowercased and tokenised with sacrebleu's 13a tokenizer (as HF and EASSE
 do), then split on single spaces. The corpus score is the mean of the sentence scores, exactly as HF computes it
 (`sari_score += SARIsent(...)`, then `/ len(predictions)`), so per-item stats [sentence SARI, 1] aggregate by mean.
+With `items_for` one of "sari", "sari_keep", "sari_delete", "sari_add" the result also holds `item_scores` (each
+sentence's value of that part) and `item_stats` ([value, 1], harness/items.py), the harness's per-item protocol.
 
 Not reproduced: EASSE's `corpus_sari` (default), which pools n-gram counts over the corpus before the F1s and
 scores deletion by F1, and so gives different numbers; nor HF's optional moses/penn tokenizers (sacremoses).
@@ -27,8 +29,11 @@ import evaluate
 
 import sacrebleu
 
+from harness.items import mean_stats
+
 MAX_ORDER = 4  # n-grams 1..4, as in the paper
 TOKENIZERS = ("13a", "intl", "none")
+PARTS = ("sari", "sari_keep", "sari_delete", "sari_add")  # the result's keys, in `sentence_sari`'s order
 
 
 def normalize(sentence: str, lowercase: bool = True, tokenizer: str = "13a") -> str:
@@ -99,7 +104,8 @@ class Sari(evaluate.Metric):
                      "for Text Simplification, TACL 4:401-415",
             inputs_description="sources, predictions: lists of strings; references: a list of reference strings per "
                                "prediction. Options: lowercase (True), tokenizer ('13a', 'intl' or 'none'), "
-                               "return_items (False): also the per-sentence SARI under `sari_items`.",
+                               "return_items (False): also the per-sentence SARI under `sari_items`; items_for "
+                               "(None or one of the result's keys): also `item_scores` and `item_stats` of it.",
             features=datasets.Features({
                 "sources": datasets.Value("string"),
                 "predictions": datasets.Value("string"),
@@ -108,7 +114,8 @@ class Sari(evaluate.Metric):
             reference_urls=["https://aclanthology.org/Q16-1029", "https://github.com/cocoxu/simplification"],
         )
 
-    def _compute(self, sources, predictions, references, lowercase=True, tokenizer="13a", return_items=False):
+    def _compute(self, sources, predictions, references, lowercase=True, tokenizer="13a", return_items=False,
+                 items_for=None):
         if tokenizer not in TOKENIZERS:
             raise ValueError(f"sari tokenizer {tokenizer!r} is not supported; use one of {', '.join(TOKENIZERS)}")
         if not (len(sources) == len(predictions) == len(references)):
@@ -118,7 +125,10 @@ class Sari(evaluate.Metric):
                 for src, pred, refs in zip(sources, predictions, references)]
         n = len(rows)
         result = {name: sum(row[i] for row in rows) / n if n else float("nan")
-                  for i, name in enumerate(("sari", "sari_keep", "sari_delete", "sari_add"))}
+                  for i, name in enumerate(PARTS)}
         if return_items:
             result["sari_items"] = [row[0] for row in rows]
+        if items_for in PARTS:
+            result["item_scores"] = [row[PARTS.index(items_for)] for row in rows]
+            result["item_stats"] = [mean_stats(score) for score in result["item_scores"]]
         return result
