@@ -99,7 +99,10 @@ FIELDS: tuple[Field, ...] = (
         'seconds they took',
     ),
     Field(('lr', 'lr_protocol'),
-        'the learning rate trained at; `two-phase-search` / `two-phase-seeds` when an `lr_search` sweep ran it',
+        'the learning rate trained at; `two-phase-search` / `two-phase-seeds` when an `lr_search` sweep ran it '
+        '(search on the first seed / the other seeds at the selected rate), `selection-seed-search` / '
+        '`selection-seed-report` with a held-out `selection_seed` (the analysis leaves search runs out of reported '
+        'means)',
         columns=('lr', 'lr_protocol')),
     Field(('adapter_bytes',),
         'bytes on disk of what the run saved (`adapter/`, or `model/` for full FT)',

@@ -331,3 +331,68 @@ def test_widening_adds_the_next_grid_rate_beyond_an_edge_until_bracketed(tmp_pat
     assert low.widen(rows({6e-5: ("ok", 0.8), 2e-4: ("ok", 0.6), 6e-4: ("ok", 0.5)}), limit=1)
     assert low.rates[-1] == 2e-5
     assert not low.widen(rows({2e-5: ("ok", 0.9), 6e-5: ("ok", 0.8), 2e-4: ("ok", 0.6), 6e-4: ("ok", 0.5)}), limit=1)
+
+
+# ---- a held-out selection seed (selection_seed) ----
+
+def test_held_out_selection_seed_plans_search_apart_from_every_reporting_seed(tmp_path: Path) -> None:
+    from harness.sweep_plan import SELECTION_SEED_REPORT, SELECTION_SEED_SEARCH, search_variants, \
+        seeds_at_selected_rates
+
+    grid = [[*v, f"seed={s}"] for s in range(5) for v in (["method=full"], ["method=lora", "r=16"])]
+    variants = search_variants(grid, 2, compose, selection_seed=100)
+    assert [len(v.waiting) for v in variants] == [5, 5]  # every reporting seed waits for the selected rate
+    search = [o for v in variants for o in v.search_overrides()]
+    assert len(search) == 4 and all("seed=100" in o and f"lr_protocol={SELECTION_SEED_SEARCH}" in o for o in search)
+    assert not any(f"seed={s}" in o for o in search for s in range(5))
+    rows = []
+    for overrides in search:
+        folder = tmp_path / str(len(rows))
+        folder.mkdir()
+        lr = float(next(o for o in overrides if o.startswith("train.lr=")).split("=")[1])
+        (folder / "result.json").write_text(json.dumps({"status": "ok", "val_score": lr}))  # higher rate wins
+        rows.append({"overrides": overrides, "run_dir": folder, "cfg": compose([o for o in overrides
+                                                                               if not o.startswith("lr_protocol=")])})
+    second = seeds_at_selected_rates(variants, rows)
+    assert len(second) == 10 and all(f"lr_protocol={SELECTION_SEED_REPORT}" in o for o in second)
+    assert sorted(int(o.split("=")[1]) for p in second for o in p if o.startswith("seed=")) == sorted(list(range(5)) * 2)
+    full_rates = [lr for v in variants if v.key == ("method=full",) for lr in v.rates]
+    assert all(f"train.lr={max(full_rates)}" in p for p in second if "method=full" in p)
+    with pytest.raises(ConfigError, match="selection_seed=3 is also a reporting seed"):
+        search_variants(grid, 2, compose, selection_seed=3)
+
+
+def test_a_sweep_file_with_selection_seed_searches_on_it_and_reports_every_seed(tmp_path: Path) -> None:
+    sweep = tmp_path / "conf"
+    sweep.mkdir()
+    (sweep / "held.yaml").write_text("defaults:\n  - config\n  - _self_\n\nlr_search: 2\nselection_seed: 100\n"
+                                     "seeds: 2\nvariants:\n  - [method=full]\n")
+    proc = run_cli(["-m", "--config-dir", str(sweep), "--config-name", "held", "model=tiny-llama", *TINY,
+                    f"paths.runs={tmp_path / 'runs'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/result.json")]
+    search = [r for r in records if r["lr_protocol"] == "selection-seed-search"]
+    report = [r for r in records if r["lr_protocol"] == "selection-seed-report"]
+    assert sorted(r["seed"] for r in search) == [100, 100] and sorted(r["seed"] for r in report) == [0, 1]
+    chosen = select_lr([(r["lr"], 100, r["val_score"]) for r in search if r["status"] == "ok"])[0]
+    assert {r["lr"] for r in report} == {chosen}
+    assert "learning-rate search on selection seed 100" in proc.stdout + proc.stderr
+
+
+def test_analysis_leaves_out_exactly_the_held_out_search_runs(tmp_path: Path) -> None:
+    from analysis.gain import Study
+
+    def held_out(method: str, rates: dict[float, float], tests: list[float], **kw) -> list[dict]:
+        out = [rec(method, 100, lr, val, 0.99, **kw) | {"lr_protocol": "selection-seed-search"}
+               for lr, val in rates.items()]  # the search seed's test score is high: it must not be reported
+        best = max(rates, key=rates.get)
+        return out + [rec(method, s, best, 0.8, t, **kw) | {"lr_protocol": "selection-seed-report"}
+                      for s, t in enumerate(tests)]
+
+    records = [*held_out("full", {5e-5: 0.8, 1.5e-4: 0.7}, [0.80, 0.82]),  # 2 reporting seeds
+               *held_out("lora", {2e-4: 0.7, 6e-4: 0.8}, [0.78], r=16)]     # 1: still leaves the search out
+    study = Study(frame(records, tmp_path))
+    for (cell, variant), arm in study.arms.items():
+        assert 100 not in arm.seeds and arm.seeds, (variant, arm.seeds)
+        assert "selection seed 100 left out" in study.seed_notes[(cell, variant)]
+    assert sorted(len(a.seeds) for a in study.arms.values()) == [1, 2]
