@@ -41,7 +41,8 @@ FIELDS: tuple[Field, ...] = (
         columns=('run_id', 'task', 'model', 'method', 'r', 'alpha', 'targets', 'seed', 'group'),
         required=('run_id', 'task', 'model', 'method', 'r', 'alpha', 'targets', 'seed')),
     Field(('status', 'reason'),
-        '`running`, `ok`, `collapsed`, `failed` (an error, or a trainable tensor that never trained: see '
+        '`running`, `ok`, `collapsed`, `paused` (stopped at a successive-halving rung with a checkpoint, '
+        '`rung_step`; not a finished run), `failed` (an error, or a trainable tensor that never trained: see '
         '`update_check`), `invalid`, `oom`, `diverged`, `interrupted` (harness/results.py). `collapsed`: trained '
         "to the end and finite, but the training loss ended more than 5% above its start, or a classifier's "
         'validation predictions fell onto one class (>= 95% of >= 30 rows); scores kept, never selected or '
@@ -156,6 +157,10 @@ FIELDS: tuple[Field, ...] = (
     Field(('versions', 'git_commit'),
         'torch, transformers, peft, bitsandbytes, ... and the harness commit (`-dirty` when modified)',
         required=('versions', 'git_commit')),
+    Field(('rung_step',),
+        'the successive-halving rung a `paused` run stopped at (`lr_halving` sweeps, harness/halving.py); its '
+        'validation score there is its `val_curve` point at that step',
+        columns=('rung_step',)),
     Field(('started_at', 'finished_at', 'pid', 'host', 'resumed_from', 'rehashed_from'),
         'provenance; `resumed_from`: the checkpoint a re-run continued from; `rehashed_from`: the run_id a '
         'committed record had before the definition of the config hash changed (its folder was renamed)',
@@ -214,6 +219,8 @@ class Status(str, Enum):
     OOM = "oom"
     DIVERGED = "diverged"        # NaN / inf loss
     INTERRUPTED = "interrupted"  # SIGINT / SIGTERM
+    PAUSED = "paused"            # stopped at a successive-halving rung (`rung_step`) with a checkpoint; not a
+                                 # finished run: never selected or averaged; the sweeper resumes the survivors
 
 
 DONE_STATUSES = (Status.OK.value, Status.COLLAPSED.value)

@@ -14,11 +14,13 @@ Two protocols:
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from harness.errors import ConfigError
+from harness.halving import Rung, RungOutcome, plan_rungs, survivors, tied_across_cut, total_cost
 from harness.results import DONE_STATUSES, Status
 from harness.runfolder import read_record
 from harness.selection import at_grid_edge, lr_candidates, select_lr
@@ -104,7 +106,7 @@ class SearchVariant:
 
 
 def _without_search(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if not o.startswith(("train.lr=", "lr_protocol="))]
+    return [o for o in overrides if not o.startswith(("train.lr=", "lr_protocol=", "rung_step="))]
 
 
 def search_variants(grid: list[list[str]], n: int, compose: Compose,
@@ -149,3 +151,71 @@ def seeds_at_selected_rates(variants: list[SearchVariant], searched: list[dict[s
         role = SELECTION_SEED_REPORT if variant.protocol == SELECTION_SEED_SEARCH else TWO_PHASE_SEEDS
         second += [[*overrides, f"train.lr={chosen}", f"lr_protocol={role}"] for overrides in variant.waiting]
     return second
+
+
+# ---- successive halving of a variant's search (lr_halving; harness/halving.py plans the rungs) ----
+
+def val_at_step(record: dict[str, Any] | None, step: int) -> float:
+    """A search run's validation score at `step` (its `val_curve` point there); NaN when it has none (a failed
+    or diverged run), so it ranks last."""
+    for point in (record or {}).get("val_curve") or []:
+        if int(point.get("step", -1)) == step and point.get("val_score") is not None:
+            return float(point["val_score"])
+    return math.nan
+
+
+def paused_at_or_after(record: dict[str, Any] | None, step: int) -> bool:
+    """Whether a run already stands at this rung (paused there or later): relaunching it would train past it."""
+    return bool(record) and record.get("status") == Status.PAUSED.value and int(record.get("rung_step") or 0) >= step
+
+
+@dataclass
+class HalvingSearch:
+    """One variant's successive halving: every rate starts a full-budget run on the search seed; at each rung
+    the best `rung.n_keep` continue from their checkpoints; the last one trains to the end of the budget."""
+
+    variant: SearchVariant
+    rungs: list[Rung]
+    alive: list[float] = field(default_factory=list)
+    outcomes: list[RungOutcome] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.alive = self.alive or sorted(self.variant.rates)
+
+    def overrides(self, step: int | None) -> list[list[str]]:
+        """The alive rates' search runs, stopping at `step` (None: the end of the budget)."""
+        return [[*self.variant.first, f"train.lr={lr}", f"lr_protocol={self.variant.protocol}",
+                 f"rung_step={'null' if step is None else step}"] for lr in self.alive]
+
+    def cut(self, rung: Rung, records: dict[float, dict[str, Any] | None]) -> RungOutcome:
+        """Rank the alive rates on their validation score at the rung; keep the best (ties are reported)."""
+        scores = {lr: val_at_step(records.get(lr), rung.step) for lr in self.alive}
+        outcome = RungOutcome(rung, scores, survivors(rung, scores), tied_across_cut(rung, scores))
+        name = " ".join(self.variant.key) or "(default)"
+        log.info("sweep: halving %s at step %d: %s -> keeps %s", name, rung.step,
+                 ", ".join(f"{lr:g}: {v:.4f}" for lr, v in sorted(scores.items())), ",".join(f"{x:g}" for x in outcome.kept))
+        if outcome.tie:
+            log.warning("sweep: halving %s at step %d: rates %s tie across the cut (kept the smaller)", name,
+                        rung.step, ",".join(f"{x:g}" for x in outcome.tie))
+        self.outcomes.append(outcome)
+        self.alive = outcome.kept
+        return outcome
+
+    def summary(self, budget_steps: int) -> dict[str, Any]:
+        return {"variant": " ".join(self.variant.key), "rates": sorted(self.variant.rates), "budget_steps": budget_steps,
+                "cost_full_runs": total_cost(self.rungs, budget_steps, len(self.variant.rates)),
+                "rungs": [{"step": o.rung.step, "scores": {f"{k:g}": v for k, v in o.scores.items()},
+                           "kept": o.kept, "tied_across_cut": o.tie} for o in self.outcomes],
+                "selected": self.alive[0] if len(self.alive) == 1 else None}
+
+
+def halving_rungs(variant: SearchVariant, budget_steps: int, eval_every: int) -> list[Rung]:
+    """The variant's rungs at the steps its validation curve is scored (every `eval_every` steps and the last)."""
+    if not eval_every:
+        raise ConfigError("lr_halving compares rates on the validation curve: set train.eval_every (e.g. "
+                          "train.eval_every=50) so validation is scored before the budget ends")
+    scored = sorted({*range(eval_every, budget_steps + 1, eval_every), budget_steps})
+    try:
+        return plan_rungs(len(variant.rates), budget_steps, eval_steps=scored)
+    except ValueError as err:
+        raise ConfigError(f"lr_halving: {err}") from err

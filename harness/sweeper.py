@@ -36,7 +36,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from harness.config import config_hash, effective_config, run_id
 from harness.errors import ConfigError
-from harness.sweep_plan import SearchVariant, search_variants, seed_of, seeds_at_selected_rates  # noqa: F401
+from harness.sweep_plan import (HalvingSearch, SearchVariant, halving_rungs, paused_at_or_after,  # noqa: F401
+                                 search_variants, seed_of, seeds_at_selected_rates)
 from harness.sweep_progress import progress_batch_size, sweep_progress, wall_time_estimate
 from harness.results import (RESULT_FILE, Status, is_done, now, rejected_before,
                              write_json_atomic)
@@ -149,7 +150,9 @@ class HarnessSweeper(BasicSweeper):
                                            None if selection_seed is None else int(selection_seed))
                 widen, launched = int(self.config.get("lr_widen") or 0), 0
                 on = "the first seed" if selection_seed is None else f"selection seed {int(selection_seed)}"
-                while True:
+                if self.config.get("lr_halving"):
+                    launched = self.halving(arguments, variants, runs, returns, sweep_dir, on)
+                while not self.config.get("lr_halving"):
                     todo, runs = self.plan(arguments, [o for v in variants for o in v.search_overrides()])
                     self._log_plan(f"phase 1 (learning-rate search on {on})", runs, todo)
                     returns += self.launch(todo, start_idx=launched)
@@ -171,6 +174,37 @@ class HarnessSweeper(BasicSweeper):
                 mark_if_killed(row["run_dir"])
             self.report(runs, sweep_dir)
         return returns
+
+    def halving(self, arguments: list[str], variants: list[SearchVariant], runs: list[dict[str, Any]],
+                returns: list[Any], sweep_dir: Path, on: str) -> int:
+        """Phase 1 by successive halving (harness/halving.py): every variant's rates start on the search seed and
+        stop at the first rung (status `paused`, a checkpoint kept); the best half resume to the next rung, until
+        one trains to the end of the budget (`ok`, the selected rate). Appends every search run's row to `runs`
+        (latest state per run); writes halving-<group>.json (scores, survivors, ties, cost). Returns runs launched."""
+        if self.config.get("lr_widen"):
+            log.warning("sweep: lr_widen is not applied with lr_halving (the rates are fixed before the rungs)")
+        searches = [HalvingSearch(v, halving_rungs(v, budget_steps(v.cfg), int(v.cfg.train.eval_every or 0)))
+                    for v in variants]
+        launched, rows_by_id = 0, OrderedDict()
+        for level in range(max(len(h.rungs) for h in searches) + 1):
+            batch = [(h, h.rungs[level] if level < len(h.rungs) else None) for h in searches if level <= len(h.rungs)]
+            points = [o for h, rung in batch for o in h.overrides(rung.step if rung else None)]
+            _, rows = self.plan(arguments, points)
+            todo = [r["overrides"] for r in rows if not r["done"] and not _stands_at(r)]
+            where = "to the end of the budget" if all(r is None for _, r in batch) else f"rung {level + 1}"
+            self._log_plan(f"phase 1 (successive halving on {on}, {where})", rows, todo)
+            returns += self.launch(todo, start_idx=launched)
+            launched += len(todo)
+            rows_by_id.update((r["run_id"], r) for r in rows)
+            for h, rung in batch:
+                if rung is not None:
+                    h.cut(rung, {float(r["cfg"].train.lr): read_record(r["run_dir"]) for r in rows
+                                 if _variant_key_of(r) == h.variant.key})
+        runs += rows_by_id.values()
+        name = self.config.get("group") or "sweep"
+        write_json_atomic(sweep_dir / f"halving-{name}.json",
+                          [h.summary(budget_steps(h.variant.cfg)) for h in searches])
+        return launched
 
     def sweep_stages(self, arguments: list[str], grid: list[list[str]], stages: list[list[str]],
                      runs: list[dict[str, Any]]) -> list[Any]:
@@ -231,6 +265,27 @@ class HarnessSweeper(BasicSweeper):
         table.to_csv(sweep_dir / f"sweep-{name}.csv", index=False)
         print(f"\nsweep '{name}': {len(table)} runs, " + ", ".join(f"{n} {s}" for s, n in table["status"].value_counts().items()))
         print(table.drop(columns=["reason"]).to_string(index=False), flush=True)
+
+
+def _variant_key_of(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(o for o in row["overrides"] if not o.startswith(("seed=", "train.lr=", "lr_protocol=", "rung_step=")))
+
+
+def _stands_at(row: dict[str, Any]) -> bool:
+    """A halving run already paused at (or past) the rung its overrides ask for: not relaunched."""
+    step = next((o.split("=", 1)[1] for o in row["overrides"] if o.startswith("rung_step=")), "null")
+    return step != "null" and paused_at_or_after(read_record(row["run_dir"]), int(step))
+
+
+def budget_steps(cfg: Any) -> int:
+    """A run's planned optimizer steps (its budget), as the run itself will count them."""
+    if cfg.train.get("max_steps"):
+        return int(cfg.train.max_steps)
+    from harness.assets import cache_dir
+    from harness.tasks import get_task
+    from harness.validation import planned_steps
+
+    return planned_steps(cfg.train, len(get_task(cfg.task, cache_dir(cfg.paths.cache)).splits()["train"]))
 
 
 def warn_if_dirty(repo: Path | None = None) -> bool:

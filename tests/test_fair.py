@@ -396,3 +396,34 @@ def test_analysis_leaves_out_exactly_the_held_out_search_runs(tmp_path: Path) ->
         assert 100 not in arm.seeds and arm.seeds, (variant, arm.seeds)
         assert "selection seed 100 left out" in study.seed_notes[(cell, variant)]
     assert sorted(len(a.seeds) for a in study.arms.values()) == [1, 2]
+
+
+# ---- successive halving of the search (lr_halving) ----
+
+def test_halving_sweep_resumes_survivors_and_never_selects_a_paused_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    args = ["-m", "model=tiny-llama", *TINY, "method=lora", "lr_search=4", "lr_halving=true", "seeds=2",
+            "train.max_steps=8", "train.eval_every=2", "train.eval_subset=8", f"paths.runs={runs}"]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in runs.glob("*/result.json")]
+    search = [r for r in records if r["seed"] == 0]
+    assert len(search) == 4 and len(records) == 5
+    # 4 rates to step 2, the best 2 on to step 4, the best one to the end (8): 2 full-budget runs in all
+    by_status = sorted((r["status"], r.get("rung_step")) for r in search)
+    assert by_status == [("ok", None), ("paused", 2), ("paused", 2), ("paused", 4)], by_status
+    (winner,) = [r for r in search if r["status"] == "ok"]
+    assert winner["resumed_from"] == "checkpoint-4"  # resumed, not restarted
+    assert [p["step"] for p in winner["val_curve"]] == [2, 4, 6, 8]  # the curve before the checkpoint is kept
+    (later,) = [r for r in search if r.get("rung_step") == 4]
+    assert later["resumed_from"] == "checkpoint-2"
+    (report,) = [r for r in records if r["seed"] == 1]
+    assert report["lr"] == winner["lr"] and report["status"] == "ok"  # a paused run is never the selected rate
+    summary = json.loads((runs / "halving-sweep.json").read_text())
+    assert summary[0]["cost_full_runs"] == 2.0 and summary[0]["selected"] == winner["lr"]
+    # a tiny random model scores 0 at every rung: the ties are reported and go to the smaller rates
+    assert summary[0]["rungs"][0]["tied_across_cut"] == sorted(summary[0]["rates"])
+    assert [r["step"] for r in summary[0]["rungs"]] == [2, 4]
+    again = run_cli(args)  # resumes: nothing is relaunched, paused runs stay where they stand
+    assert again.returncode == 0
+    assert "0 to run" in again.stdout + again.stderr and "1 to run" not in again.stdout + again.stderr
