@@ -47,8 +47,10 @@ CHOICE_POINTS: tuple[ChoicePoint, ...] = (
                 "fixed on the command line (defaults 1.0 per adapter, density 0.5): no data is read", "(no data read)"),
     ChoicePoint("training budgets (steps, epochs)", "sweeps/study/*.yaml, fixed before the runs",
                 "nothing measured: fixed per sweep file", "(no data read)"),
-    ChoicePoint("search rungs (early stopping of rates)", "none: every searched rate trains its full budget",
-                "-", "(no choice made)"),
+    ChoicePoint("search rungs (early stopping of rates)", "harness/sweep_plan.py HalvingSearch.cut (lr_halving "
+                "sweeps only; otherwise every searched rate trains its full budget)",
+                "the val_curve score (train.eval_subset validation rows) at the rung step; ties: the smaller rate",
+                "(tests/test_halving.py survivors; tests/test_fair.py test_halving_sweep_resumes_survivors_and_never_selects_a_paused_run)"),
 )
 
 

@@ -427,3 +427,21 @@ def test_halving_sweep_resumes_survivors_and_never_selects_a_paused_run(tmp_path
     again = run_cli(args)  # resumes: nothing is relaunched, paused runs stay where they stand
     assert again.returncode == 0
     assert "0 to run" in again.stdout + again.stderr and "1 to run" not in again.stdout + again.stderr
+
+
+def test_analysis_counts_halving_rates_as_tried_and_never_reports_a_paused_run(tmp_path: Path) -> None:
+    from analysis.gain import Study
+
+    records = []
+    for method, kw, lrs in (("full", {}, (5e-5, 1.5e-4)), ("lora", {"r": 16}, (2e-4, 6e-4))):
+        records += [rec(method, 0, lrs[0], 0.5, 0.99, **kw) | {"status": "paused", "rung_step": 5, "score": None,
+                                                                "val_score": None, "lr_protocol": "two-phase-search"},
+                    rec(method, 0, lrs[1], 0.8, 0.90, **kw) | {"lr_protocol": "two-phase-search"},
+                    *[rec(method, s, lrs[1], 0.8, 0.80, **kw) | {"lr_protocol": "two-phase-seeds"} for s in (1, 2)]]
+    df = frame(records, tmp_path)
+    sel = tables.selection(df).set_index("variant")
+    assert (sel["n_lrs"] == 2).all() and (sel["selection_seeds"] == "0").all()
+    assert sorted(sel["selected_lr"]) == [1.5e-4, 6e-4]  # the finished survivor, never the paused rate
+    study = Study(df)
+    assert all(arm.seeds == (1, 2) for arm in study.arms.values())  # the search seed is left out as before
+    assert tables.failures(df).empty  # a paused rate is not a failure
