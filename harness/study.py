@@ -12,6 +12,7 @@ launcher. The analyses run as their own processes (harness/ never imports analys
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from omegaconf import OmegaConf
 
 from harness.cli import exit_on_error
 from harness.errors import ConfigError
+from harness.halving import plan_rungs, total_cost
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO / "conf" / "study.yaml"
@@ -58,8 +60,9 @@ def _sweep_file(name: str, folder: Path) -> dict[str, Any]:
 
 
 def count_runs(sweep: dict[str, Any]) -> tuple[int, int]:
-    """(runs, runs with every widening) of a sweep file: variants x seeds x stages, or with `lr_search` N rates
-    on the search seed plus the other seeds (all seeds with a held-out `selection_seed`)."""
+    """(runs, runs with every widening) of a sweep file, in full-budget runs: variants x seeds x stages, or with
+    `lr_search` N rates on the search seed plus the other seeds (all seeds with a held-out `selection_seed`);
+    with `lr_halving` the N rates cost about two full runs."""
     variants = len(sweep.get("variants") or []) or 1
     seed_axis = str(((sweep.get("hydra") or {}).get("sweeper") or {}).get("params", {}).get("seed", ""))
     seeds = int(sweep.get("seeds") or 1) if int(sweep.get("seeds") or 1) > 1 else len(seed_axis.split(",")) or 1
@@ -68,6 +71,10 @@ def count_runs(sweep: dict[str, Any]) -> tuple[int, int]:
     if n <= 1:
         return variants * seeds * stages, variants * seeds * stages
     per_variant = n + seeds - (0 if sweep.get("selection_seed") is not None else 1)
+    if sweep.get("lr_halving"):  # n runs start, but the search costs about two full-budget runs (harness/halving.py)
+        search = math.ceil(total_cost(plan_rungs(n, 1000), 1000, n))
+        per_variant = per_variant - n + search
+        return variants * per_variant, variants * per_variant  # no widening with halving
     return variants * per_variant, variants * (per_variant + widen)
 
 

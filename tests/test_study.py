@@ -36,6 +36,8 @@ def test_run_counts_follow_the_sweep_file() -> None:
                              "lr_widen": 2}) == (2 * 6, 2 * 8)            # 4 rates on seed 0 + seeds 1, 2
     assert study.count_runs({"variants": [["method=full"]], "seeds": 5, "lr_search": 3,
                              "selection_seed": 100}) == (8, 8)            # 3 rates on seed 100 + seeds 0..4
+    assert study.count_runs({"variants": [["method=full"]], "seeds": 5, "lr_search": 7, "selection_seed": 100,
+                             "lr_halving": True}) == (7, 7)              # 7 rates for ~2 full runs + 5 seeds
     assert study.count_runs({"variants": [["a"]] * 3, "stages": [["x"], ["y"]],
                              "hydra": {"sweeper": {"params": {"seed": "0"}}}}) == (6, 6)
     sweep = study._sweep_file("intruder-selected", REPO / "sweeps" / "study")  # builds on intruder.yaml
@@ -75,3 +77,18 @@ def test_a_manifest_sweep_without_its_file_is_refused(tmp_path: Path) -> None:
                         "  - {name: missing, family: encoder, minutes_per_run: {cpu: 1}}\n")
     with pytest.raises(ConfigError, match="sweep 'missing'"):
         study.load_plan("cpu", manifest)
+
+
+def test_a_dirty_tree_warns_loudly(tmp_path: Path, caplog) -> None:
+    from harness.sweeper import warn_if_dirty
+
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "-C", str(tmp_path), "add", "a.py"], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "commit", "-qm", "a"], check=True)
+    assert not warn_if_dirty(tmp_path)
+    (tmp_path / "a.py").write_text("x = 2\n")
+    with caplog.at_level("WARNING"):
+        assert warn_if_dirty(tmp_path)
+    assert "uncommitted changes (a.py)" in caplog.text
