@@ -13,7 +13,10 @@ N + S - 1 runs per variant instead of N x S. With `lr_widen=K`, a variant whose 
 the rates tried gets the next grid rate beyond it, up to K more. Both phases skip what is already done, so an
 interrupted sweep resumes where it stopped; records say which phase ran them (`lr_protocol`). With
 `selection_seed: 100` the search runs on that seed alone and every reporting seed runs at the selected rate, so
-no reported seed took part in the choice (N + S runs per variant). The plan itself: harness/sweep_plan.py.
+no reported seed took part in the choice (N + S runs per variant). With `lr_halving: true` the search is
+successive halving (harness/halving.py): every rate starts, runs stop at rungs with a checkpoint (`paused`), the
+best half resume, one trains to the end: about two full-budget runs for up to 7 rates. The plan itself:
+harness/sweep_plan.py.
 A sweep started from a git tree with uncommitted changes warns loudly (`warn_if_dirty`).
 
 With `stages: [[task=classify], [task=extract], ...]` (sweeps/study/continual.yaml) every grid point runs the stages
