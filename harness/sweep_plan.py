@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from harness.errors import ConfigError
-from harness.halving import Rung, RungOutcome, plan_rungs, survivors, tied_across_cut, total_cost
+from harness.halving import (Rung, RungOutcome, plan_rungs, survivor_counts, survivors, tied_across_cut,
+                             total_cost)
 from harness.results import DONE_STATUSES, Status
 from harness.runfolder import read_record
 from harness.selection import at_grid_edge, lr_candidates, select_lr
@@ -209,12 +210,24 @@ class HalvingSearch:
                 "selected": self.alive[0] if len(self.alive) == 1 else None}
 
 
-def halving_rungs(variant: SearchVariant, budget_steps: int, eval_every: int) -> list[Rung]:
-    """The variant's rungs at the steps its validation curve is scored (every `eval_every` steps and the last)."""
+def halving_rungs(variant: SearchVariant, budget_steps: int, eval_every: int,
+                  explicit: list[int] | None = None) -> list[Rung]:
+    """The variant's rungs at the steps its validation curve is scored (every `eval_every` steps and the last):
+    planned by harness/halving.py, or at `explicit` steps (`lr_halving_rungs`, one per halving)."""
     if not eval_every:
         raise ConfigError("lr_halving compares rates on the validation curve: set train.eval_every (e.g. "
                           "train.eval_every=50) so validation is scored before the budget ends")
     scored = sorted({*range(eval_every, budget_steps + 1, eval_every), budget_steps})
+    if explicit:
+        counts = survivor_counts(len(variant.rates))
+        steps = [int(s) for s in explicit]
+        if len(steps) != len(counts) or steps != sorted(set(steps)) or not set(steps) <= set(scored) \
+                or steps[-1] >= budget_steps:
+            raise ConfigError(f"lr_halving_rungs={steps}: {len(variant.rates)} rates need {len(counts)} increasing "
+                              f"rung steps where validation is scored (multiples of train.eval_every={eval_every}) "
+                              f"before the budget's {budget_steps} steps")
+        n_in = [len(variant.rates), *counts[:-1]]
+        return [Rung(step, n, keep) for step, n, keep in zip(steps, n_in, counts)]
     try:
         return plan_rungs(len(variant.rates), budget_steps, eval_steps=scored)
     except ValueError as err:

@@ -186,7 +186,8 @@ class HarnessSweeper(BasicSweeper):
         (latest state per run); writes halving-<group>.json (scores, survivors, ties, cost). Returns runs launched."""
         if self.config.get("lr_widen"):
             log.warning("sweep: lr_widen is not applied with lr_halving (the rates are fixed before the rungs)")
-        searches = [HalvingSearch(v, halving_rungs(v, budget_steps(v.cfg), int(v.cfg.train.eval_every or 0)))
+        explicit = list(self.config.get("lr_halving_rungs") or [])
+        searches = [HalvingSearch(v, halving_rungs(v, budget_steps(v.cfg), int(v.cfg.train.eval_every or 0), explicit))
                     for v in variants]
         launched, rows_by_id = 0, OrderedDict()
         for level in range(max(len(h.rungs) for h in searches) + 1):

@@ -445,3 +445,17 @@ def test_analysis_counts_halving_rates_as_tried_and_never_reports_a_paused_run(t
     study = Study(df)
     assert all(arm.seeds == (1, 2) for arm in study.arms.values())  # the search seed is left out as before
     assert tables.failures(df).empty  # a paused rate is not a failure
+
+
+def test_halving_rungs_follow_the_validation_points_or_explicit_steps() -> None:
+    from harness.sweep_plan import SearchVariant, halving_rungs
+
+    cfg = compose(["method=lora", "r=16", "seed=0"])
+    variant = SearchVariant(("method=lora",), ["method=lora", "seed=0"], cfg, [1e-4, 2e-4, 6e-4, 2e-3, 6e-3, 2e-2, 6e-2], [])
+    rungs = halving_rungs(variant, 800, 50)
+    assert [(r.step, r.n_in, r.n_keep) for r in rungs] == [(100, 7, 3), (200, 3, 1)]  # 1/8 and 1/4 of the budget
+    assert [(r.step, r.n_in, r.n_keep) for r in halving_rungs(variant, 800, 50, [150, 400])] == [(150, 7, 3), (400, 3, 1)]
+    with pytest.raises(ConfigError, match="lr_halving_rungs"):
+        halving_rungs(variant, 800, 50, [130, 400])  # validation is not scored at step 130
+    with pytest.raises(ConfigError, match="train.eval_every"):
+        halving_rungs(variant, 800, 0)
