@@ -54,26 +54,18 @@ sweep: setup
 	$(PY) -m harness.run --multirun --config-dir $(SWEEP_DIR) --config-name $(TASK) \
 	  hydra/launcher=$(if $(filter slurm,$(LAUNCHER)),submitit_slurm,$(LAUNCHER)) $(ARGS)
 
-# The study behind the claims ledger (analysis/claims.py): its sweeps one after another, each resumable, their analyses, the
-# records copied without weights to results/study/<sweep>/, then the ledger and results/REPORT.md.
+# The study behind the claims ledger (analysis/claims.py): the sweeps of conf/study.yaml in priority order, each
+# resumable, the records copied without weights to results/<study>/<sweep>/, its analyses, then the ledger and
+# results/REPORT.md; the plan (estimated hours, what the 16 h cap drops) is printed first (harness/study.py).
 # SCALE=gpu: the same sweeps on larger hub presets (roberta-base for the encoder sweeps, qwen2.5-0.5b for the
 # causal-LM ones) into runs/study-gpu and results/study-gpu, for a CUDA machine.
-STUDY_SWEEPS ?= fair-classify fair-style fair-knowledge intruder intruder-selected intruder-lm continual
+# STUDY_SWEEPS="fair-classify intruder": only those; STUDY_FLAGS=--dry-run: print the plan without running.
+STUDY_SWEEPS ?=
+STUDY_FLAGS ?=
 SCALE ?= cpu
 STUDY := study$(if $(filter gpu,$(SCALE)),-gpu,)
 study: setup
-	set -e; for s in $(STUDY_SWEEPS); do \
-	  extra=""; if [ "$(SCALE)" = gpu ]; then case $$s in fair-classify|intruder|intruder-selected) extra="model=roberta-base";; \
-	    *) extra="model=qwen2.5-0.5b";; esac; fi; \
-	  $(PY) -m harness.run --multirun --config-dir sweeps/study --config-name $$s hydra/launcher=$(LAUNCHER) \
-	    paths.runs=runs/$(STUDY)/$$s $$extra $(ARGS); \
-	  case $$s in intruder-lm) scale="--scale-intruders 0.5,0.7";; *) scale="";; esac; \
-	  case $$s in intruder*|continual) $(PY) -m analysis.intruder runs/$(STUDY)/$$s --out results/$(STUDY)/$$s/report $$scale;; esac; \
-	  case $$s in continual) $(PY) -m analysis.continual runs/$(STUDY)/$$s --out results/$(STUDY)/$$s/report;; esac; \
-	  $(PY) -m analysis.records runs/$(STUDY)/$$s results/$(STUDY)/$$s/runs; \
-	  case $$s in fair-*) $(PY) -m analysis.report --runs results/$(STUDY)/$$s/runs --out results/$(STUDY)/$$s/report;; esac; \
-	done
-	$(MAKE) claims STUDY=$(STUDY)
+	$(PY) -m harness.study --scale $(SCALE) --launcher $(LAUNCHER) $(if $(strip $(STUDY_SWEEPS)),--only "$(STUDY_SWEEPS)",) $(STUDY_FLAGS) -- $(ARGS)
 
 # the claims ledger and results/REPORT.md, from the committed records alone
 claims: $(VENV)/.installed

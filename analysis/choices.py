@@ -6,7 +6,8 @@ feeds each chooser records whose test scores disagree with validation (reversed)
 Where the search itself ran on one seed (the two-phase protocol: seed 0 at every rate, the other seeds at the
 chosen one), that seed's test score carries selection optimism: `selection_optimism` measures it, and reported
 means leave the selection seed out when the variant has two or more other seeds at the selected rate
-(`reporting_seeds`).
+(`reporting_seeds`). With a held-out selection seed (`selection_seed` in the sweep file) the records say which
+runs were the search (`lr_protocol: selection-seed-search`): exactly those are left out (`reported_runs`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pandas as pd
+
+from harness.sweep_plan import SELECTION_SEED_SEARCH
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ CHOICE_POINTS: tuple[ChoicePoint, ...] = (
                 "floor_name, chosen on validation by the harness)", "the floor candidates' validation scores",
                 "test_floor_choice_ignores_test_scores"),
     ChoicePoint("reported seeds (selection seed left out)", "analysis/choices.py reporting_seeds",
-                "which seeds ran the search (selection_seeds), not scores", "test_reporting_seeds"),
+                "which seeds ran the search (selection_seeds; a record's lr_protocol role), not scores", "test_reporting_seeds"),
     ChoicePoint("merge weights and density (per combine type)", "harness/adapters/merge_select.py choose "
                 "(merge --select; grid --grid-weights 0.5,1.0,1.5 x --grid-density 0.2,0.5,0.8)",
                 "mean over tasks of validation retention (merged / own adapter, both on validation); ties: the first "
@@ -51,8 +54,10 @@ CHOICE_POINTS: tuple[ChoicePoint, ...] = (
                 "= LoRA's); each run records what it kept (params_effective)", "(no data read)"),
     ChoicePoint("training budgets (steps, epochs)", "sweeps/study/*.yaml, fixed before the runs",
                 "nothing measured: fixed per sweep file", "(no data read)"),
-    ChoicePoint("search rungs (early stopping of rates)", "none: every searched rate trains its full budget",
-                "-", "(no choice made)"),
+    ChoicePoint("search rungs (early stopping of rates)", "harness/sweep_plan.py HalvingSearch.cut (lr_halving "
+                "sweeps only; otherwise every searched rate trains its full budget)",
+                "the val_curve score (train.eval_subset validation rows) at the rung step; ties: the smaller rate",
+                "(tests/test_halving.py survivors; tests/test_fair.py test_halving_sweep_resumes_survivors_and_never_selects_a_paused_run)"),
 )
 
 
@@ -76,6 +81,21 @@ def reporting_seeds(seeds_at_rate: Iterable[int], selection_seeds: Iterable[int]
     if chosen_on and len(others) < len(seeds):
         return seeds, "includes the selection seed (fewer than 2 other seeds)"
     return seeds, ""
+
+
+def reported_runs(runs_at_rate: pd.DataFrame, selection_seeds: Iterable[int]) -> tuple[pd.DataFrame, str]:
+    """(a variant's runs at its selected rate whose test scores are reported, why). Runs whose record says it was
+    the search on a held-out selection seed are left out, whatever their number; records without that role (older
+    sweeps, the two-phase protocol) follow `reporting_seeds`."""
+    roles = runs_at_rate["lr_protocol"] if "lr_protocol" in runs_at_rate else pd.Series(dtype=object)
+    search = roles.eq(SELECTION_SEED_SEARCH).reindex(runs_at_rate.index, fill_value=False)
+    if search.any():
+        held_out = ",".join(str(int(s)) for s in sorted(runs_at_rate.loc[search, "seed"].dropna().unique()))
+        if search.all():
+            return runs_at_rate, f"only the selection seed {held_out} ran at the selected rate: it is reported"
+        return runs_at_rate[~search], f"selection seed {held_out} left out (held-out search seed)"
+    keep, note = reporting_seeds(runs_at_rate["seed"].dropna(), selection_seeds)
+    return runs_at_rate[runs_at_rate["seed"].isin(keep)], note
 
 
 def best_by_validation(rows: pd.DataFrame, by: str | list[str] = "cell", column: str = "val_gain") -> pd.DataFrame:

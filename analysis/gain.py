@@ -9,7 +9,8 @@
 - *Learned*: full FT's gain over the floor has a 95% lower bound above `MARGIN`. A cell that is not learned
   carries no verdict.
 - *Reported seeds*: the variant's seeds at its selected rate minus the seed that ran the search when two or more
-  others remain (analysis/choices.py reporting_seeds); full FT and the variant are then paired on the same seeds.
+  others remain, or exactly the runs whose record says they were a held-out seed's search (analysis/choices.py
+  reported_runs); full FT and the variant are then paired on the same seeds.
 - Intervals: analysis/bootstrap.py (seeds then items, paired; seeds only where runs have no per-item records,
   said in `interval`).
 """
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import bootstrap as boot
-from analysis.choices import reporting_seeds
+from analysis.choices import reported_runs
 from analysis.tables import FULL, KEYS, _reference, at_selected_lr, selection, variant_summary
 from harness.items import read_items
 from harness.runfolder import RESULT_FILE
@@ -141,10 +142,9 @@ class Study:
         self.test_items: dict[str, int | None] = {}  # the task's n_eval: how many test items the scores are over
         for (cell, variant), part in self.runs.groupby(["cell", "variant"], sort=False):
             sel = self.selection.loc[(cell, variant)]
-            keep, note = reporting_seeds(part["seed"].dropna(), [int(s) for s in str(sel["selection_seeds"]).split(",")
-                                                                   if s.strip()] if sel["n_lrs"] >= 2 else [])
+            reported, note = reported_runs(part, [int(s) for s in str(sel["selection_seeds"]).split(",")
+                                                  if s.strip()] if sel["n_lrs"] >= 2 else [])
             self.seed_notes[(cell, variant)] = note
-            reported = part[part["seed"].isin(keep)]
             self.arms[(cell, variant)] = variant_arm(reported, str(part["primary_metric"].iloc[0]))
         for cell, part in self.runs.groupby("cell", sort=False):
             records = [_record(str(r["source"])) or {"task": r["task"], "base_score": _num(r.get("base_score")),

@@ -31,8 +31,9 @@ from harness.budget import TAIL, curve_points, has_flattened
 from harness.cli import error
 from harness.errors import HarnessError
 from harness.halving import plan_rungs, simulate, total_cost
+from harness.sweep_plan import SEARCH_PROTOCOLS
 
-SEARCH = "two-phase-search"
+SEARCH = SEARCH_PROTOCOLS  # the search runs: on seed 0 (two-phase) or on a held-out selection seed
 ETA = 2
 VERDICT = {True: "flat", False: "still rising", None: "n/a"}
 
@@ -42,7 +43,7 @@ def _rate(x: float | None) -> str:
 
 
 def _search_runs(df: pd.DataFrame) -> pd.DataFrame:
-    runs = df[df["lr_protocol"].eq(SEARCH) & df["lr"].notna() & df["status"].isin(["ok", "collapsed"])]
+    runs = df[df["lr_protocol"].isin(SEARCH) & df["lr"].notna() & df["status"].isin(["ok", "collapsed"])]
     return runs[runs["seed"].eq(0)]
 
 

@@ -53,8 +53,10 @@ def selection(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (cell, variant), part in ok.groupby(["cell", "variant"], sort=False):
         collapsed = df[(df["cell"] == cell) & (df["variant"] == variant) & df["status"].eq("collapsed")]
+        # successive halving (lr_halving): rates stopped at a rung were tried and lost on validation
+        paused = df[(df["cell"] == cell) & (df["variant"] == variant) & df["status"].eq("paused")]
         # a collapsed rate was tried (and failed): it bounds the search like any other
-        tried_all = sorted(set(part["lr"].dropna()) | set(collapsed["lr"].dropna()))
+        tried_all = sorted(set(part["lr"].dropna()) | set(collapsed["lr"].dropna()) | set(paused["lr"].dropna()))
         tried = sorted(set(part["lr"].dropna()))
         has_val = part["val_score"].notna()
         if len(tried) <= 1:
@@ -62,6 +64,9 @@ def selection(df: pd.DataFrame) -> pd.DataFrame:
             means = {chosen: float(part["val_score"].mean())} if tried and has_val.any() else {}
             note = "one rate tried" if tried else "no learning rate recorded"
             seeds = sorted(int(x) for x in part["seed"].dropna())
+            if len(paused) and tried:  # halving chose on the search seed: that seed is the selection seed
+                note, seeds = "successive halving: the other rates stopped at rungs", \
+                    sorted({int(x) for x in paused["seed"].dropna()})
         elif not has_val.all():
             chosen, means, seeds, note = math.nan, {}, [], "several rates but no validation score: cannot select"
         else:
@@ -93,7 +98,8 @@ def at_selected_lr(df: pd.DataFrame) -> pd.DataFrame:
 def failures(df: pd.DataFrame) -> pd.DataFrame:
     """Runs that did not finish `ok`, with their reason: shown, never averaged into anything."""
     cols = ["run_id", "task", "model", "label", "seed", "status", "reason"]
-    bad = df[~df.index.isin(ok_runs(df).index)][cols].reset_index(drop=True)
+    bad = df[~df.index.isin(ok_runs(df).index) & df["status"].ne("paused")][cols].reset_index(drop=True)  # paused:
+    # a successive-halving rate stopped at its rung on purpose, not a failure
     return bad.astype({"seed": "Int64"})
 
 

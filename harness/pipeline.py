@@ -22,10 +22,11 @@ from harness.methods import (adalora_record, apply_method, count_parameters, dis
                              method_callbacks, plan_method, quantization_config, quantization_record, save_trained)
 from harness.models import load_model, load_tokenizer, local_folder, model_fingerprint
 from harness.provenance import provenance_record
+from harness.runfolder import read_record
 from harness.results import RESULT_FILE, Status, code_fingerprint, now, versions, write_json_atomic
 from harness.tasks import get_task
 from harness.tracking import Tracker
-from harness.training import (DivergenceGuard, LogToFile, build_trainer, evaluation_attention, last_checkpoint,
+from harness.training import (DivergenceGuard, LogToFile, StopAtRung, build_trainer, evaluation_attention, last_checkpoint,
                               throughput, training_arguments)
 from harness.lineage import score_earlier_tasks, start_from
 from harness.units import format_bytes
@@ -83,6 +84,9 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
     distributed.start()
     probe = probe_sample()  # general English for the forgetting probe (loss for causal LMs, similarity for encoders)
 
+    # a resumed run's validation curve so far (this process scores only the steps after its checkpoint)
+    earlier_curve = (read_record(run_dir) or {}).get("val_curve") or [] \
+        if last_checkpoint(run_dir / "checkpoints", remove_incomplete=False) else []
     result: dict[str, Any] = identity(cfg) | {
         "status": Status.RUNNING.value, "reason": None,
         "lr": eff["train"]["lr"], "precision": eff["train"]["precision"], "max_steps": steps,
@@ -166,6 +170,9 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
 
         curve = ValidationCurve(cfg.train.eval_every, score_subset, tracker.log)
         callbacks.append(curve)
+    rung = StopAtRung(cfg.rung_step) if cfg.get("rung_step") else None
+    if rung:
+        callbacks.append(rung)
     args = training_arguments(cfg.train, eff["train"]["lr"], eff["train"]["precision"], cfg.seed,
                               run_dir / "checkpoints", max_steps=steps,
                               dist=distributed.training_kwargs(cfg.dist))
@@ -182,7 +189,7 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
         "largest_batch": trained["largest"], "train_steps_done": trainer.state.global_step,
         "train_epochs_done": trainer.state.epoch, "train_examples": trained["examples"],
         "eval_s": round(eval_s, 3), "eval_subset": len(subset) if curve else 0,
-        "val_curve": curve.points if curve else []}
+        "val_curve": [p for p in earlier_curve if p["step"] <= resumed_steps] + (curve.points if curve else [])}
     result["loss_curve"] = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     result["update_check"], stuck = update.report()
     result |= adalora_record(model) or {}  # AdaLoRA: the schedule's end step and what the pruning kept
@@ -194,6 +201,12 @@ def execute(cfg: DictConfig, eff: dict[str, Any], rid: str, run_dir: Path) -> di
             "train_examples": sum(r["examples"] for r in ranks), "dist_wrapper": type(trainer.model_wrapped).__name__}
         if not main and not sharded:
             return result
+    if rung and rung.stopped and guard.diverged_at is None:  # a halving rung: resumed later, or never
+        result |= {"status": Status.PAUSED.value, "rung_step": trainer.state.global_step, "finished_at": now(),
+                   "reason": f"stopped at successive-halving rung step {trainer.state.global_step} (checkpoint kept)"}
+        record(result)
+        tracker.finish(result)
+        return result
     if guard.diverged_at is not None or stuck:  # nothing worth scoring or saving
         reason = f"non-finite loss at step {guard.diverged_at}" if guard.diverged_at is not None else \
             stuck_reason(stuck, result["update_check"])

@@ -40,7 +40,8 @@ FIELDS: tuple[Field, ...] = (
         columns=('run_id', 'task', 'model', 'method', 'r', 'alpha', 'targets', 'seed', 'group'),
         required=('run_id', 'task', 'model', 'method', 'r', 'alpha', 'targets', 'seed')),
     Field(('status', 'reason'),
-        '`running`, `ok`, `collapsed`, `failed` (an error, or a trainable tensor that never trained: see '
+        '`running`, `ok`, `collapsed`, `paused` (stopped at a successive-halving rung with a checkpoint, '
+        '`rung_step`; not a finished run), `failed` (an error, or a trainable tensor that never trained: see '
         '`update_check`), `invalid`, `oom`, `diverged`, `interrupted` (harness/results.py). `collapsed`: trained '
         "to the end and finite, but the training loss ended more than 5% above its start, or a classifier's "
         'validation predictions fell onto one class (>= 95% of >= 30 rows and >= 10 points above that class\'s '
@@ -105,7 +106,10 @@ FIELDS: tuple[Field, ...] = (
         'seconds they took',
     ),
     Field(('lr', 'lr_protocol'),
-        'the learning rate trained at; `two-phase-search` / `two-phase-seeds` when an `lr_search` sweep ran it',
+        'the learning rate trained at; `two-phase-search` / `two-phase-seeds` when an `lr_search` sweep ran it '
+        '(search on the first seed / the other seeds at the selected rate), `selection-seed-search` / '
+        '`selection-seed-report` with a held-out `selection_seed` (the analysis leaves search runs out of reported '
+        'means)',
         columns=('lr', 'lr_protocol')),
     Field(('adapter_bytes',),
         'bytes on disk of what the run saved (`adapter/`, or `model/` for full FT)',
@@ -171,6 +175,10 @@ FIELDS: tuple[Field, ...] = (
         'installed}}` for those that are not (null without a lock file). `python -m harness.rerun RUN_DIR` '
         're-runs a record from all this',
         required=('versions', 'git_commit')),
+    Field(('rung_step',),
+        'the successive-halving rung a `paused` run stopped at (`lr_halving` sweeps, harness/halving.py); its '
+        'validation score there is its `val_curve` point at that step',
+        columns=('rung_step',)),
     Field(('started_at', 'finished_at', 'pid', 'host', 'resumed_from', 'rehashed_from'),
         'provenance; `resumed_from`: the checkpoint a re-run continued from; `rehashed_from`: the run_id a '
         'committed record had before the definition of the config hash changed (its folder was renamed)',
@@ -229,6 +237,8 @@ class Status(str, Enum):
     OOM = "oom"
     DIVERGED = "diverged"        # NaN / inf loss
     INTERRUPTED = "interrupted"  # SIGINT / SIGTERM
+    PAUSED = "paused"            # stopped at a successive-halving rung (`rung_step`) with a checkpoint; not a
+                                 # finished run: never selected or averaged; the sweeper resumes the survivors
 
 
 DONE_STATUSES = (Status.OK.value, Status.COLLAPSED.value)

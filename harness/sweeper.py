@@ -11,7 +11,13 @@ With `lr_search=N` the sweep runs in two phases within one command: each variant
 its method's grid (harness/selection.py), then its other seeds at the rate with the best validation score:
 N + S - 1 runs per variant instead of N x S. With `lr_widen=K`, a variant whose best search rate is at an end of
 the rates tried gets the next grid rate beyond it, up to K more. Both phases skip what is already done, so an
-interrupted sweep resumes where it stopped; records say which phase ran them (`lr_protocol`).
+interrupted sweep resumes where it stopped; records say which phase ran them (`lr_protocol`). With
+`selection_seed: 100` the search runs on that seed alone and every reporting seed runs at the selected rate, so
+no reported seed took part in the choice (N + S runs per variant). With `lr_halving: true` the search is
+successive halving (harness/halving.py): every rate starts, runs stop at rungs with a checkpoint (`paused`), the
+best half resume, one trains to the end: about two full-budget runs for up to 7 rates. The plan itself:
+harness/sweep_plan.py.
+A sweep started from a git tree with uncommitted changes warns loudly (`warn_if_dirty`).
 
 With `stages: [[task=classify], [task=extract], ...]` (sweeps/study/continual.yaml) every grid point runs the stages
 one after another, each starting from the previous stage's run (`init_from`, harness/lineage.py).
@@ -22,7 +28,6 @@ from __future__ import annotations
 import logging
 import socket
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,9 +39,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from harness.config import config_hash, effective_config, run_id
 from harness.errors import ConfigError
 from harness.provenance import warn_if_dirty
-from harness.selection import at_grid_edge, lr_candidates, select_lr
+from harness.sweep_plan import (HalvingSearch, SearchVariant, halving_rungs, paused_at_or_after,  # noqa: F401
+                                 search_variants, seed_of, seeds_at_selected_rates)
 from harness.sweep_progress import progress_batch_size, sweep_progress, wall_time_estimate
-from harness.results import (DONE_STATUSES, RESULT_FILE, Status, is_done, now, rejected_before,
+from harness.results import (RESULT_FILE, Status, is_done, now, rejected_before,
                              write_json_atomic)
 from harness.runfolder import read_record
 
@@ -56,10 +62,6 @@ def check_one_run_per_gpu(launcher: Any) -> None:
     if n_jobs is None or n_jobs == -1 or int(n_jobs) > 1:
         raise ConfigError(f"hydra/launcher=joblib with n_jobs={n_jobs} would put several runs on one GPU at once; "
                           "set hydra.launcher.n_jobs=1, or use hydra/launcher=submitit_slurm (one GPU per job)")
-
-
-def _seed_of(overrides: list[str]) -> int:
-    return next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("seed=")), 0)
 
 
 def _with_seed_range(arguments: list[str]) -> list[str]:
@@ -98,7 +100,7 @@ class HarnessSweeper(BasicSweeper):
                       for variant in variants for point in points]
         # seed-major: every grid point at the first seed before any at the next, so an interrupted sweep has the
         # whole grid at fewer seeds rather than part of it at all seeds
-        return sorted(points, key=_seed_of)
+        return sorted(points, key=seed_of)
 
     def plan(self, arguments: list[str], grid: list[list[str]] | None = None
              ) -> tuple[list[list[str]], list[dict[str, Any]]]:
@@ -149,18 +151,24 @@ class HarnessSweeper(BasicSweeper):
             if stages:
                 returns += self.sweep_stages(arguments, grid, stages, runs)
             elif lr_search:
-                variants = search_variants(grid, lr_search, self._compose)
+                selection_seed = self.config.get("selection_seed")
+                variants = search_variants(grid, lr_search, self._compose,
+                                           None if selection_seed is None else int(selection_seed))
                 widen, launched = int(self.config.get("lr_widen") or 0), 0
-                while True:
+                on = "the first seed" if selection_seed is None else f"selection seed {int(selection_seed)}"
+                if self.config.get("lr_halving"):
+                    launched = self.halving(arguments, variants, runs, returns, sweep_dir, on)
+                while not self.config.get("lr_halving"):
                     todo, runs = self.plan(arguments, [o for v in variants for o in v.search_overrides()])
-                    self._log_plan("phase 1 (learning-rate search on the first seed)", runs, todo)
+                    self._log_plan(f"phase 1 (learning-rate search on {on})", runs, todo)
                     returns += self.launch(todo, start_idx=launched)
                     launched += len(todo)
                     if not any([v.widen(runs, widen) for v in variants]):  # every variant, not the first only
                         break
                 second = seeds_at_selected_rates(variants, runs)
                 todo2, runs2 = self.plan(arguments, second)
-                self._log_plan("phase 2 (the other seeds at each variant's selected rate)", runs2, todo2)
+                seeds = "the other seeds" if selection_seed is None else "every reporting seed"
+                self._log_plan(f"phase 2 ({seeds} at each variant's selected rate)", runs2, todo2)
                 runs += runs2
                 returns += self.launch(todo2, start_idx=launched)
             else:
@@ -172,6 +180,38 @@ class HarnessSweeper(BasicSweeper):
                 mark_if_killed(row["run_dir"])
             self.report(runs, sweep_dir)
         return returns
+
+    def halving(self, arguments: list[str], variants: list[SearchVariant], runs: list[dict[str, Any]],
+                returns: list[Any], sweep_dir: Path, on: str) -> int:
+        """Phase 1 by successive halving (harness/halving.py): every variant's rates start on the search seed and
+        stop at the first rung (status `paused`, a checkpoint kept); the best half resume to the next rung, until
+        one trains to the end of the budget (`ok`, the selected rate). Appends every search run's row to `runs`
+        (latest state per run); writes halving-<group>.json (scores, survivors, ties, cost). Returns runs launched."""
+        if self.config.get("lr_widen"):
+            log.warning("sweep: lr_widen is not applied with lr_halving (the rates are fixed before the rungs)")
+        explicit = list(self.config.get("lr_halving_rungs") or [])
+        searches = [HalvingSearch(v, halving_rungs(v, budget_steps(v.cfg), int(v.cfg.train.eval_every or 0), explicit))
+                    for v in variants]
+        launched, rows_by_id = 0, OrderedDict()
+        for level in range(max(len(h.rungs) for h in searches) + 1):
+            batch = [(h, h.rungs[level] if level < len(h.rungs) else None) for h in searches if level <= len(h.rungs)]
+            points = [o for h, rung in batch for o in h.overrides(rung.step if rung else None)]
+            _, rows = self.plan(arguments, points)
+            todo = [r["overrides"] for r in rows if not r["done"] and not _stands_at(r)]
+            where = "to the end of the budget" if all(r is None for _, r in batch) else f"rung {level + 1}"
+            self._log_plan(f"phase 1 (successive halving on {on}, {where})", rows, todo)
+            returns += self.launch(todo, start_idx=launched)
+            launched += len(todo)
+            rows_by_id.update((r["run_id"], r) for r in rows)
+            for h, rung in batch:
+                if rung is not None:
+                    h.cut(rung, {float(r["cfg"].train.lr): read_record(r["run_dir"]) for r in rows
+                                 if _variant_key_of(r) == h.variant.key})
+        runs += rows_by_id.values()
+        name = self.config.get("group") or "sweep"
+        write_json_atomic(sweep_dir / f"halving-{name}.json",
+                          [h.summary(budget_steps(h.variant.cfg)) for h in searches])
+        return launched
 
     def sweep_stages(self, arguments: list[str], grid: list[list[str]], stages: list[list[str]],
                      runs: list[dict[str, Any]]) -> list[Any]:
@@ -234,107 +274,25 @@ class HarnessSweeper(BasicSweeper):
         print(table.drop(columns=["reason"]).to_string(index=False), flush=True)
 
 
-def _variant_key(overrides: list[str]) -> tuple[str, ...]:
-    return tuple(o for o in overrides if not o.startswith("seed="))
+def _variant_key_of(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(o for o in row["overrides"] if not o.startswith(("seed=", "train.lr=", "lr_protocol=", "rung_step=")))
 
 
-@dataclass
-class SearchVariant:
-    """One variant of an lr_search sweep: its first seed's grid point, the rates searched on it, the other seeds."""
-
-    key: tuple[str, ...]
-    first: list[str]
-    cfg: Any
-    rates: list[float]
-    waiting: list[list[str]]
-    widened: int = 0
-
-    def rank(self) -> int | None:
-        return self.cfg.r if self.cfg.method.get("has_rank") else None
-
-    def candidates(self, n: int) -> list[float]:
-        """The method's `n` grid rates centred on its default, at this variant's rank."""
-        return lr_candidates(self.cfg.method, self.rank(), n, self.default_lr())
-
-    def grid(self) -> list[float]:
-        return self.candidates(len(self.cfg.method.lr_grid["values"]))
-
-    def default_lr(self) -> float:
-        return float(self.cfg.train.lr if self.cfg.train.lr is not None else self.cfg.method.lr)
-
-    def search_overrides(self) -> list[list[str]]:
-        return [[*self.first, f"train.lr={lr}", "lr_protocol=two-phase-search"] for lr in self.rates]
-
-    def points(self, runs: list[dict[str, Any]]) -> tuple[list[tuple[float, int, float]], list[float]]:
-        """(lr, seed, val) of this variant's usable search runs, and every rate tried (collapsed ones too)."""
-        usable, tried = [], []
-        for row in runs:
-            if _variant_key(_without_search(row["overrides"])) != self.key:
-                continue
-            result = read_record(row["run_dir"]) or {}
-            if result.get("status") in DONE_STATUSES:
-                tried.append(float(row["cfg"].train.lr))
-            if result.get("status") == Status.OK.value:
-                usable.append((float(row["cfg"].train.lr), int(row["cfg"].seed), result.get("val_score")))
-        return usable, tried
-
-    def widen(self, runs: list[dict[str, Any]], limit: int) -> bool:
-        """When the best usable rate is the largest (smallest) of those tried, add the next grid rate above
-        (below) it, up to `limit` extra rates per variant. Returns whether a rate was added."""
-        if self.widened >= limit:
-            return False
-        usable, tried = self.points(runs)
-        chosen = select_lr(usable)[0]
-        if chosen is None or not at_grid_edge(chosen, tried):
-            return False
-        grid = self.grid()
-        above = [lr for lr in grid if lr > max(tried)] if chosen == max(tried) else []
-        below = [lr for lr in grid if lr < min(tried)] if chosen == min(tried) else []
-        step = above[:1] or below[-1:]
-        if not step:
-            return False
-        log.info("sweep: %s is best at %g, the edge of %s: widening to %g", " ".join(self.key) or "(default)",
-                 chosen, ",".join(f"{x:g}" for x in sorted(tried)), step[0])
-        self.rates.append(step[0])
-        self.widened += 1
-        return True
+def _stands_at(row: dict[str, Any]) -> bool:
+    """A halving run already paused at (or past) the rung its overrides ask for: not relaunched."""
+    step = next((o.split("=", 1)[1] for o in row["overrides"] if o.startswith("rung_step=")), "null")
+    return step != "null" and paused_at_or_after(read_record(row["run_dir"]), int(step))
 
 
-def _without_search(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if not o.startswith(("train.lr=", "lr_protocol="))]
+def budget_steps(cfg: Any) -> int:
+    """A run's planned optimizer steps (its budget), as the run itself will count them."""
+    if cfg.train.get("max_steps"):
+        return int(cfg.train.max_steps)
+    from harness.assets import cache_dir
+    from harness.tasks import get_task
+    from harness.validation import planned_steps
 
-
-def search_variants(grid: list[list[str]], n: int, compose) -> list[SearchVariant]:
-    """Phase 1's plan: each variant's first seed at the `n` rates of its method's grid centred on its default;
-    its other seeds wait for the selected rate."""
-    by_variant: OrderedDict[tuple[str, ...], list[tuple[int, list[str], Any]]] = OrderedDict()
-    for overrides in grid:
-        cfg = compose(overrides)
-        by_variant.setdefault(_variant_key(overrides), []).append((int(cfg.seed), overrides, cfg))
-    variants = []
-    for key, points in by_variant.items():
-        points.sort(key=lambda p: p[0])
-        _, first, cfg = points[0]
-        variant = SearchVariant(key, first, cfg, [], [overrides for _, overrides, _ in points[1:]])
-        variant.rates = variant.candidates(n)
-        variants.append(variant)
-    return variants
-
-
-def seeds_at_selected_rates(variants: list[SearchVariant], searched: list[dict[str, Any]]) -> list[list[str]]:
-    """Phase 2: every waiting grid point at its variant's selected rate (best validation score of the search;
-    ties: the smaller rate). A variant none of whose search runs finished usable gets no phase 2."""
-    second: list[list[str]] = []
-    for variant in variants:
-        chosen, means, _ = select_lr(variant.points(searched)[0])
-        if chosen is None:
-            if variant.waiting:
-                log.warning("sweep: no usable search run for %s; its other seeds are not run", " ".join(variant.key))
-            continue
-        log.info("sweep: %s -> train.lr=%g (validation %s)", " ".join(variant.key) or "(default)", chosen,
-                 ", ".join(f"{lr:g}: {m:.4f}" for lr, m in means.items()))
-        second += [[*overrides, f"train.lr={chosen}", "lr_protocol=two-phase-seeds"] for overrides in variant.waiting]
-    return second
+    return planned_steps(cfg.train, len(get_task(cfg.task, cache_dir(cfg.paths.cache)).splits()["train"]))
 
 
 def mark_if_killed(run_dir: Path) -> None:

@@ -76,6 +76,20 @@ class DivergenceGuard(TrainerCallback):
             control.should_training_stop = True
 
 
+class StopAtRung(TrainerCallback):
+    """Successive halving's rung (harness/halving.py): at step `step` training stops and Trainer saves a
+    checkpoint, after the step's validation score (harness/validation.py ValidationCurve, in `on_log`), so the
+    run resumes from there with the full budget's schedule. `stopped` says whether it did."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.stopped = int(step), False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step and state.global_step < state.max_steps:
+            control.should_save = control.should_training_stop = True
+            self.stopped = True
+
+
 class LogToFile(TrainerCallback):
     """Trainer's logged values (loss, learning rate, gradient norm, ...) as lines of the run folder's `run.log`
     (logger `harness.log_file`, file only: the console already shows Trainer's own printout)."""

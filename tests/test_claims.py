@@ -270,13 +270,19 @@ def test_the_ledger_is_logged_to_wandb_and_the_report_shows_it(tmp_path, monkeyp
 
 def test_make_study_runs_each_sweep_then_its_analyses_and_the_ledger() -> None:
     import subprocess
+    import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
     out = subprocess.run(["make", "-s", "-o", "setup", "study", "SCALE=gpu", "STUDY_SWEEPS=fair-classify intruder-lm",
                           "PY=echo"], cwd=repo, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    (line,) = out.stdout.splitlines()  # make study is one command: harness.study reads the manifest
+    assert "-m harness.study --scale gpu" in line and "--only fair-classify intruder-lm" in line
+    out = subprocess.run([sys.executable, "-m", "harness.study", "--scale", "gpu", "--only", "fair-classify intruder-lm",
+                          "--dry-run"], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("would run: ")]
     sweeps = [line for line in lines if "harness.run --multirun" in line]
     assert len(sweeps) == 2 and "model=roberta-base" in sweeps[0] and "model=qwen2.5-0.5b" in sweeps[1]
     assert all("paths.runs=runs/study-gpu/" in line for line in sweeps)
@@ -286,5 +292,6 @@ def test_make_study_runs_each_sweep_then_its_analyses_and_the_ledger() -> None:
               "analysis.report --runs results/study-gpu/fair-classify", "config-name intruder-lm",
               "analysis.intruder runs/study-gpu/intruder-lm", "analysis.claims --runs results/study-gpu")]
     assert order == sorted(order)  # each sweep, then its analyses and records, the ledger last
+    assert lines[-1].endswith("--report results/REPORT-gpu.md")
     analyses = [line for line in lines if "analysis.intruder" in line]
     assert len(analyses) == 1 and "--scale-intruders 0.5,0.7" in analyses[0]  # the causal-LM arm's causal test

@@ -331,3 +331,131 @@ def test_widening_adds_the_next_grid_rate_beyond_an_edge_until_bracketed(tmp_pat
     assert low.widen(rows({6e-5: ("ok", 0.8), 2e-4: ("ok", 0.6), 6e-4: ("ok", 0.5)}), limit=1)
     assert low.rates[-1] == 2e-5
     assert not low.widen(rows({2e-5: ("ok", 0.9), 6e-5: ("ok", 0.8), 2e-4: ("ok", 0.6), 6e-4: ("ok", 0.5)}), limit=1)
+
+
+# ---- a held-out selection seed (selection_seed) ----
+
+def test_held_out_selection_seed_plans_search_apart_from_every_reporting_seed(tmp_path: Path) -> None:
+    from harness.sweep_plan import SELECTION_SEED_REPORT, SELECTION_SEED_SEARCH, search_variants, \
+        seeds_at_selected_rates
+
+    grid = [[*v, f"seed={s}"] for s in range(5) for v in (["method=full"], ["method=lora", "r=16"])]
+    variants = search_variants(grid, 2, compose, selection_seed=100)
+    assert [len(v.waiting) for v in variants] == [5, 5]  # every reporting seed waits for the selected rate
+    search = [o for v in variants for o in v.search_overrides()]
+    assert len(search) == 4 and all("seed=100" in o and f"lr_protocol={SELECTION_SEED_SEARCH}" in o for o in search)
+    assert not any(f"seed={s}" in o for o in search for s in range(5))
+    rows = []
+    for overrides in search:
+        folder = tmp_path / str(len(rows))
+        folder.mkdir()
+        lr = float(next(o for o in overrides if o.startswith("train.lr=")).split("=")[1])
+        (folder / "result.json").write_text(json.dumps({"status": "ok", "val_score": lr}))  # higher rate wins
+        rows.append({"overrides": overrides, "run_dir": folder, "cfg": compose([o for o in overrides
+                                                                               if not o.startswith("lr_protocol=")])})
+    second = seeds_at_selected_rates(variants, rows)
+    assert len(second) == 10 and all(f"lr_protocol={SELECTION_SEED_REPORT}" in o for o in second)
+    assert sorted(int(o.split("=")[1]) for p in second for o in p if o.startswith("seed=")) == sorted(list(range(5)) * 2)
+    full_rates = [lr for v in variants if v.key == ("method=full",) for lr in v.rates]
+    assert all(f"train.lr={max(full_rates)}" in p for p in second if "method=full" in p)
+    with pytest.raises(ConfigError, match="selection_seed=3 is also a reporting seed"):
+        search_variants(grid, 2, compose, selection_seed=3)
+
+
+def test_a_sweep_file_with_selection_seed_searches_on_it_and_reports_every_seed(tmp_path: Path) -> None:
+    sweep = tmp_path / "conf"
+    sweep.mkdir()
+    (sweep / "held.yaml").write_text("defaults:\n  - config\n  - _self_\n\nlr_search: 2\nselection_seed: 100\n"
+                                     "seeds: 2\nvariants:\n  - [method=full]\n")
+    proc = run_cli(["-m", "--config-dir", str(sweep), "--config-name", "held", "model=tiny-llama", *TINY,
+                    f"paths.runs={tmp_path / 'runs'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/result.json")]
+    search = [r for r in records if r["lr_protocol"] == "selection-seed-search"]
+    report = [r for r in records if r["lr_protocol"] == "selection-seed-report"]
+    assert sorted(r["seed"] for r in search) == [100, 100] and sorted(r["seed"] for r in report) == [0, 1]
+    chosen = select_lr([(r["lr"], 100, r["val_score"]) for r in search if r["status"] == "ok"])[0]
+    assert {r["lr"] for r in report} == {chosen}
+    assert "learning-rate search on selection seed 100" in proc.stdout + proc.stderr
+
+
+def test_analysis_leaves_out_exactly_the_held_out_search_runs(tmp_path: Path) -> None:
+    from analysis.gain import Study
+
+    def held_out(method: str, rates: dict[float, float], tests: list[float], **kw) -> list[dict]:
+        out = [rec(method, 100, lr, val, 0.99, **kw) | {"lr_protocol": "selection-seed-search"}
+               for lr, val in rates.items()]  # the search seed's test score is high: it must not be reported
+        best = max(rates, key=rates.get)
+        return out + [rec(method, s, best, 0.8, t, **kw) | {"lr_protocol": "selection-seed-report"}
+                      for s, t in enumerate(tests)]
+
+    records = [*held_out("full", {5e-5: 0.8, 1.5e-4: 0.7}, [0.80, 0.82]),  # 2 reporting seeds
+               *held_out("lora", {2e-4: 0.7, 6e-4: 0.8}, [0.78], r=16)]     # 1: still leaves the search out
+    study = Study(frame(records, tmp_path))
+    for (cell, variant), arm in study.arms.items():
+        assert 100 not in arm.seeds and arm.seeds, (variant, arm.seeds)
+        assert "selection seed 100 left out" in study.seed_notes[(cell, variant)]
+    assert sorted(len(a.seeds) for a in study.arms.values()) == [1, 2]
+
+
+# ---- successive halving of the search (lr_halving) ----
+
+def test_halving_sweep_resumes_survivors_and_never_selects_a_paused_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    args = ["-m", "model=tiny-llama", *TINY, "method=lora", "lr_search=4", "lr_halving=true", "seeds=2",
+            "train.max_steps=8", "train.eval_every=2", "train.eval_subset=8", f"paths.runs={runs}"]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in runs.glob("*/result.json")]
+    search = [r for r in records if r["seed"] == 0]
+    assert len(search) == 4 and len(records) == 5
+    # 4 rates to step 2, the best 2 on to step 4, the best one to the end (8): 2 full-budget runs in all
+    by_status = sorted((r["status"], r.get("rung_step")) for r in search)
+    assert by_status == [("ok", None), ("paused", 2), ("paused", 2), ("paused", 4)], by_status
+    (winner,) = [r for r in search if r["status"] == "ok"]
+    assert winner["resumed_from"] == "checkpoint-4"  # resumed, not restarted
+    assert [p["step"] for p in winner["val_curve"]] == [2, 4, 6, 8]  # the curve before the checkpoint is kept
+    (later,) = [r for r in search if r.get("rung_step") == 4]
+    assert later["resumed_from"] == "checkpoint-2"
+    (report,) = [r for r in records if r["seed"] == 1]
+    assert report["lr"] == winner["lr"] and report["status"] == "ok"  # a paused run is never the selected rate
+    summary = json.loads((runs / "halving-sweep.json").read_text())
+    assert summary[0]["cost_full_runs"] == 2.0 and summary[0]["selected"] == winner["lr"]
+    # a tiny random model scores 0 at every rung: the ties are reported and go to the smaller rates
+    assert summary[0]["rungs"][0]["tied_across_cut"] == sorted(summary[0]["rates"])
+    assert [r["step"] for r in summary[0]["rungs"]] == [2, 4]
+    again = run_cli(args)  # resumes: nothing is relaunched, paused runs stay where they stand
+    assert again.returncode == 0
+    assert "0 to run" in again.stdout + again.stderr and "1 to run" not in again.stdout + again.stderr
+
+
+def test_analysis_counts_halving_rates_as_tried_and_never_reports_a_paused_run(tmp_path: Path) -> None:
+    from analysis.gain import Study
+
+    records = []
+    for method, kw, lrs in (("full", {}, (5e-5, 1.5e-4)), ("lora", {"r": 16}, (2e-4, 6e-4))):
+        records += [rec(method, 0, lrs[0], 0.5, 0.99, **kw) | {"status": "paused", "rung_step": 5, "score": None,
+                                                                "val_score": None, "lr_protocol": "two-phase-search"},
+                    rec(method, 0, lrs[1], 0.8, 0.90, **kw) | {"lr_protocol": "two-phase-search"},
+                    *[rec(method, s, lrs[1], 0.8, 0.80, **kw) | {"lr_protocol": "two-phase-seeds"} for s in (1, 2)]]
+    df = frame(records, tmp_path)
+    sel = tables.selection(df).set_index("variant")
+    assert (sel["n_lrs"] == 2).all() and (sel["selection_seeds"] == "0").all()
+    assert sorted(sel["selected_lr"]) == [1.5e-4, 6e-4]  # the finished survivor, never the paused rate
+    study = Study(df)
+    assert all(arm.seeds == (1, 2) for arm in study.arms.values())  # the search seed is left out as before
+    assert tables.failures(df).empty  # a paused rate is not a failure
+
+
+def test_halving_rungs_follow_the_validation_points_or_explicit_steps() -> None:
+    from harness.sweep_plan import SearchVariant, halving_rungs
+
+    cfg = compose(["method=lora", "r=16", "seed=0"])
+    variant = SearchVariant(("method=lora",), ["method=lora", "seed=0"], cfg, [1e-4, 2e-4, 6e-4, 2e-3, 6e-3, 2e-2, 6e-2], [])
+    rungs = halving_rungs(variant, 800, 50)
+    assert [(r.step, r.n_in, r.n_keep) for r in rungs] == [(100, 7, 3), (200, 3, 1)]  # 1/8 and 1/4 of the budget
+    assert [(r.step, r.n_in, r.n_keep) for r in halving_rungs(variant, 800, 50, [150, 400])] == [(150, 7, 3), (400, 3, 1)]
+    with pytest.raises(ConfigError, match="lr_halving_rungs"):
+        halving_rungs(variant, 800, 50, [130, 400])  # validation is not scored at step 130
+    with pytest.raises(ConfigError, match="train.eval_every"):
+        halving_rungs(variant, 800, 0)

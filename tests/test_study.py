@@ -1,0 +1,79 @@
+"""The study manifest (conf/study.yaml) and `python -m harness.study`: every study sweep is in it, run counts
+follow the sweep files, the cap drops sweeps from the bottom, bad names are one-line errors, --dry-run runs nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from harness import study
+from harness.errors import ConfigError
+
+
+def run_study(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.study", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_manifest_names_existing_sweeps_encoders_first() -> None:
+    plans, cap, _ = study.load_plan("cpu")
+    names = [p.name for p in plans]
+    assert cap == 16 and len(names) == len(set(names))
+    assert all((REPO / "sweeps" / "study" / f"{n}.yaml").exists() for n in names)
+    families = [p.family for p in plans]
+    assert families == sorted(families, key=lambda f: f != "encoder")  # every encoder sweep before any causal-LM
+    assert all(p.minutes_per_run > 0 for p in plans)
+    gpu = study.load_plan("gpu")[2]
+    assert gpu == {"encoder": ["model=roberta-base"], "causal": ["model=qwen2.5-0.5b"]}
+
+
+def test_run_counts_follow_the_sweep_file() -> None:
+    assert study.count_runs({"variants": [["method=full"], ["method=lora"]], "seeds": 3, "lr_search": 4,
+                             "lr_widen": 2}) == (2 * 6, 2 * 8)            # 4 rates on seed 0 + seeds 1, 2
+    assert study.count_runs({"variants": [["method=full"]], "seeds": 5, "lr_search": 3,
+                             "selection_seed": 100}) == (8, 8)            # 3 rates on seed 100 + seeds 0..4
+    assert study.count_runs({"variants": [["method=full"]], "seeds": 5, "lr_search": 7, "selection_seed": 100,
+                             "lr_halving": True}) == (7, 7)              # 7 rates for ~2 full runs + 5 seeds
+    assert study.count_runs({"variants": [["a"]] * 3, "stages": [["x"], ["y"]],
+                             "hydra": {"sweeper": {"params": {"seed": "0"}}}}) == (6, 6)
+    sweep = study._sweep_file("intruder-selected", REPO / "sweeps" / "study")  # builds on intruder.yaml
+    assert sweep["task"]["n_train"] == 2400 and sweep["lr_search"] == 3
+
+
+def test_the_cap_drops_sweeps_from_the_bottom() -> None:
+    plans = [study.SweepPlan(n, "encoder", 60, 60, 6.0) for n in ("a", "b", "c")]  # 6 h each
+    kept, dropped = study.within_cap(plans, 13)
+    assert [p.name for p in kept] == ["a", "b"] and [p.name for p in dropped] == ["c"]
+    out = run_study("--dry-run", "--cap-hours", "2")
+    assert out.returncode == 0, out.stderr
+    assert "DROPPED intruder-lm" in out.stdout and "would run: python -m harness.run" in out.stdout
+    assert "config-name intruder-lm" not in out.stdout
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing() -> None:
+    out = run_study("--dry-run", "--only", "fair-style", "--", "seeds=5")
+    assert out.returncode == 0, out.stderr
+    assert "ESTIMATES" in out.stdout and "fair-style" in out.stdout and "~" in out.stdout
+    lines = [line for line in out.stdout.splitlines() if line.startswith("would run: ")]
+    assert len(lines) == 4 and lines[0].endswith("paths.runs=runs/study/fair-style seeds=5")
+    assert "analysis.claims --runs results/study " in lines[-1]
+    assert "+ python" not in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [(["--only", "nope"], "--only names nope"),
+                                          (["--scale", "tpu"], "--scale tpu is not in")])
+def test_bad_names_are_one_line_errors(args: list[str], message: str) -> None:
+    out = run_study("--dry-run", *args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_manifest_sweep_without_its_file_is_refused(tmp_path: Path) -> None:
+    manifest = tmp_path / "study.yaml"
+    manifest.write_text("cap_hours: 1\nscales: {cpu: {encoder: []}}\nsweeps:\n"
+                        "  - {name: missing, family: encoder, minutes_per_run: {cpu: 1}}\n")
+    with pytest.raises(ConfigError, match="sweep 'missing'"):
+        study.load_plan("cpu", manifest)
