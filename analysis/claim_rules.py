@@ -32,7 +32,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
-from scipy import stats
 
 from analysis.choices import best_by_validation
 from analysis.verdicts import (ABOVE_RANGE, INCONCLUSIVE, LABELS, MIN_SEEDS, NOT_LEARNED, NOT_RUN, REFUTED, SHOWN,
@@ -189,11 +188,44 @@ def claim_8(ev: Evidence, v: Verdict) -> Verdict:
 
 @claim(9, "AdaLoRA uses a fixed parameter budget more efficiently than LoRA.")
 def claim_9(ev: Evidence, v: Verdict) -> Verdict:
-    """AdaLoRA minus LoRA at the same final rank and targets in one learned cell, paired: supported when every
-    difference is > 0 beyond its interval, refuted when one is < 0 beyond it, else inconclusive."""
-    return compare(ev, v, lambda x: x["method"] == "adalora", lambda y: y["method"] == "lora",
-                   lambda x: (x["r"], x["targets"]), missing="fair AdaLoRA and LoRA rows at the same rank and targets",
-                   consistent=True)
+    """AdaLoRA minus LoRA at an equal final trainable-parameter count: AdaLoRA's `params_effective` (the ranks its
+    pruning kept, plus the head) within 5% of LoRA's trainable count, same targets, one learned cell, paired;
+    supported when every difference is > 0 beyond its interval, refuted when one is < 0 beyond it, else
+    inconclusive. A pair at unequal budgets (older records hold no params_effective, and AdaLoRA's allocated
+    count is larger) is listed, not judged."""
+    fair = ev.fair()
+    if fair.empty:
+        v.missing = "fair AdaLoRA and LoRA rows (make sweep TASK=fair-adalora)"
+        return v
+    pairs, unequal = [], []
+    for x, y in pairs_of(fair, lambda r: r["method"] == "adalora", lambda r: r["method"] == "lora",
+                         lambda r: r["targets"]):
+        kept, lora = _variant_params(ev, x, "params_effective"), _variant_params(ev, y, "params_trainable")
+        if kept is not None and lora and abs(kept / lora - 1) <= EQUAL_BUDGET:
+            pairs.append((x, y))
+        else:
+            allocated = _variant_params(ev, x, "params_trainable")
+            unequal.append(f"not judged, unequal budgets: {x['label']} ({'kept ' + format(kept, ',.0f') if kept else 'allocated ' + format(allocated or 0, ',.0f')}) "
+                           f"vs {y['label']} ({lora or 0:,.0f}) in {x['cell']}")
+    if not pairs:
+        v.missing = ("AdaLoRA and LoRA at an equal final parameter count (params_effective within 5%): "
+                     "make sweep TASK=fair-adalora")
+        v.evidence += unequal
+        return v
+    v = paired_rule(v, ev, pairs, consistent=True)
+    v.evidence += unequal
+    return v
+
+
+EQUAL_BUDGET = 0.05  # claim 9: the final trainable counts compared may differ by at most this share
+
+
+def _variant_params(ev: Evidence, row: pd.Series, column: str) -> float | None:
+    """The median of `column` over a variant's runs at its selected rate (None when no run records it)."""
+    runs = ev.runs[(ev.runs["cell"] == row["cell"]) & (ev.runs["variant"] == row["variant"])]
+    if column not in runs or runs[column].isna().all():
+        return None
+    return float(pd.to_numeric(runs[column], errors="coerce").median())
 
 
 @claim(10, "IA3 trains far fewer parameters than LoRA.")
@@ -308,21 +340,32 @@ def claim_12(ev: Evidence, v: Verdict) -> Verdict:
 
 @claim(13, "Merging task adapters with TIES or DARE degrades only slightly against the individual adapters.")
 def claim_13(ev: Evidence, v: Verdict) -> Verdict:
-    """From merge tables: mean retention of the TIES / DARE task-vector merges against the individual adapters;
-    supported when every one is >= 90%, refuted when one is < 75%, else inconclusive."""
+    """From merge tables made by `merge --select` (weight and density chosen on validation, scored on test): mean
+    retention of the TIES / DARE merges against the individual adapters; supported when every one is >= 90%,
+    refuted when one is < 75%, else inconclusive. The untuned base and the union adapter are shown beside them. A
+    table whose weights were fixed by hand (no validation choice) is listed, not judged."""
     values = []
     for table in ev.merges:
-        for name, share in ((table.get("mean") or {}).get("retention") or {}).items():
+        chosen = bool(table.get("selection"))
+        mean = table.get("mean") or {}
+        for name, share in (mean.get("retention") or {}).items():
             if name.startswith(("ties", "dare")) and not name.endswith("_factors") and share is not None:
-                values.append(share)
-                v.evidence.append(f"{table.get('name', 'merge')}: {name} {100 * share:.1f}%")
+                if chosen:
+                    values.append(share)
+                v.evidence.append(f"{table.get('name', 'merge')}: {name} {100 * share:.1f}%"
+                                  + ("" if chosen else " (not judged: weights fixed by hand, not chosen on validation)"))
+        if mean.get("own"):
+            v.evidence.append(f"{table.get('name', 'merge')}: untuned base {100 * (mean.get('base') or 0) / mean['own']:.1f}% "
+                              f"of the own adapters, union adapter "
+                              + (f"{100 * mean['retention']['union']:.1f}%" if (mean.get("retention") or {}).get("union") is not None else "not run"))
     if not values:
-        v.missing = "a multi-task merge table (python -m harness.adapters.merge ... --combine ties,dare_ties) under --runs"
+        v.missing = ("a merge table chosen on validation: make sweep TASK=merge, then per seed "
+                     "python -m harness.adapters.merge ... --select (results/study/budget/merge.md)")
         return v
     v.estimate = f"mean retention {100 * min(values):.1f}-{100 * max(values):.1f}%"
     v.verdict = SUPPORTED if min(values) >= 0.90 else REFUTED if min(values) < 0.75 else INCONCLUSIVE
-    v.scope = "; ".join(f"{t.get('name', 'merge')}: {len(t.get('runs') or [])} adapters, density {t.get('density')}, "
-                        f"weights fixed before scoring" for t in ev.merges)
+    v.scope = "; ".join(f"{t.get('name', 'merge')}: {len(t.get('runs') or [])} adapters, {t.get('n_test') or t.get('n_eval')} "
+                        "test rows per task, weight and density chosen on validation" for t in ev.merges if t.get("selection"))
     return v
 
 

@@ -30,7 +30,7 @@ def row(method: str, r=None, targets="all-linear", task="classify", cell=CELL, r
 
 def evidence(rows: list[dict], scores: dict[str, list[float]] | None = None, **kw) -> Evidence:
     runs = [{"cell": r["cell"], "variant": r["variant"], "method": r["method"], "r": r["r"], "score": s, "seed": seed,
-             "params_trainable": r.get("params", 1000)}
+             "params_trainable": r.get("params", 1000), "params_effective": r.get("effective")}
             for r in rows for seed, s in enumerate((scores or {}).get(r["variant"], [0.8, 0.81, 0.79]))]
     return Evidence(retention=pd.DataFrame(rows), runs=pd.DataFrame(runs), **kw)
 
@@ -110,8 +110,18 @@ def test_paired_claims_use_the_paired_bootstrap_interval(dora, expected) -> None
     # the same rule for all-linear vs q,v (claim 8) and AdaLoRA (claim 9)
     rows8 = [row("lora", 16, ret=(100, 95, 105), variant="all"), row("lora", 16, targets="qv", ret=(100, 95, 105), variant="qv")]
     assert verdict(8, evidence(rows8, {"all": dora, "qv": [0.80, 0.81, 0.79]})).verdict == expected
-    rows9 = [row("adalora", 16, ret=(100, 95, 105)), row("lora", 16, ret=(100, 95, 105))]
-    assert verdict(9, evidence(rows9, {"adalora r=16 all-linear": dora, "lora r=16 all-linear": [0.80, 0.81, 0.79]})).verdict == expected
+    # claim 9 compares at an equal final parameter count: AdaLoRA's kept ranks within 5% of LoRA's count
+    rows9 = [row("adalora", 14, ret=(100, 95, 105), params=1500, effective=1030), row("lora", 16, ret=(100, 95, 105))]
+    scores9 = {"adalora r=14 all-linear": dora, "lora r=16 all-linear": [0.80, 0.81, 0.79]}
+    assert verdict(9, evidence(rows9, scores9)).verdict == expected
+
+
+def test_claim_9_does_not_judge_unequal_budgets() -> None:
+    scores = {"adalora r=16 all-linear": [0.5, 0.5, 0.5], "lora r=16 all-linear": [0.80, 0.81, 0.79]}
+    for adalora in (row("adalora", 16, ret=(60, 50, 70), params=1500),  # an old record: allocated count only
+                    row("adalora", 16, ret=(60, 50, 70), params=1500, effective=1120)):  # kept 12% more
+        v = verdict(9, evidence([adalora, row("lora", 16, ret=(100, 95, 105))], scores))
+        assert v.verdict == NOT_RUN and "fair-adalora" in v.missing and "unequal budgets" in v.evidence[0]
 
 
 def test_claim_6_compares_only_high_ranks() -> None:
@@ -198,8 +208,12 @@ def test_claim_12_without_rounds_lists_the_medians_and_is_not_run() -> None:
 
 @pytest.mark.parametrize("share,expected", [(0.95, SUPPORTED), (0.6, REFUTED), (0.8, INCONCLUSIVE)])
 def test_claim_13_uses_task_vector_merges_only(share, expected) -> None:
-    merges = [{"mean": {"retention": {"ties": share, "dare_ties": share, "ties_factors": 0.1, "linear": 1.0}}}]
+    merges = [{"mean": {"retention": {"ties": share, "dare_ties": share, "ties_factors": 0.1, "linear": 1.0}},
+               "selection": {"ties": {"chosen": {"weight": 1.0, "density": 0.5}}}}]
     assert verdict(13, evidence([], merges=merges)).verdict == expected
+    by_hand = [{k: v for k, v in merges[0].items() if k != "selection"}]  # weights nobody chose on validation
+    v = verdict(13, evidence([], merges=by_hand))
+    assert v.verdict == NOT_RUN and "not judged" in v.evidence[0] and "--select" in v.missing
 
 
 @pytest.mark.parametrize("qlora_gb,expected", [(12, SUPPORTED), (30, REFUTED), (19, INCONCLUSIVE)])

@@ -77,7 +77,7 @@ def select_and_score(runs: list[RunFolder], combine: list[str], weights: list[fl
     """Validation grid per combine type, the chosen point, then test scores of base / own / union / chosen."""
     from peft import PeftModel
 
-    from harness.adapters.merge import COMBINE_FORMS, NEEDS_DENSITY, TABLE_JSON, TABLE_MD, check_combinable
+    from harness.adapters.combine import COMBINE_FORMS, NEEDS_DENSITY, TABLE_JSON, TABLE_MD, check_combinable
 
     check_combinable(runs, combine)
     if not weights or any(w <= 0 for w in weights) or not densities or any(not 0 < d <= 1 for d in densities):
@@ -133,9 +133,9 @@ def select_and_score(runs: list[RunFolder], combine: list[str], weights: list[fl
 def score_test(model, tokenizer, runs: list[RunFolder], names: list[str], combine: list[str], n_test: int | None,
                union: RunFolder | None) -> list[dict[str, Any]]:
     """Test scores, per task, of the base, the task's own adapter, the union run and each chosen merge."""
-    from harness.adapters.merge import _union_model
+    from harness.adapters.combine import union_model
 
-    union_full = _union_model(union, runs, model) if union is not None else None
+    union_full = union_model(union, runs, model) if union is not None else None
     rows = []
     for name, run in zip(names, runs):
         task, split = eval_split(run, "test", n_test)

@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import GenerationMixin
 
-from harness.items import item_id
+from harness.items import item_id, mean_stats
 
 SPLITS = ("train", "validation", "test")
 METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
@@ -205,7 +205,12 @@ class Task:
                      ) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """`score`'s metrics and the item records (`item_records`) from one scoring pass."""
         result = self.score(outputs, rows, items_for=self.primary_metric)
-        scores, stats = result.pop("item_scores"), result.pop("item_stats")
+        if "item_scores" in result:
+            scores, stats = result.pop("item_scores"), result.pop("item_stats")
+        else:  # a scorer without per-item output (e.g. a user's task): each item scored alone, right for a metric
+            # that is a mean over items; a corpus metric must return its own `item_stats` (harness/items.py)
+            scores = [float(self.score([o], [r])[self.primary_metric]) for o, r in zip(outputs, rows)]
+            stats = [mean_stats(x) for x in scores]
         return result, [{"id": item_id(row), "score": float(score), "stats": list(stat),
                          "pred": self.item_pred(output) if keep_pred else None}
                         for row, output, score, stat in zip(rows, outputs, scores, stats)]
