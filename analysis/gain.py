@@ -208,10 +208,17 @@ class Study:
             return row | {"retention_mean": 100.0, "retention_low": math.nan, "retention_high": math.nan,
                           "gain_mean": 100.0, "gain_low": math.nan, "gain_high": math.nan,
                           "note": "; ".join(["reference"] + notes)}
-        raw = _pct(boot.estimate(res, lambda m, f: m / f, "m", "full"))
+        raw = _pct(boot.estimate(res, _ratio, "m", "full"))
         gain = _pct(boot.estimate(res, boot.gain_ratio, "m", "full", "floor"))
         return row | {"retention_mean": raw[0], "retention_low": raw[1], "retention_high": raw[2],
                       "gain_mean": gain[0], "gain_low": gain[1], "gain_high": gain[2], "note": "; ".join(notes)}
+
+
+def _ratio(m, f):
+    """method / full FT, NaN where full FT scored 0 (a tiny or failed run: no retention to speak of)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.divide(np.asarray(m, dtype=float), np.asarray(f, dtype=float))
+    return np.where(np.isfinite(out), out, np.nan) if np.ndim(out) else (float(out) if np.isfinite(out) else math.nan)
 
 
 def gain_table(df: pd.DataFrame) -> tuple[pd.DataFrame, Study]:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.runs import load_folders, load_wandb
-from analysis.tables import (GIB, MIB, at_selected_lr, cost_table, selection, failures, format_retention, pareto, projection, recommendations,
+from analysis.tables import (GIB, MIB, at_selected_lr, ok_runs, cost_table, selection, failures, format_retention, pareto, projection, recommendations,
                              retention, retention_pivot, variant_summary)
 from harness.cli import error
 from harness.errors import ConfigError, HarnessError
@@ -110,6 +110,24 @@ def retention_display(ret: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def gain_display(gain: pd.DataFrame) -> pd.DataFrame:
+    """The gain-retention table as the report shows it: one row per variant at its selected rate."""
+    if gain is None or gain.empty:
+        return pd.DataFrame()
+    def pct(r: pd.Series, col: str) -> str:
+        mean, low, high = r.get(f"{col}_mean"), r.get(f"{col}_low"), r.get(f"{col}_high")
+        if pd.isna(mean):
+            return ""
+        return f"{mean:.1f}%" + ("" if pd.isna(low) else f" [{low:.1f}, {high:.1f}]")
+    rows = [{"task": r["task"], "model": r["model"], "budget": r.get("budget", ""), "variant": r["label"],
+             "seeds reported": r.get("seeds_reported", ""), "test score": _fmt(r.get("score_mean"), ".4f"),
+             "floor": f"{r.get('floor_name') or '?'} {_fmt(r.get('floor_score'), '.4f')}",
+             "gain retention": pct(r, "gain"), "raw retention": pct(r, "retention"),
+             "interval": r.get("interval") or "", "learned": "yes" if r.get("learned", True) else "NOT LEARNED"}
+            for _, r in gain.iterrows()]
+    return pd.DataFrame(rows)
+
+
 def selection_display(sel: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     if sel.empty:
         return sel
@@ -171,7 +189,10 @@ def analyse(df: pd.DataFrame, threshold: float) -> dict[str, pd.DataFrame]:
     summary = pareto(variant_summary(df))
     ret = retention(df)
     proj, proj_note = projection(summary)
-    return {"runs": df, "variants": summary, "retention": ret, "selection": selection(df),
+    from analysis.gain import gain_table
+
+    gain = gain_table(df)[0] if not ok_runs(df).empty else pd.DataFrame()
+    return {"runs": df, "variants": summary, "retention": ret, "gain": gain, "selection": selection(df),
             "selected_runs": at_selected_lr(df), "cost": cost_table(summary), "projection": proj,
             "projection_note": proj_note, "recommendations": recommendations(ret, summary, threshold),
             "failures": failures(df)}
@@ -181,7 +202,13 @@ def sections(res: dict, threshold: float) -> list[tuple[str, str, pd.DataFrame]]
     """(title, note, table) in the order the report shows them."""
     ret = res["retention"]
     return [
-        ("Quality retention", "Score as a percentage of full fine-tuning's on the same task, model and data.",
+        ("Gain over the floor (the ledger's yardstick)",
+         "Gain retention = (variant - floor) / (full FT - floor), the floor being the task's best trivial baseline "
+         "on validation (majority class, copying the input, the untuned model); 95% interval from the seeds x items "
+         "bootstrap (analysis/bootstrap.py; 'seeds only' where the records hold no per-item scores). A cell whose "
+         "full FT does not clear its floor is marked not learned: no retention there means anything.",
+         with_data(gain_display(res["gain"]))),
+        ("Quality retention (raw)", "Score as a percentage of full fine-tuning's on the same task, model and data.",
          with_data(retention_display(ret))),
         ("Learning-rate selection", "Validation score per tried rate (mean over the compared seeds); the selected rate.",
          with_data(selection_display(res["selection"], res["variants"]))),

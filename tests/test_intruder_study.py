@@ -186,7 +186,7 @@ def test_the_same_run_in_two_folders_counts_once(tmp_path: Path) -> None:
     record = {"run_id": "classify_m_lora_r1_s0_abc", "status": "ok", "saved_to": "adapter", "method": "lora",
               "r": 1, "alpha": 2, "lr": 2e-3, "model": "tiny-llama", "config": {"model": {"name": "tiny-llama"}}}
     first = tmp_path / "a" / record["run_id"]
-    first.mkdir(parents=True)
+    (first / "adapter").mkdir(parents=True)  # a copy without its weights would be skipped as such
     (first / "result.json").write_text(json.dumps(record))
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     runs = collect_runs([tmp_path / "a", tmp_path / "b"])

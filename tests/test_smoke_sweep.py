@@ -85,7 +85,7 @@ def test_claims_writes_a_ledger(name: str, tmp_path: Path, capsys) -> None:
                         "--report", str(tmp_path / "REPORT.md")])
     assert code == 0, capsys.readouterr().err
     ledger = json.loads((tmp_path / "claims" / "claims.json").read_text())
-    assert len(ledger) == 15 and {v["verdict"] for v in ledger} == {"not run"}  # no evidence, no verdict
+    assert len(ledger) == 21 and {v["verdict"] for v in ledger} == {"not run"}  # no evidence, no verdict
     assert (tmp_path / "REPORT.md").read_text().strip()
 
 

@@ -204,7 +204,9 @@ class Task:
     def scored_items(self, outputs: list[str], rows: list[dict[str, Any]], keep_pred: bool = True
                      ) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """`score`'s metrics and the item records (`item_records`) from one scoring pass."""
-        result = self.score(outputs, rows, items_for=self.primary_metric)
+        takes_items = "items_for" in inspect.signature(self.score).parameters or any(
+            p.kind is p.VAR_KEYWORD for p in inspect.signature(self.score).parameters.values())
+        result = self.score(outputs, rows, items_for=self.primary_metric) if takes_items else self.score(outputs, rows)
         if "item_scores" in result:
             scores, stats = result.pop("item_scores"), result.pop("item_stats")
         else:  # a scorer without per-item output (e.g. a user's task): each item scored alone, right for a metric

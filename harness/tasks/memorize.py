@@ -67,8 +67,9 @@ class MemorizeTask(Task):
         words = output.strip().lower().split()
         return words[0].strip(".,:;!") if words else ""
 
-    def score(self, outputs: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
+    def score(self, outputs: list[str], rows: list[dict[str, Any]], items_for: str | None = None) -> dict[str, Any]:
         metric = load_metric("classification")
         predictions = [self.predicted_label(o) for o in outputs]
         predictions = [p if p in self.labels else "" for p in predictions]
-        return metric.compute(predictions=predictions, references=[r["label"] for r in rows], labels=self.labels)
+        return metric.compute(predictions=predictions, references=[r["label"] for r in rows], labels=self.labels,
+                              items_for=items_for)
