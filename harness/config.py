@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,8 @@ def config_hash(eff: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(eff, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def run_id(cfg: DictConfig) -> str:
+def run_id_of(eff: dict[str, Any]) -> str:
     """Readable and unique: task_model_method[_r16_qv]_s0_<hash of the effective config>."""
-    eff = effective_config(cfg)
     parts = [eff["task"]["name"], eff["model"]["name"], eff["method"]["name"]]
     if eff["r"] is not None:
         parts.append(f"r{eff['r']}")
@@ -92,15 +92,54 @@ def run_id(cfg: DictConfig) -> str:
     return "_".join(str(p) for p in parts)
 
 
-def identity(cfg: DictConfig) -> dict[str, Any]:
+def identity_of(eff: dict[str, Any], group: str | None) -> dict[str, Any]:
     """The fields that say which run a record belongs to (also written for runs that never trained)."""
-    eff = effective_config(cfg)
     return {
-        "run_id": run_id(cfg), "model": eff["model"]["name"], "method": eff["method"]["name"],
+        "run_id": run_id_of(eff), "model": eff["model"]["name"], "method": eff["method"]["name"],
         "task": eff["task"]["name"], "r": eff["r"], "alpha": eff["alpha"],
         "targets": eff["targets"]["name"] if eff["targets"] else None, "seed": eff["seed"],
-        "config_hash": config_hash(eff), "group": cfg.get("group"),
+        "config_hash": config_hash(eff), "group": group,
     }
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run's config, resolved once (`resolve`) and passed down: what the run is (`effective`, also readable
+    as attributes: `spec.train.lr` is the resolved rate), its identity, and the composed config `cfg` for the
+    keys that say where and how it is reported (paths, tracking, name, group, rerun, rung_step, init_from's
+    path, dist's launcher settings), which the effective config leaves out on purpose."""
+
+    cfg: DictConfig
+    effective: dict[str, Any]
+    run_id: str
+    config_hash: str
+    identity: dict[str, Any]
+    view: DictConfig = field(repr=False)
+
+    def __getattr__(self, name: str) -> Any:  # the effective config's groups: spec.train, spec.model, spec.task
+        effective = self.__dict__.get("effective") or {}  # (absent while a copy is being built)
+        if name.startswith("_") or name not in effective:
+            raise AttributeError(name)
+        return self.__dict__["view"][name]
+
+
+def resolve(cfg: DictConfig) -> RunSpec:
+    """The run's spec: the effective config computed once, with the run id, hash and identity made from it."""
+    eff = effective_config(cfg)
+    view = OmegaConf.create(eff)
+    OmegaConf.set_readonly(view, True)
+    return RunSpec(cfg=cfg, effective=eff, run_id=run_id_of(eff), config_hash=config_hash(eff),
+                   identity=identity_of(eff, cfg.get("group")), view=view)
+
+
+def run_id(cfg: DictConfig) -> str:
+    """The run id of a composed config (a spec's `run_id` where one exists)."""
+    return run_id_of(effective_config(cfg))
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The identity of a composed config (a spec's `identity` where one exists)."""
+    return identity_of(effective_config(cfg), cfg.get("group"))
 
 
 def _run_id_resolver(*, _root_: DictConfig) -> str:
@@ -121,8 +160,8 @@ def _positive_number(value: Any, name: str, fix: str) -> None:
         raise ConfigError(f"{name} must be a positive number, got {value!r}; {fix}")
 
 
-def validate(cfg: DictConfig) -> dict[str, Any]:
-    """Check every value that can be checked without loading a model; return the effective config."""
+def validate(cfg: DictConfig) -> RunSpec:
+    """Check every value that can be checked without loading a model; return the run's spec (`resolve`)."""
     if cfg.model.source == "hf":  # before anything resolves the kind from model.path
         check_model(cfg.model.get("path"), need_kind=OmegaConf.is_interpolation(cfg.model, "kind"))
     if cfg.method.get("has_rank", False):
@@ -167,7 +206,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             check_hub_model(cfg.model.name, cfg.model.hub_id)
         except AssetError as err:
             raise ConfigError(str(err)) from None
-    return effective_config(cfg)
+    return resolve(cfg)
 
 
 def _check_dist(cfg: DictConfig) -> None:

@@ -18,7 +18,7 @@ from harness.results import documented_keys
 from harness.tasks import CONF_TASK_DIR, get_task
 from harness.tasks.base import SPLITS
 from harness.tasks.classify import parse_label
-from harness.validation import collapse_reason
+from harness.training_budget import collapse_reason
 
 # The builtin classify data (data_seed 1234, min_confidence 0.8) as prepared before labels became per task: the
 # user-label work must leave it byte-identical.

@@ -28,7 +28,6 @@ import argparse
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -345,7 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", help="precision the merged model is saved in (float32, "
                         "bfloat16, float16; default float32, which keeps every update; merge.json says what less loses)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     try:
         runs = [load_run(p) for p in args.runs]
         if not args.combine:

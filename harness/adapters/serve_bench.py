@@ -22,7 +22,6 @@ import os
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, help="folder for serve_bench.json / .md (default: the run folder)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     try:
         batch_sizes = _int_list(args.batch_sizes)
         for name in ("new_tokens", "prompt_tokens", "repeats"):
