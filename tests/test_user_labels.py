@@ -64,12 +64,12 @@ def test_jsonl_with_a_byte_order_mark_reads_like_one_without(tmp_path: Path, mon
 def test_a_hub_class_column_gives_its_class_names(tmp_path: Path) -> None:
     import datasets
 
-    from harness.tasks.sources import _rows
+    from harness.tasks.sources import split_rows
 
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
     split = datasets.Dataset.from_dict({"text": ["bad film", "good film"], "label": [0, 1]}, features=features)
     task = get_task(classify_cfg(source="hub", dataset="someone/reviews"), tmp_path)
-    assert [r["label"] for r in _rows(task, split, "reviews")] == ["neg", "pos"]
+    assert [r["label"] for r in split_rows(task, split, "reviews")] == ["neg", "pos"]
 
 
 def test_csv_with_a_byte_order_mark_keeps_its_first_column_name(tmp_path: Path) -> None:

@@ -54,17 +54,6 @@ NEEDS_DENSITY = tuple(n for n, (peft_type, _) in COMBINE_FORMS.items() if peft_t
 MERGE_FILE, TABLE_JSON, TABLE_MD = "merge.json", "merge_table.json", "merge_table.md"
 
 
-def load_run(path: str | Path) -> RunFolder:
-    """A finished run folder (status ok, its adapter or model saved); anything else is a one-line ConfigError."""
-    return open_run(path, finished=True)
-
-
-def require_adapter(run: RunFolder, what: str) -> None:
-    if not run.is_adapter:
-        raise ConfigError(f"run {run.name} is {run.result.get('method')} (it saved a whole model, no adapter); "
-                          f"{what} needs an adapter run, e.g. method=lora")
-
-
 def probe_inputs(run: RunFolder, tokenizer, n: int = 4) -> dict[str, torch.Tensor]:
     """A few of the run's own test inputs, left-padded: what merged and unmerged logits are compared on."""
     from harness.tasks import get_task
@@ -107,7 +96,7 @@ def merge_run(run: RunFolder, out: Path, dtype: str = "float32") -> dict[str, An
 
     from harness.methods import load_trained
 
-    require_adapter(run, "merging")
+    run.require_adapter("merging")
     if dtype not in SAVE_DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(SAVE_DTYPES)} (float32 keeps every update)")
     if PeftConfig.from_pretrained(str(run.saved)).is_prompt_learning:
@@ -157,7 +146,7 @@ def check_combinable(runs: list[RunFolder], combine: list[str]) -> None:
     if len({r.path.resolve() for r in runs}) < len(runs):
         raise ConfigError("the same run is named twice; pass each run folder once")
     for run in runs:
-        require_adapter(run, "--combine")
+        run.require_adapter("--combine")
         cfg = run.adapter_config
         if cfg.get("peft_type") != "LORA":
             raise ConfigError(f"run {run.name} is a {cfg.get('peft_type')} adapter; --combine works on LoRA-family "
@@ -225,7 +214,7 @@ def combine_runs(runs: list[RunFolder], combine: list[str], density: float, weig
     return table
 
 
-def _union_model(union: RunFolder, runs: list[RunFolder], model):
+def union_model(union: RunFolder, runs: list[RunFolder], model):
     """The union run's model: another adapter on the loaded base, or its own fully fine-tuned weights."""
     if union.result["model"] != runs[0].result["model"]:
         raise ConfigError(f"--union run {union.name} is on {union.result['model']}, the adapters on "
@@ -245,7 +234,7 @@ def score_all(model, tokenizer, runs: list[RunFolder], names: list[str], combine
     """One row per run's task: scores of the base, the task's own adapter, each combined adapter, the union run."""
     from harness.tasks import get_task
 
-    union_full = _union_model(union, runs, model) if union is not None else None
+    union_full = union_model(union, runs, model) if union is not None else None
     rows = []
     for name, run in zip(names, runs):
         task = get_task(run.task_cfg, run.cache)
@@ -345,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                         "bfloat16, float16; default float32, which keeps every update; merge.json says what less loses)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        runs = [load_run(p) for p in args.runs]
+        runs = [open_run(p, finished=True) for p in args.runs]
         if not args.combine:
             if len(runs) > 1:
                 raise ConfigError("several runs need --combine (e.g. --combine ties); one run merges into its base")
@@ -369,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             weights = [float(w) for w in args.weights.split(",")] if args.weights else None
         except ValueError:
             raise ConfigError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
-        union = load_run(args.union) if args.union else None
+        union = open_run(args.union, finished=True) if args.union else None
         out = args.out or runs[0].path.parent / ("combined_" + "_".join(r.result["task"] for r in runs))
         table = combine_runs(runs, combine, args.density, weights, args.eval, out, args.n_eval, union)
         print((out / TABLE_MD).read_text() if table["rows"] else f"combined adapters saved to {out / 'adapters'}")
@@ -394,7 +383,7 @@ def _select(args: argparse.Namespace, runs: list[RunFolder], combine: list[str])
     for flag, value in (("--n-val", args.n_val), ("--n-test", args.n_test)):
         if value is not None and value <= 0:
             raise ConfigError(f"{flag} must be a positive integer, got {value}")
-    union = load_run(args.union) if args.union else None
+    union = open_run(args.union, finished=True) if args.union else None
     out = args.out or runs[0].path.parent / ("selected_" + "_".join(r.result["task"] for r in runs))
     select_and_score(runs, combine, _numbers(args.grid_weights, "--grid-weights"),
                      _numbers(args.grid_density, "--grid-density"), out, args.n_val, args.n_test, union)

@@ -133,9 +133,9 @@ def select_and_score(runs: list[RunFolder], combine: list[str], weights: list[fl
 def score_test(model, tokenizer, runs: list[RunFolder], names: list[str], combine: list[str], n_test: int | None,
                union: RunFolder | None) -> list[dict[str, Any]]:
     """Test scores, per task, of the base, the task's own adapter, the union run and each chosen merge."""
-    from harness.adapters.merge import _union_model
+    from harness.adapters.merge import union_model
 
-    union_full = _union_model(union, runs, model) if union is not None else None
+    union_full = union_model(union, runs, model) if union is not None else None
     rows = []
     for name, run in zip(names, runs):
         task, split = eval_split(run, "test", n_test)

@@ -76,13 +76,13 @@ def compose_config(overrides: list[str]) -> DictConfig:
 def effective(cfg: DictConfig) -> dict[str, Any]:
     """harness.config's effective config (ignored axes nulled, precision resolved), with the value checks that
     need no model or network."""
-    from harness.config import _positive_int, check_budget, effective_config
+    from harness.config import positive_int, check_budget, effective_config
     from harness.training_budget import planned_steps
 
     if cfg.method.get("has_rank", False):
-        _positive_int(cfg.r, "r", "e.g. r=16")
+        positive_int(cfg.r, "r", "e.g. r=16")
     for key in ("batch_size", "grad_accum", "max_seq_len"):
-        _positive_int(cfg.train[key], f"train.{key}", f"e.g. train.{key}=8")
+        positive_int(cfg.train[key], f"train.{key}", f"e.g. train.{key}=8")
     check_budget(cfg.train)
     if cfg.model.source == "hf":  # config.json alone: the estimate needs no weights
         from harness.hf_model import check_model
@@ -93,7 +93,7 @@ def effective(cfg: DictConfig) -> dict[str, Any]:
     gpus = cfg.dist.gpus
     if gpus is None and cfg.dist.strategy not in ("none", "ddp"):
         raise ConfigError(f"dist={cfg.dist.strategy}: say over how many GPUs it shards, e.g. dist.gpus=8")
-    _positive_int(gpus or 1, "dist.gpus", "e.g. dist.gpus=8")
+    positive_int(gpus or 1, "dist.gpus", "e.g. dist.gpus=8")
     eff["dist"] = {"strategy": str(cfg.dist.strategy), "gpus": int(gpus or 1)}
     # an epoch budget counts steps over task.n_train rows (the task's pool may hold fewer)
     eff["train"]["max_steps"] = planned_steps(cfg.train, int(cfg.task.n_train))
@@ -212,7 +212,7 @@ def prepare_model(eff: dict[str, Any], cache: Path | None = None) -> tuple[nn.Mo
 
 # ---- reading the model ---------------------------------------------------------------------------------------
 
-def _layer_list(model: nn.Module, n_layers: int) -> nn.ModuleList:
+def layer_list(model: nn.Module, n_layers: int) -> nn.ModuleList:
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
     if not lists:
         raise ConfigError(f"cannot find the {n_layers} transformer layers of {type(model).__name__}")
@@ -251,7 +251,7 @@ def _adapter(module: nn.Module) -> tuple[str, int, float] | None:
     return None
 
 
-def _block(layer: nn.Module, config: Any, dt: em.ActDtypes, device: str) -> em.Block:
+def layer_block(layer: nn.Module, config: Any, dt: em.ActDtypes, device: str) -> em.Block:
     roles, trainable, adapters = {}, set(), []
     for name, module in layer.named_modules():
         role = next((r for suffix, r in ROLE_SUFFIXES if name == suffix or name.endswith("." + suffix)), None)
@@ -341,7 +341,7 @@ def model_activations(model: nn.Module, eff: dict[str, Any], s: int, b: float, d
     config = model.config
     mixed = train["precision"].endswith("-mixed")
     dt = act_dtypes(train["precision"], bool(quant), device, eff["model"]["kind"] == "causal_lm")
-    blocks = [_block(layer, config, dt, device) for layer in _layer_list(model, config.num_hidden_layers)]
+    blocks = [layer_block(layer, config, dt, device) for layer in layer_list(model, config.num_hidden_layers)]
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     logits_dtype = out_emb.weight.dtype if out_emb is not None else torch.float32
     head = em.Head(vocab=config.vocab_size if eff["model"]["kind"] == "causal_lm" else 0,
@@ -462,7 +462,7 @@ def _activations(model: nn.Module, eff: dict[str, Any], s: int, b: int, device: 
 def _largest_unit(model: nn.Module) -> tuple[int, int]:
     """Bytes of the largest FSDP unit's weights and trainable gradients: a transformer layer, or what the root
     keeps (embeddings, final norm, head), as auto_wrap groups a model by its layer classes."""
-    layers = _layer_list(model, int(getattr(model.config, "num_hidden_layers", 0) or 0)) \
+    layers = layer_list(model, int(getattr(model.config, "num_hidden_layers", 0) or 0)) \
         if getattr(model, "config", None) is not None else []
     in_layers = {id(p) for layer in layers for p in layer.parameters()}
     units = [list(layer.parameters()) for layer in layers]

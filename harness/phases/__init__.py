@@ -4,7 +4,7 @@ phases need on it, and returns its part of the record (the keys harness/results.
 from harness.phases.context import RunContext
 from harness.phases.finish import earlier_stages, save, scores
 from harness.phases.prepare import load, method, untuned_scores
-from harness.phases.train import train
+from harness.phases.tuning import train
 
 PHASES = (("load", load), ("untuned_scores", untuned_scores), ("method", method), ("train", train),
           ("scores", scores), ("earlier_stages", earlier_stages), ("save", save))
