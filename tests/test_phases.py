@@ -158,3 +158,18 @@ def test_the_driver_is_short_and_no_harness_function_is_long() -> None:
     assert len(inspect.getsource(pipeline.execute).splitlines()) <= 40
     lengths = {k: v for f in (REPO / "harness").rglob("*.py") for k, v in _lengths(f).items()}
     assert not {k: v for k, v in lengths.items() if v > 80}
+
+
+def test_the_benchmark_wrapper_patches_nothing_and_reads_phases_s() -> None:
+    import harness.pipeline as pipeline
+    import harness.run as harness_run
+    from transformers import Trainer
+
+    before = (dict(vars(pipeline)), dict(vars(harness_run)), Trainer.train)
+    import benchmarks.timed_run as timed_run
+
+    assert (dict(vars(pipeline)), dict(vars(harness_run)), Trainer.train) == before
+    timed_run.collect({"run_id": "x", "train_runtime_s": 1.0, "base_cached": True,
+                       "phases_s": {"load": 1.0, "train": 2.0, "train_call": 1.5, "train_step_median": 0.1}})
+    run = timed_run.per_run[-1]
+    assert run["wall_s"] == 3.0 and run["step_s_median"] == 0.1 and run["phases_s"]["train_call"] == 1.5
