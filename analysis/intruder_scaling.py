@@ -51,11 +51,11 @@ def scaling_rows(run_dir: Path, lambdas: Sequence[float], k: int, epsilon: float
     restricts the scaling to those matrices (full FT: the ones the LoRA runs of its model changed, as counted)."""
     from analysis.intruder_weights import tuned_model
     from analysis.intruder_svd import pretrained_bases
-    from harness.adapters import merge
     from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, similarity_forgetting
+    from harness.runfolder import open_run
     from harness.tasks import get_task
 
-    trained = merge.load_run(run_dir)
+    trained = open_run(run_dir, finished=True)
     base, tokenizer, _ = trained.load_base(dequantize=True)
     kind, train = trained.model_cfg.kind, trained.eff["train"]
     task = get_task(trained.task_cfg, trained.cache)

@@ -64,16 +64,16 @@ def live_growth(trace: Path) -> int | None:
 def profiled_run(overrides: list[str], out: Path) -> None:
     """One run in this process with the profiler over its training loop; writes the live-tensor growth."""
     from harness import measure
-    from harness.config import run_id, validate
+    from harness.config import validate
     from harness.pipeline import execute
     from harness.preflight import compose_checked
 
     trace = out / "trace.json"
     measure.PeakMemory = profiled_peak_memory(trace)  # pipeline looks it up at run time
     cfg = compose_checked(overrides + [f"paths.runs={out / 'runs'}"])
-    eff = validate(cfg)
-    rid = run_id(cfg)
-    result = execute(cfg, eff, rid, out / "runs" / rid)
+    spec = validate(cfg)
+    rid = spec.run_id
+    result = execute(spec, out / "runs" / rid)
     growth = live_growth(trace)
     trace.unlink()  # hundreds of MB; the figure is all that is kept
     (out / "measured.json").write_text(json.dumps({

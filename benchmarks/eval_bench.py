@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 
-def _setup(model_name: str, task_name: str, n: int, precision: str):
+def scoring_setup(model_name: str, task_name: str, n: int, precision: str):
     from hydra import compose, initialize_config_dir
 
     from harness.assets import cache_dir
@@ -59,7 +59,7 @@ def plain_loop(model, tokenizer, task, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def measure(model_name: str, task_name: str, n: int, batch_size: int, precision: str = "bf16") -> dict[str, Any]:
-    model, tokenizer, task, test = _setup(model_name, task_name, n, precision)
+    model, tokenizer, task, test = scoring_setup(model_name, task_name, n, precision)
     model.eval()
     rows = list(test)
     task.predict(model, tokenizer, test.select(range(min(4, len(rows)))), "causal_lm", batch_size, 256)  # warm-up

@@ -13,3 +13,10 @@ import logging as _logging
 # nothing is quantised (peft imports bitsandbytes), and neither changes what a run computes.
 _logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)
 _logging.getLogger("kernels").setLevel(_logging.ERROR)
+
+import warnings as _warnings
+
+# Deprecation chatter from transformers internals, and torch's note that pinned memory needs an accelerator: set
+# here, once, for every entry point (runs, sweeps, merge, serve_bench, the estimator), none of which acts on them.
+_warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+_warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator.*")

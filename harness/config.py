@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,8 @@ def config_hash(eff: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(eff, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def run_id(cfg: DictConfig) -> str:
+def run_id_of(eff: dict[str, Any]) -> str:
     """Readable and unique: task_model_method[_r16_qv]_s0_<hash of the effective config>."""
-    eff = effective_config(cfg)
     parts = [eff["task"]["name"], eff["model"]["name"], eff["method"]["name"]]
     if eff["r"] is not None:
         parts.append(f"r{eff['r']}")
@@ -92,15 +92,54 @@ def run_id(cfg: DictConfig) -> str:
     return "_".join(str(p) for p in parts)
 
 
-def identity(cfg: DictConfig) -> dict[str, Any]:
+def identity_of(eff: dict[str, Any], group: str | None) -> dict[str, Any]:
     """The fields that say which run a record belongs to (also written for runs that never trained)."""
-    eff = effective_config(cfg)
     return {
-        "run_id": run_id(cfg), "model": eff["model"]["name"], "method": eff["method"]["name"],
+        "run_id": run_id_of(eff), "model": eff["model"]["name"], "method": eff["method"]["name"],
         "task": eff["task"]["name"], "r": eff["r"], "alpha": eff["alpha"],
         "targets": eff["targets"]["name"] if eff["targets"] else None, "seed": eff["seed"],
-        "config_hash": config_hash(eff), "group": cfg.get("group"),
+        "config_hash": config_hash(eff), "group": group,
     }
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run's config, resolved once (`resolve`) and passed down: what the run is (`effective`, also readable
+    as attributes: `spec.train.lr` is the resolved rate), its identity, and the composed config `cfg` for the
+    keys that say where and how it is reported (paths, tracking, name, group, rerun, rung_step, init_from's
+    path, dist's launcher settings), which the effective config leaves out on purpose."""
+
+    cfg: DictConfig
+    effective: dict[str, Any]
+    run_id: str
+    config_hash: str
+    identity: dict[str, Any]
+    view: DictConfig = field(repr=False)
+
+    def __getattr__(self, name: str) -> Any:  # the effective config's groups: spec.train, spec.model, spec.task
+        effective = self.__dict__.get("effective") or {}  # (absent while a copy is being built)
+        if name.startswith("_") or name not in effective:
+            raise AttributeError(name)
+        return self.__dict__["view"][name]
+
+
+def resolve(cfg: DictConfig) -> RunSpec:
+    """The run's spec: the effective config computed once, with the run id, hash and identity made from it."""
+    eff = effective_config(cfg)
+    view = OmegaConf.create(eff)
+    OmegaConf.set_readonly(view, True)
+    return RunSpec(cfg=cfg, effective=eff, run_id=run_id_of(eff), config_hash=config_hash(eff),
+                   identity=identity_of(eff, cfg.get("group")), view=view)
+
+
+def run_id(cfg: DictConfig) -> str:
+    """The run id of a composed config (a spec's `run_id` where one exists)."""
+    return run_id_of(effective_config(cfg))
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The identity of a composed config (a spec's `identity` where one exists)."""
+    return identity_of(effective_config(cfg), cfg.get("group"))
 
 
 def _run_id_resolver(*, _root_: DictConfig) -> str:
@@ -111,7 +150,7 @@ if not OmegaConf.has_resolver("run_id"):
     OmegaConf.register_new_resolver("run_id", _run_id_resolver)
 
 
-def _positive_int(value: Any, name: str, fix: str) -> None:
+def positive_int(value: Any, name: str, fix: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}; {fix}")
 
@@ -121,21 +160,21 @@ def _positive_number(value: Any, name: str, fix: str) -> None:
         raise ConfigError(f"{name} must be a positive number, got {value!r}; {fix}")
 
 
-def validate(cfg: DictConfig) -> dict[str, Any]:
-    """Check every value that can be checked without loading a model; return the effective config."""
+def validate(cfg: DictConfig) -> RunSpec:
+    """Check every value that can be checked without loading a model; return the run's spec (`resolve`)."""
     if cfg.model.source == "hf":  # before anything resolves the kind from model.path
         check_model(cfg.model.get("path"), need_kind=OmegaConf.is_interpolation(cfg.model, "kind"))
     if cfg.method.get("has_rank", False):
-        _positive_int(cfg.r, "r", "e.g. r=16")
+        positive_int(cfg.r, "r", "e.g. r=16")
         if cfg.alpha is not None:
             _positive_number(cfg.alpha, "alpha", "e.g. alpha=32, or alpha=null for 2*r")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}; e.g. seed=1")
     train = cfg.train
     check_budget(train)
-    _positive_int(train.batch_size, "train.batch_size", "e.g. train.batch_size=8")
-    _positive_int(train.grad_accum, "train.grad_accum", "e.g. train.grad_accum=1")
-    _positive_int(train.max_seq_len, "train.max_seq_len", "e.g. train.max_seq_len=256")
+    positive_int(train.batch_size, "train.batch_size", "e.g. train.batch_size=8")
+    positive_int(train.grad_accum, "train.grad_accum", "e.g. train.grad_accum=1")
+    positive_int(train.max_seq_len, "train.max_seq_len", "e.g. train.max_seq_len=256")
     lr = train.lr if train.lr is not None else cfg.method.lr
     _positive_number(lr, "train.lr", "e.g. train.lr=1e-4")
     if lr >= 1:
@@ -145,7 +184,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(train.eval_every, bool) or not isinstance(train.eval_every, int) or train.eval_every < 0:
         raise ConfigError(f"train.eval_every must be a non-negative integer (0 = off), got {train.eval_every!r}; "
                           "e.g. train.eval_every=50")
-    _positive_int(train.eval_subset, "train.eval_subset", "e.g. train.eval_subset=64")
+    positive_int(train.eval_subset, "train.eval_subset", "e.g. train.eval_subset=64")
     if train.get("gradient_checkpointing") and cfg.method.get("peft_type") == "PREFIX_TUNING":
         # Trainer switches checkpointing on after peft has wrapped the model; peft's prefix then meets the
         # recomputed attention with the wrong key/value length and fails with a shape error at the first step
@@ -154,8 +193,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
                           "does); drop train.gradient_checkpointing=true or pick another method")
     _check_numeric_knobs(cfg)
     _check_dist(cfg)
-    _positive_int(cfg.task.n_train, "task.n_train", "e.g. task.n_train=500")
-    _positive_int(cfg.task.n_eval, "task.n_eval", "e.g. task.n_eval=100")
+    positive_int(cfg.task.n_train, "task.n_train", "e.g. task.n_train=500")
+    positive_int(cfg.task.n_eval, "task.n_eval", "e.g. task.n_eval=100")
     if cfg.tracking.mode not in TRACKING_MODES:
         raise ConfigError(f"tracking.mode must be one of {', '.join(TRACKING_MODES)}, got {cfg.tracking.mode!r}")
     check_writable(Path(cfg.paths.runs), "paths.runs")
@@ -167,7 +206,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             check_hub_model(cfg.model.name, cfg.model.hub_id)
         except AssetError as err:
             raise ConfigError(str(err)) from None
-    return effective_config(cfg)
+    return resolve(cfg)
 
 
 def _check_dist(cfg: DictConfig) -> None:
@@ -178,7 +217,7 @@ def _check_dist(cfg: DictConfig) -> None:
         raise ConfigError(f"dist must be one of {', '.join(STRATEGIES)}, got {strategy!r}; e.g. dist=ddp")
     gpus = dist.get("gpus")
     if gpus is not None:
-        _positive_int(gpus, "dist.gpus", "e.g. dist.gpus=8, or dist.gpus=null for the launcher's count")
+        positive_int(gpus, "dist.gpus", "e.g. dist.gpus=8, or dist.gpus=null for the launcher's count")
         if world().size > 1 and gpus != world().size:
             raise ConfigError(f"dist.gpus={gpus} but the launcher started {world().size} processes; pass "
                               f"dist.gpus={world().size} or leave it null")
@@ -217,13 +256,13 @@ def _check_numeric_knobs(cfg: DictConfig) -> None:
     _in_range(train.weight_decay, "train.weight_decay", 0, 1, "e.g. train.weight_decay=0.0")
     if train.max_grad_norm is not None:
         _positive_number(train.max_grad_norm, "train.max_grad_norm", "e.g. train.max_grad_norm=1.0, or null for none")
-    _positive_int(train.logging_steps, "train.logging_steps", "e.g. train.logging_steps=10")
+    positive_int(train.logging_steps, "train.logging_steps", "e.g. train.logging_steps=10")
     if train.save_steps is not None:
-        _positive_int(train.save_steps, "train.save_steps", "e.g. train.save_steps=50, or null for no checkpoints")
-    _positive_int(train.eval_batch_size, "train.eval_batch_size", "e.g. train.eval_batch_size=32")
+        positive_int(train.save_steps, "train.save_steps", "e.g. train.save_steps=50, or null for no checkpoints")
+    positive_int(train.eval_batch_size, "train.eval_batch_size", "e.g. train.eval_batch_size=32")
     task = cfg.task
     if task.get("max_new_tokens") is not None:
-        _positive_int(task.max_new_tokens, "task.max_new_tokens", "e.g. task.max_new_tokens=32")
+        positive_int(task.max_new_tokens, "task.max_new_tokens", "e.g. task.max_new_tokens=32")
     if task.get("min_confidence") is not None:
         _in_range(task.min_confidence, "task.min_confidence", 0, 1, "e.g. task.min_confidence=0.8")
     if task.get("data_seed") is not None and (isinstance(task.data_seed, bool) or not isinstance(task.data_seed, int)
@@ -231,7 +270,7 @@ def _check_numeric_knobs(cfg: DictConfig) -> None:
         raise ConfigError(f"task.data_seed must be a non-negative integer, got {task.data_seed!r}; e.g. task.data_seed=1234")
     for key, fix in (("n_people", "e.g. task.n_people=30"), ("bios_per_person", "e.g. task.bios_per_person=4")):
         if task.get(key) is not None:
-            _positive_int(task[key], f"task.{key}", fix)
+            positive_int(task[key], f"task.{key}", fix)
     dropout = cfg.method.get("peft_kwargs", {}).get("lora_dropout") if cfg.method.get("peft_kwargs") else None
     if dropout is not None:
         _in_range(dropout, "method.peft_kwargs.lora_dropout", 0, 1, "e.g. method.peft_kwargs.lora_dropout=0.05",
@@ -246,7 +285,7 @@ def check_budget(train: Any) -> None:
         raise ConfigError(f"set exactly one of train.max_steps and train.epochs ({given} set); "
                           "e.g. train.epochs=2 train.max_steps=null")
     if steps is not None:
-        _positive_int(steps, "train.max_steps", "e.g. train.max_steps=100")
+        positive_int(steps, "train.max_steps", "e.g. train.max_steps=100")
     else:
         _positive_number(epochs, "train.epochs", "e.g. train.epochs=2 or train.epochs=0.5")
 

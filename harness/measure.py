@@ -18,7 +18,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import statistics
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +172,26 @@ class PeakMemory(TrainerCallback):
 def dir_bytes(path: Path) -> int:
     """Bytes on disk of every file under `path` (what a run saved: adapter or full weights, configs)."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+STEP_WARMUP = 2  # the first steps pay for allocator growth and kernel selection; left out of the median
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step (forward, backward, optimizer, that step's data collation)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._start is not None:
+            self.times.append(time.perf_counter() - self._start)
+
+    def median(self) -> float | None:
+        """Median step time after warm-up (all steps when there are too few to drop any)."""
+        steady = self.times[STEP_WARMUP:] or self.times
+        return round(statistics.median(steady), 4) if steady else None

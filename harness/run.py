@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from harness import distributed, preflight
 from harness.assets import CONF_DIR
-from harness.config import config_hash, identity, run_id, validate, with_single_budget
+from harness.config import RunSpec, identity, validate, with_single_budget
 from harness.errors import HarnessError
 from harness.results import RESULT_FILE, Status, code_fingerprint, is_done, now, write_json_atomic
 from harness.runfolder import read_record
@@ -34,19 +34,18 @@ from harness.runfolder import read_record
 log = logging.getLogger("harness")
 
 
-def main_body(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Validate, then run; the record is written before training starts and rewritten when it ends."""
+def main_body(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """Run a validated spec, unless its folder already holds it; the record is written before training starts
+    and rewritten when it ends."""
     from harness.pipeline import execute  # heavy imports (torch, transformers) only once the config is good
 
-    eff = validate(cfg)
-    rid = run_id(cfg)
     previous = read_record(run_dir)
-    if is_done(previous, config_hash(eff)) and not cfg.rerun:
+    if is_done(previous, spec.config_hash) and not spec.cfg.rerun:
         log.info("already done: %s (status %s); rerun=true runs it again", run_dir, previous["status"])
         return previous
-    if previous and previous.get("config_hash") not in (None, config_hash(eff)):
+    if previous and previous.get("config_hash") not in (None, spec.config_hash):
         raise HarnessError(f"{run_dir} holds the result of another config; choose another paths.runs")
-    return execute(cfg, eff, rid, run_dir)
+    return execute(spec, run_dir)
 
 
 def _terminate(signum, frame):
@@ -79,11 +78,13 @@ def main(cfg: DictConfig) -> float | None:
     quiet_library_bars_without_terminal()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    spec: RunSpec | None = None
     try:
-        result = main_body(cfg, run_dir)
+        spec = validate(cfg)  # the run's one resolved config, passed down from here
+        result = main_body(spec, run_dir)
     except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - recorded, then reported in one line
         with _signals_deferred():
-            return _end(err, cfg, run_dir, multirun)
+            return _end(err, spec if spec is not None else cfg, run_dir, multirun)
     if not distributed.world().main:  # its share is in rank 0's record, which says how the run ended
         return None
     if result["status"] != Status.OK:
@@ -91,7 +92,7 @@ def main(cfg: DictConfig) -> float | None:
     return result["score"]
 
 
-def _end(err: BaseException, cfg: DictConfig, run_dir: Path, multirun: bool) -> None:
+def _end(err: BaseException, cfg: RunSpec | DictConfig, run_dir: Path, multirun: bool) -> None:
     """Record how a run that raised ended; an interrupt is raised again, so it stops a sweep too (its summary
     still runs), not only the current run."""
     if isinstance(err, HarnessError):
@@ -119,8 +120,9 @@ def _is_oom(err: BaseException) -> bool:
 
 
 def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code: int, record: bool = True,
-          cfg: DictConfig | None = None) -> None:
-    """Record how the run ended (keeping what the record already holds) and say it in one line. Under a
+          cfg: RunSpec | DictConfig | None = None) -> None:
+    """Record how the run ended (keeping what the record already holds) and say it in one line: the identity is
+    the spec's, or, for a config that failed before it had one (invalid), the composed config's. Under a
     launcher only rank 0 writes result.json: another rank leaves its reason for rank 0's record, and rank 0,
     stopped because a rank died, names that rank."""
     if distributed.world().size > 1:
@@ -137,7 +139,7 @@ def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code:
         result = read_record(run_dir) or {}
         if not result and cfg is not None:
             try:
-                result = identity(cfg)
+                result = cfg.identity if isinstance(cfg, RunSpec) else identity(cfg)
             except Exception:  # noqa: BLE001 - a config too broken to identify still gets its status
                 result = {"run_id": run_dir.name}
         write_json_atomic(run_dir / RESULT_FILE, {**result, "status": status.value, "reason": reason, "finished_at": now(),

@@ -68,6 +68,12 @@ class RunFolder:
     def name(self) -> str:
         return self.result.get("run_id") or self.path.name
 
+    def require_adapter(self, what: str) -> None:
+        """A one-line ConfigError unless the run saved an adapter (`what` names what needs one)."""
+        if not self.is_adapter:
+            raise ConfigError(f"run {self.name} is {self.result.get('method')} (it saved a whole model, no adapter); "
+                              f"{what} needs an adapter run, e.g. method=lora")
+
     @property
     def model_cfg(self) -> DictConfig:
         return OmegaConf.create(self.eff["model"])

@@ -36,7 +36,7 @@ import psutil
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from harness.config import config_hash, effective_config, run_id
+from harness.config import resolve
 from harness.errors import ConfigError
 from harness.provenance import warn_if_dirty
 from harness.sweep_plan import (HalvingSearch, SearchVariant, halving_rungs, paused_at_or_after,  # noqa: F401
@@ -108,14 +108,15 @@ class HarnessSweeper(BasicSweeper):
         distinct: OrderedDict[str, dict[str, Any]] = OrderedDict()
         for overrides in self.grid(arguments) if grid is None else grid:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            rid = run_id(cfg)
+            spec = resolve(cfg)
+            rid = spec.run_id
             if rid in distinct:
                 distinct[rid]["duplicates"] += 1
                 continue
             run_dir = Path(cfg.paths.runs) / rid
             mark_if_killed(run_dir)
             previous = read_record(run_dir)
-            digest = config_hash(effective_config(cfg))
+            digest = spec.config_hash
             done = (is_done(previous, digest) or rejected_before(previous, digest)) and not cfg.rerun
             distinct[rid] = {"run_id": rid, "overrides": list(overrides), "run_dir": run_dir, "done": done,
                              "duplicates": 0, "cfg": cfg}
@@ -234,7 +235,7 @@ class HarnessSweeper(BasicSweeper):
             parents = {}
             for i, point in zip(index, points):
                 cfg = self._compose(point)
-                run_dir = (Path(cfg.paths.runs) / run_id(cfg)).resolve()
+                run_dir = (Path(cfg.paths.runs) / resolve(cfg).run_id).resolve()
                 if (read_record(run_dir) or {}).get("status") == Status.OK.value:
                     parents[i] = run_dir
                 else:
@@ -290,7 +291,7 @@ def budget_steps(cfg: Any) -> int:
         return int(cfg.train.max_steps)
     from harness.assets import cache_dir
     from harness.tasks import get_task
-    from harness.validation import planned_steps
+    from harness.training_budget import planned_steps
 
     return planned_steps(cfg.train, len(get_task(cfg.task, cache_dir(cfg.paths.cache)).splits()["train"]))
 

@@ -78,7 +78,7 @@ class DivergenceGuard(TrainerCallback):
 
 class StopAtRung(TrainerCallback):
     """Successive halving's rung (harness/halving.py): at step `step` training stops and Trainer saves a
-    checkpoint, after the step's validation score (harness/validation.py ValidationCurve, in `on_log`), so the
+    checkpoint, after the step's validation score (harness/training_budget.py ValidationCurve, in `on_log`), so the
     run resumes from there with the full budget's schedule. `stopped` says whether it did."""
 
     def __init__(self, step: int) -> None:
@@ -127,7 +127,7 @@ class ProgressLine(TrainerCallback):
 
 def training_arguments(train: Any, lr: float, precision: str, seed: int, output_dir: Path,
                        max_steps: int | None = None, dist: dict[str, Any] | None = None) -> HarnessTrainingArguments:
-    """`max_steps`: the run's step count when its budget is in epochs (harness.validation.planned_steps);
+    """`max_steps`: the run's step count when its budget is in epochs (harness.training_budget.planned_steps);
     `dist`: Trainer's FSDP / DeepSpeed / DDP arguments (harness.distributed.training_kwargs)."""
     return HarnessTrainingArguments(
         **(dist or {}),

@@ -46,14 +46,12 @@ def conf_with(folder: Path, dest: Path) -> Path:
 
 def run_inprocess(overrides: list[str], runs: Path) -> tuple[dict, Path]:
     """One run through the same pipeline the CLI uses (minus Hydra's process set-up)."""
-    from harness.config import run_id, validate
+    from harness.config import validate
     from harness.pipeline import execute
 
-    cfg = compose(overrides + [f"paths.runs={runs}"])
-    eff = validate(cfg)
-    rid = run_id(cfg)
-    run_dir = runs / rid
-    return execute(cfg, eff, rid, run_dir), run_dir
+    spec = validate(compose(overrides + [f"paths.runs={runs}"]))
+    run_dir = runs / spec.run_id
+    return execute(spec, run_dir), run_dir
 
 
 def run_cli(args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

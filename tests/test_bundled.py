@@ -44,10 +44,10 @@ def test_smollm2_lora_run_is_complete_and_learns(tmp_path: Path) -> None:
         plain = base(**inputs).logits
         tuned = PeftModel.from_pretrained(base, str(adapter))(**inputs).logits
     assert not torch.allclose(plain, tuned)  # the adapter is applied, not silently dropped
-    from harness.adapters import merge
+    from harness.runfolder import open_run
     from harness.methods import load_trained
 
-    run = merge.load_run(record_file.parent)
+    run = open_run(record_file.parent, finished=True)
     with torch.no_grad():
         harness_logits = load_trained(run.load_base()[0], adapter)(**inputs).logits
     torch.testing.assert_close(tuned, harness_logits)  # the same model the harness evaluated

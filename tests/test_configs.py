@@ -28,7 +28,7 @@ def test_every_config_file_opens_with_the_command_that_runs_it() -> None:
 
 def test_defaults_compose_and_validate(tmp_path) -> None:
     cfg = compose([f"paths.runs={tmp_path}"])
-    eff = validate(cfg)
+    eff = validate(cfg).effective
     assert (cfg.method.name, cfg.model.name, cfg.task.name, cfg.targets.name) == ("lora", "smollm2-135m", "classify", "qv")
     assert eff["r"] == 16 and eff["alpha"] == 32  # alpha defaults to 2r
     assert eff["train"]["lr"] == cfg.method.lr

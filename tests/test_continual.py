@@ -94,10 +94,10 @@ def test_a_stage_records_its_chain_and_rescores_the_earlier_task(chain: dict[str
 def test_a_stage_starts_from_its_parents_trained_weights(chain: dict[str, Path]) -> None:
     from peft import PeftModel
 
-    from harness.adapters import merge
+    from harness.runfolder import open_run
 
     for root in ("lora", "full"):
-        run = merge.load_run(chain[root])
+        run = open_run(chain[root], finished=True)
         base, _, _ = run.load_base()
         started, names = apply_chain(base.float(), [chain[root]])
         reference, _, _ = run.load_base()
@@ -125,11 +125,11 @@ def test_the_identity_holds_the_parent_run(chain: dict[str, Path], tmp_path: Pat
 
 def test_intruder_weights_of_a_stage_carry_the_whole_chain(chain: dict[str, Path]) -> None:
     from analysis.intruder import load_run, weight_pairs
-    from harness.adapters import merge
+    from harness.runfolder import open_run
 
     stage_pairs = weight_pairs(load_run(chain["full-extract"]))
     root_pairs = weight_pairs(load_run(chain["full"]))
-    stage_only = merge.load_run(chain["full-extract"])
+    stage_only = open_run(chain["full-extract"], finished=True)
     name = "model.layers.0.self_attn.q_proj"
     w0, w = stage_pairs[name]
     assert torch.equal(w0, root_pairs[name][0])  # W0: the pre-trained base, not the parent's weights
@@ -206,5 +206,5 @@ def test_continual_tables_read_the_stages(chain: dict[str, Path], tmp_path: Path
 
 def test_validate_accepts_a_good_parent(chain: dict[str, Path], tmp_path: Path) -> None:
     eff = validate(compose([*MOVE, "method=lora", "r=2", "task=extract", f"init_from={chain['lora']}",
-                            f"paths.runs={tmp_path}"]))
+                            f"paths.runs={tmp_path}"])).effective
     assert eff["init_from"] == json.loads((chain["lora"] / "result.json").read_text())["run_id"]

@@ -114,13 +114,13 @@ def _conf_with(tmp_path: Path, dest: str, example: str) -> Path:
 def _run(conf: Path, overrides: list[str], runs: Path) -> dict:
     from hydra import compose, initialize_config_dir
 
-    from harness.config import run_id, validate
+    from harness.config import validate
     from harness.pipeline import execute
 
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*overrides, f"paths.runs={runs}"])
-    rid = run_id(cfg)
-    return execute(cfg, validate(cfg), rid, runs / rid)
+    spec = validate(cfg)
+    return execute(spec, runs / spec.run_id)
 
 
 def _load(path: Path):

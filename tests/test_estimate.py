@@ -18,7 +18,7 @@ from conftest import REPO, TINY, compose, run_cli, run_inprocess
 from harness.estimate import memory as em
 from harness.config import effective_config
 from harness.errors import ConfigError
-from harness.estimate.model import (_block, _layer_list, act_dtypes, build_meta_model, estimate, estimate_overrides,
+from harness.estimate.model import (layer_block, layer_list, act_dtypes, build_meta_model, estimate, estimate_overrides,
                               method_names, model_activations)
 
 L8 = dict(h=4096, i=14336, kv=1024, layers=32, vocab=128256)  # Llama-3.1-8B
@@ -309,11 +309,11 @@ def test_layer_activations_match_what_autograd_keeps(overrides: list[str], b: in
     mask = torch.ones(b, s, dtype=torch.long)
     mask[0, -min(5, s - 1):] = 0  # padding, as the collator makes
     labels = ids if cfg.model.kind == "causal_lm" else torch.tensor([0, 1, 2, 0])
-    layers = _layer_list(model, model.config.num_hidden_layers)
+    layers = layer_list(model, model.config.num_hidden_layers)
     measured = saved_per_layer(model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, layers,
                                eff["train"]["precision"].endswith("-mixed"))
     dt = act_dtypes(eff["train"]["precision"], False, "cpu", cfg.model.kind == "causal_lm")
-    predicted = em.layer_activation_bytes(_block(layers[-1], model.config, dt, "cpu"), s, b, dt)
+    predicted = em.layer_activation_bytes(layer_block(layers[-1], model.config, dt, "cpu"), s, b, dt)
     assert predicted == pytest.approx(measured[len(layers) - 1], rel=0.04)
     # and the model-level function sums the same layers
     acts = model_activations(model, eff, s, b, "cpu")
@@ -356,12 +356,12 @@ def test_packed_batch_activations_match_what_autograd_keeps(overrides: list[str]
     ids = torch.randint(5, 1000, (1, sum(lengths)), generator=torch.Generator().manual_seed(0))
     positions = torch.cat([torch.arange(n) for n in lengths])[None]
     (model.get_base_model() if hasattr(model, "get_base_model") else model).set_attn_implementation(PACKED_ATTENTION)
-    layers = _layer_list(model, model.config.num_hidden_layers)
+    layers = layer_list(model, model.config.num_hidden_layers)
     measured = saved_per_layer(model, {"input_ids": ids, "position_ids": positions, "labels": ids}, layers,
                                eff["train"]["precision"].endswith("-mixed"))
     dt = act_dtypes(eff["train"]["precision"], False, "cpu", True)
     s = max(lengths)
-    predicted = em.layer_activation_bytes(_block(layers[-1], model.config, dt, "cpu"), s, sum(lengths) / s, dt, packed)
+    predicted = em.layer_activation_bytes(layer_block(layers[-1], model.config, dt, "cpu"), s, sum(lengths) / s, dt, packed)
     assert predicted == pytest.approx(measured[len(layers) - 1], rel=0.04)
 
 

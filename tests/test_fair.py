@@ -19,7 +19,7 @@ from conftest import TINY, compose, run_cli, run_inprocess
 from harness.config import validate, with_single_budget
 from harness.errors import ConfigError
 from harness.selection import at_grid_edge, lr_candidates, select_lr
-from harness.validation import collapse_reason, planned_steps
+from harness.training_budget import collapse_reason, planned_steps
 
 
 # ---- budget ----
@@ -47,7 +47,7 @@ def test_exactly_one_budget_is_set() -> None:
         validate(compose(["train.max_steps=null"]))
     with pytest.raises(ConfigError, match="train.epochs must be a positive number"):
         validate(compose(["train.epochs=0", "train.max_steps=null"]))
-    assert validate(compose(["train.epochs=1.5", "train.max_steps=null"]))["train"]["epochs"] == 1.5
+    assert validate(compose(["train.epochs=1.5", "train.max_steps=null"])).train.epochs == 1.5
 
 
 def test_budget_conflict_is_one_line_on_the_command_line() -> None:
@@ -92,7 +92,7 @@ def test_base_scores_are_cached_per_cell_and_missed_on_any_change(runs: Path, tm
 def test_the_base_key_changes_with_weights_data_and_evaluation_settings_only() -> None:
     from harness.base_scores import base_key
 
-    eff = validate(compose(["model=tiny-llama", *TINY]))
+    eff = validate(compose(["model=tiny-llama", *TINY])).effective
     key = base_key(eff, "weights-a", "data-a", {"torch": "2.13.0"})
     changed = lambda **train: eff | {"train": eff["train"] | train}  # noqa: E731
     assert base_key(changed(lr=1e-2), "weights-a", "data-a", {"torch": "2.13.0"}) == key  # training-only knob

@@ -125,13 +125,13 @@ def test_qlora_is_compared_with_the_dequantised_weights_it_trained_on(runs: Path
     pytest.importorskip("bitsandbytes")
     _, qlora_dir = run_inprocess(["model=tiny-llama", *TINY, "method=qlora", "r=2", "targets=qv", "train.lr=2e-2"], runs)
     pairs = weight_pairs(load_run(qlora_dir))
-    from harness.adapters import merge
+    from harness.runfolder import open_run
 
-    base, _, record = merge.load_run(qlora_dir).load_base(dequantize=True)
+    base, _, record = open_run(qlora_dir, finished=True).load_base(dequantize=True)
     name = next(iter(pairs))
     assert "de-quantised" in record["base"]
     assert torch.equal(pairs[name][0], base.get_submodule(name).weight.detach())
-    quantised = merge.load_run(qlora_dir).load_base()[0].get_submodule(name).weight
+    quantised = open_run(qlora_dir, finished=True).load_base()[0].get_submodule(name).weight
     assert quantised.__class__.__name__ == "Params4bit"  # what training saw; the pairs use its de-quantised values
 
 

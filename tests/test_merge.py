@@ -13,6 +13,7 @@ import torch
 
 from conftest import TINY, run_inprocess
 from harness.adapters import merge, serve_bench
+from harness.runfolder import open_run
 
 # lr 1e-2 so a few steps move the weights well past bf16 rounding
 MOVE = [*TINY, "train.lr=1e-2", "train.max_steps=4", "task.n_eval=4"]
@@ -40,8 +41,8 @@ def _adapter_and_merged_logits(run_dir: Path, out: Path, dtype: str = "float32")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    info = merge.merge_run(merge.load_run(run_dir), out, dtype)
-    run = merge.load_run(run_dir)
+    info = merge.merge_run(open_run(run_dir, finished=True), out, dtype)
+    run = open_run(run_dir, finished=True)
     base, tokenizer, _ = run.load_base()
     inputs = merge.probe_inputs(run, tokenizer)
     untuned = merge.logits(base, inputs)
@@ -85,7 +86,7 @@ def test_a_lower_precision_save_says_what_it_loses(tiny_runs, tmp_path: Path) ->
 
 def test_qlora_merges_into_its_dequantised_base(tmp_path: Path) -> None:
     _, run_dir = run_inprocess(["model=tiny-llama", "method=qlora", *MOVE], tmp_path / "runs")
-    info = merge.merge_run(merge.load_run(run_dir), tmp_path / "merged")
+    info = merge.merge_run(open_run(run_dir, finished=True), tmp_path / "merged")
     into = info["merged_into"]
     assert into["quantization"]["bits"] == 4 and "de-quantised to bfloat16" in into["base"]
     assert info["saved_dtype"] == "float32"
@@ -186,7 +187,7 @@ def test_serve_bench_times_all_four_modes(tiny_runs, tmp_path: Path) -> None:
 def test_serve_bench_modes_differ_only_in_the_adapter(tiny_runs) -> None:
     """Every mode's weights share one requires_grad state: on CPU a frozen lm_head makes torch.matmul copy the
     weight per row, which would slow the frozen modes (peft's copies) for a reason unrelated to adapters."""
-    run = serve_bench.load_run(tiny_runs["lora_bf16"])
+    run = open_run(tiny_runs["lora_bf16"], finished=True)
     models, _, setup = serve_bench.build_models(run, None)
     flags = {mode: {p.requires_grad for name, p in model.named_parameters() if "lora_" not in name}
              for mode, model in models.items()}  # adapter weights: set_adapter re-freezes the inactive one

@@ -33,14 +33,14 @@ def run_main_inprocess(args: list[str], monkeypatch) -> int:
 
 
 def inject_callback(monkeypatch, callback: TrainerCallback) -> None:
-    import harness.pipeline
+    import harness.phases.tuning as tuning
 
-    real = harness.pipeline.build_trainer
+    real = tuning.build_trainer
 
     def build(model, tokenizer, train_ds, args, kind, callbacks):
         return real(model, tokenizer, train_ds, args, kind, [*callbacks, callback])
 
-    monkeypatch.setattr(harness.pipeline, "build_trainer", build)
+    monkeypatch.setattr(tuning, "build_trainer", build)
 
 
 def only_record(runs: Path) -> dict:
@@ -74,9 +74,9 @@ def test_cpu_memory_cap_is_recorded_as_oom(runs: Path, monkeypatch) -> None:
 
 
 def test_nan_loss_is_recorded_as_diverged(runs: Path, monkeypatch) -> None:
-    import harness.pipeline
+    import harness.phases.prepare as prepare
 
-    real = harness.pipeline.load_model
+    real = prepare.load_model
 
     def poisoned(*args, **kwargs):
         model = real(*args, **kwargs)
@@ -84,7 +84,7 @@ def test_nan_loss_is_recorded_as_diverged(runs: Path, monkeypatch) -> None:
             model.model.norm.weight.fill_(float("nan"))  # frozen under LoRA, so the loss is NaN from step 1
         return model
 
-    monkeypatch.setattr(harness.pipeline, "load_model", poisoned)
+    monkeypatch.setattr(prepare, "load_model", poisoned)
     assert run_main_inprocess([*TINY_ARGS, f"paths.runs={runs}"], monkeypatch) == 1
     record = only_record(runs)
     assert record["status"] == "diverged" and "non-finite loss at step 1" in record["reason"]

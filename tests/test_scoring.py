@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.eval_bench import _setup  # model, tokenizer, task and its test split, as the benchmark loads them
+from benchmarks.eval_bench import scoring_setup  # model, tokenizer, task and its test split, as the benchmark loads them
 from conftest import conf_with
 
 
 @pytest.mark.parametrize("task", ["extract", "style", "multitask"])
 def test_length_batching_keeps_answers_and_their_order(task: str) -> None:
-    model, tokenizer, t, test = _setup("tiny-llama", task, 12, "fp32")
+    model, tokenizer, t, test = scoring_setup("tiny-llama", task, 12, "fp32")
     lengths = [len(t.prompt_ids(tokenizer, r)) for r in test]
     assert len(set(lengths)) > 1  # the case where the order of batches matters
     by_length = t.predict(model, tokenizer, test, "causal_lm", batch_size=4, max_len=256)
@@ -27,7 +27,7 @@ def test_length_batching_keeps_answers_and_their_order(task: str) -> None:
 def test_decoding_uses_the_cache_and_stops_when_every_sequence_has_ended() -> None:
     from harness.tasks.base import generate_greedy
 
-    model, tokenizer, t, test = _setup("tiny-llama", "extract", 4, "fp32")
+    model, tokenizer, t, test = scoring_setup("tiny-llama", "extract", 4, "fp32")
     prompts = [t.prompt_ids(tokenizer, r) for r in test][:2]
     widths: list[int] = []
     hook = model.model.register_forward_pre_hook(lambda m, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
@@ -53,7 +53,7 @@ def test_decoding_uses_the_cache_and_stops_when_every_sequence_has_ended() -> No
 def test_the_head_gets_a_contiguous_input_and_the_answers_do_not_change() -> None:
     from harness.tasks.base import generate_greedy
 
-    model, tokenizer, t, test = _setup("tiny-llama", "extract", 6, "fp32")
+    model, tokenizer, t, test = scoring_setup("tiny-llama", "extract", 6, "fp32")
     prompts = [t.prompt_ids(tokenizer, r) for r in test]
     seen: list[bool] = []
     # a forward hook sees the input the head was called with, after every pre-hook
@@ -79,7 +79,7 @@ def test_the_head_gets_a_contiguous_input_and_the_answers_do_not_change() -> Non
 def test_bundled_model_answers_are_unchanged_by_length_batching() -> None:
     # float32: in bfloat16 the batch's composition itself moves long greedy generations (measured here on this
     # split, untuned: prompt-order batches of 8 vs of 4 agreed on 19 of 24 answers), whichever order is used
-    model, tokenizer, t, test = _setup("smollm2-135m", "extract", 24, "fp32")
+    model, tokenizer, t, test = scoring_setup("smollm2-135m", "extract", 24, "fp32")
     by_length = t.predict(model, tokenizer, test, "causal_lm", batch_size=8, max_len=256)
     in_order = t.predict(model, tokenizer, test, "causal_lm", batch_size=8, max_len=256, by_length=False)
     assert sum(a == b for a, b in zip(by_length, in_order)) == len(test), \
@@ -92,7 +92,7 @@ def test_a_shared_prefix_run_once_gives_the_same_next_token_scores() -> None:
     # scores of every generated position, prefix cached and middle-padded vs plain left padding
     from harness.tasks.base import generation_inputs, shared_prefix
 
-    model, tokenizer, t, test = _setup("tiny-llama", "classify", 6, "fp32")
+    model, tokenizer, t, test = scoring_setup("tiny-llama", "classify", 6, "fp32")
     prompts = [t.prompt_ids(tokenizer, r) for r in test]
     assert len(set(map(len, prompts))) > 1  # padding between the shared part and each prompt's own
     prefix = shared_prefix(model, prompts)
@@ -126,7 +126,7 @@ def test_no_prefix_is_shared_when_it_is_short_or_the_method_uses_the_cache() -> 
     long = list(range(20))
     assert shared_prefix(None, [long + [7], long + [8, 9]]) == long
     assert shared_prefix(None, [long, long + [8, 9]]) == long[:-1]  # every prompt keeps a token of its own
-    model, tokenizer, t, test = _setup("tiny-llama", "classify", 2, "fp32")
+    model, tokenizer, t, test = scoring_setup("tiny-llama", "classify", 2, "fp32")
     prompts = [t.prompt_ids(tokenizer, r) for r in test]
     assert shared_prefix(model, prompts)
     prefix_tuned = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
@@ -136,7 +136,7 @@ def test_no_prefix_is_shared_when_it_is_short_or_the_method_uses_the_cache() -> 
 @pytest.mark.slow
 def test_bundled_model_answers_are_unchanged_by_the_shared_prefix() -> None:
     for task in ("classify", "extract"):
-        model, tokenizer, t, test = _setup("smollm2-135m", task, 16, "fp32")
+        model, tokenizer, t, test = scoring_setup("smollm2-135m", task, 16, "fp32")
         shared = t.predict(model, tokenizer, test, "causal_lm", batch_size=8, max_len=256)
         plain = t.predict(model, tokenizer, test, "causal_lm", batch_size=8, max_len=256, share_prefix=False)
         assert shared == plain, [(a, b) for a, b in zip(shared, plain) if a != b][:3]

@@ -306,9 +306,9 @@ def brute_force_logprobs(model, tokenizer, task, rows: list[dict], choices: list
 
 @pytest.fixture(scope="module")
 def tiny_classify():
-    from benchmarks.eval_bench import _setup
+    from benchmarks.eval_bench import scoring_setup
 
-    model, tokenizer, task, test = _setup("tiny-llama", "classify", 6, "fp32")
+    model, tokenizer, task, test = scoring_setup("tiny-llama", "classify", 6, "fp32")
     return model, tokenizer, task, list(test)
 
 
@@ -379,9 +379,9 @@ def test_bundled_model_generation_and_loglik_agree_on_classify_validation() -> N
     same one on at least 90% of classify's validation prompts (measured 92 of 98, 2026-12-06), and loglik is
     at least as accurate. Over all prompts they agree far less (0.61): the untuned model's greedy answer
     often names no label ("The sentiment of this", 51 of 150), where loglik still picks one."""
-    from benchmarks.eval_bench import _setup
+    from benchmarks.eval_bench import scoring_setup
 
-    model, tokenizer, task, _ = _setup("smollm2-135m", "classify", 150, "fp32")
+    model, tokenizer, task, _ = scoring_setup("smollm2-135m", "classify", 150, "fp32")
     validation = task.splits()["validation"]
     truth = [r["label"] for r in validation]
     generated = [task.predicted_label(a) for a in task.predict(model, tokenizer, validation, "causal_lm", 32, 256)]

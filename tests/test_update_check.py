@@ -60,7 +60,7 @@ def test_group_names_fold_layer_numbers() -> None:
 
 
 def test_a_run_with_a_planted_frozen_tensor_fails_and_names_it(runs: Path, monkeypatch) -> None:
-    import harness.pipeline as pipeline
+    import harness.phases.prepare as pipeline
 
     original = pipeline.apply_method
 
@@ -129,7 +129,7 @@ def test_short_runs_of_every_method_end_ok(method: str, steps: int, runs: Path) 
 # ---- frozen adapters still fail -----------------------------------------------------------------------------
 
 def test_a_frozen_lora_A_fails_at_any_length(runs: Path, monkeypatch) -> None:
-    import harness.pipeline as pipeline
+    import harness.phases.prepare as pipeline
 
     original = pipeline.apply_method
 
@@ -151,7 +151,7 @@ def test_a_rate_of_zero_at_every_step_fails(runs: Path, monkeypatch) -> None:
     """Not a short run: past the warm-up the schedule promised a positive rate, so B was due and never moved."""
     import torch
 
-    import harness.pipeline as pipeline
+    import harness.phases.tuning as pipeline
 
     original = pipeline.build_trainer
 

@@ -18,7 +18,7 @@ from harness.results import documented_keys
 from harness.tasks import CONF_TASK_DIR, get_task
 from harness.tasks.base import SPLITS
 from harness.tasks.classify import parse_label
-from harness.validation import collapse_reason
+from harness.training_budget import collapse_reason
 
 # The builtin classify data (data_seed 1234, min_confidence 0.8) as prepared before labels became per task: the
 # user-label work must leave it byte-identical.
@@ -64,12 +64,12 @@ def test_jsonl_with_a_byte_order_mark_reads_like_one_without(tmp_path: Path, mon
 def test_a_hub_class_column_gives_its_class_names(tmp_path: Path) -> None:
     import datasets
 
-    from harness.tasks.sources import _rows
+    from harness.tasks.sources import split_rows
 
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
     split = datasets.Dataset.from_dict({"text": ["bad film", "good film"], "label": [0, 1]}, features=features)
     task = get_task(classify_cfg(source="hub", dataset="someone/reviews"), tmp_path)
-    assert [r["label"] for r in _rows(task, split, "reviews")] == ["neg", "pos"]
+    assert [r["label"] for r in split_rows(task, split, "reviews")] == ["neg", "pos"]
 
 
 def test_csv_with_a_byte_order_mark_keeps_its_first_column_name(tmp_path: Path) -> None:

@@ -14,12 +14,6 @@ from harness.errors import ConfigError
 from harness.results import now, write_json_atomic
 from harness.runfolder import RunFolder
 
-def require_adapter(run: RunFolder, what: str) -> None:
-    if not run.is_adapter:
-        raise ConfigError(f"run {run.name} is {run.result.get('method')} (it saved a whole model, no adapter); "
-                          f"{what} needs an adapter run, e.g. method=lora")
-
-
 # the harness's name -> (peft's combination_type, what it combines)
 TASK_VECTORS, FACTORS = "task vectors (B@A)", "factor-wise (A and B separately)"
 COMBINE_FORMS = {
@@ -43,7 +37,7 @@ def check_combinable(runs: list[RunFolder], combine: list[str]) -> None:
     if len({r.path.resolve() for r in runs}) < len(runs):
         raise ConfigError("the same run is named twice; pass each run folder once")
     for run in runs:
-        require_adapter(run, "--combine")
+        run.require_adapter("--combine")
         cfg = run.adapter_config
         if cfg.get("peft_type") != "LORA":
             raise ConfigError(f"run {run.name} is a {cfg.get('peft_type')} adapter; --combine works on LoRA-family "

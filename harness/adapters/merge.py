@@ -28,7 +28,6 @@ import argparse
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +40,9 @@ from harness.runfolder import RunFolder, open_run
 
 from harness.adapters.combine import (COMBINE_FORMS, COMBINE_TYPES, FACTORS, MERGE_FILE, NEEDS_DENSITY,  # noqa: F401
                                       SAME_RANK_TYPES, TABLE_JSON, TABLE_MD, TASK_VECTORS, check_combinable,
-                                      combine_runs, markdown_table, require_adapter, score_all, summarise,
+                                      combine_runs, markdown_table, score_all, summarise,
                                       union_model)
 
-
-
-def load_run(path: str | Path) -> RunFolder:
-    """A finished run folder (status ok, its adapter or model saved); anything else is a one-line ConfigError."""
-    return open_run(path, finished=True)
 
 
 def probe_inputs(run: RunFolder, tokenizer, n: int = 4) -> dict[str, torch.Tensor]:
@@ -93,7 +87,7 @@ def merge_run(run: RunFolder, out: Path, dtype: str = "float32") -> dict[str, An
 
     from harness.methods import load_trained
 
-    require_adapter(run, "merging")
+    run.require_adapter("merging")
     if dtype not in SAVE_DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: choose one of {', '.join(SAVE_DTYPES)} (float32 keeps every update)")
     if PeftConfig.from_pretrained(str(run.saved)).is_prompt_learning:
@@ -155,9 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", help="precision the merged model is saved in (float32, "
                         "bfloat16, float16; default float32, which keeps every update; merge.json says what less loses)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     try:
-        runs = [load_run(p) for p in args.runs]
+        runs = [open_run(p, finished=True) for p in args.runs]
         if not args.combine:
             if len(runs) > 1:
                 raise ConfigError("several runs need --combine (e.g. --combine ties); one run merges into its base")
@@ -181,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             weights = [float(w) for w in args.weights.split(",")] if args.weights else None
         except ValueError:
             raise ConfigError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
-        union = load_run(args.union) if args.union else None
+        union = open_run(args.union, finished=True) if args.union else None
         out = args.out or runs[0].path.parent / ("combined_" + "_".join(r.result["task"] for r in runs))
         table = combine_runs(runs, combine, args.density, weights, args.eval, out, args.n_eval, union)
         print((out / TABLE_MD).read_text() if table["rows"] else f"combined adapters saved to {out / 'adapters'}")
@@ -206,7 +199,7 @@ def _select(args: argparse.Namespace, runs: list[RunFolder], combine: list[str])
     for flag, value in (("--n-val", args.n_val), ("--n-test", args.n_test)):
         if value is not None and value <= 0:
             raise ConfigError(f"{flag} must be a positive integer, got {value}")
-    union = load_run(args.union) if args.union else None
+    union = open_run(args.union, finished=True) if args.union else None
     out = args.out or runs[0].path.parent / ("selected_" + "_".join(r.result["task"] for r in runs))
     select_and_score(runs, combine, _numbers(args.grid_weights, "--grid-weights"),
                      _numbers(args.grid_density, "--grid-density"), out, args.n_val, args.n_test, union)

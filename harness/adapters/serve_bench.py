@@ -22,17 +22,15 @@ import os
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.adapters.merge import load_run, require_adapter
 from harness.cli import error
 from harness.errors import ConfigError, HarnessError
 from harness.results import now, versions, write_json_atomic
-from harness.runfolder import RunFolder
+from harness.runfolder import RunFolder, open_run
 
 MODES = ("base", "unmerged", "merged", "hotswap")
 BENCH_JSON, BENCH_MD = "serve_bench.json", "serve_bench.md"
@@ -131,9 +129,9 @@ def bench(run: RunFolder, other: RunFolder | None, batch_sizes: list[int], new_t
     if run.model_cfg.kind != "causal_lm":
         raise ConfigError(f"run {run.name} is an encoder ({run.result['model']}); serve_bench times generation, "
                           f"which needs a causal LM run (e.g. model=smollm2-135m)")
-    require_adapter(run, "serve_bench")
+    run.require_adapter("serve_bench")
     if other is not None:
-        require_adapter(other, "--other")
+        other.require_adapter("--other")
         if other.result["model"] != run.result["model"]:
             raise ConfigError(f"--other run {other.name} is on {other.result['model']}, not {run.result['model']}; "
                               f"hot-swap needs two adapters of one base")
@@ -232,15 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, help="folder for serve_bench.json / .md (default: the run folder)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     try:
         batch_sizes = _int_list(args.batch_sizes)
         for name in ("new_tokens", "prompt_tokens", "repeats"):
             if getattr(args, name) <= 0 or (name == "new_tokens" and args.new_tokens < 2):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer (new tokens at least 2), "
                                   f"got {getattr(args, name)}")
-        run = load_run(args.run)
-        other = load_run(args.other) if args.other else None
+        run = open_run(args.run, finished=True)
+        other = open_run(args.other, finished=True) if args.other else None
         report = bench(run, other, batch_sizes, args.new_tokens, args.prompt_tokens, args.repeats)
     except HarnessError as err:
         return error(err)

@@ -6,7 +6,6 @@ The overrides are harness.run's (Hydra over conf/), checked by the same path (ha
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from harness.estimate import memory as em
 from harness.errors import ConfigError
 from harness.models import HEAD_NAMES
 
-warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 # Roles of a layer's linear modules (suffix of the module name inside the layer); longest suffix first.
 ROLE_SUFFIXES = (
     ("attention.self.query", "q"), ("attention.self.key", "k"), ("attention.self.value", "v"),
@@ -78,13 +76,13 @@ def compose_config(overrides: list[str]) -> DictConfig:
 def effective(cfg: DictConfig) -> dict[str, Any]:
     """harness.config's effective config (ignored axes nulled, precision resolved), with the value checks that
     need no model or network."""
-    from harness.config import _positive_int, check_budget, effective_config
-    from harness.validation import planned_steps
+    from harness.config import positive_int, check_budget, effective_config
+    from harness.training_budget import planned_steps
 
     if cfg.method.get("has_rank", False):
-        _positive_int(cfg.r, "r", "e.g. r=16")
+        positive_int(cfg.r, "r", "e.g. r=16")
     for key in ("batch_size", "grad_accum", "max_seq_len"):
-        _positive_int(cfg.train[key], f"train.{key}", f"e.g. train.{key}=8")
+        positive_int(cfg.train[key], f"train.{key}", f"e.g. train.{key}=8")
     check_budget(cfg.train)
     if cfg.model.source == "hf":  # config.json alone: the estimate needs no weights
         from harness.hf_model import check_model
@@ -95,7 +93,7 @@ def effective(cfg: DictConfig) -> dict[str, Any]:
     gpus = cfg.dist.gpus
     if gpus is None and cfg.dist.strategy not in ("none", "ddp"):
         raise ConfigError(f"dist={cfg.dist.strategy}: say over how many GPUs it shards, e.g. dist.gpus=8")
-    _positive_int(gpus or 1, "dist.gpus", "e.g. dist.gpus=8")
+    positive_int(gpus or 1, "dist.gpus", "e.g. dist.gpus=8")
     eff["dist"] = {"strategy": str(cfg.dist.strategy), "gpus": int(gpus or 1)}
     # an epoch budget counts steps over task.n_train rows (the task's pool may hold fewer)
     eff["train"]["max_steps"] = planned_steps(cfg.train, int(cfg.task.n_train))
@@ -214,7 +212,7 @@ def prepare_model(eff: dict[str, Any], cache: Path | None = None) -> tuple[nn.Mo
 
 # ---- reading the model ---------------------------------------------------------------------------------------
 
-def _layer_list(model: nn.Module, n_layers: int) -> nn.ModuleList:
+def layer_list(model: nn.Module, n_layers: int) -> nn.ModuleList:
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
     if not lists:
         raise ConfigError(f"cannot find the {n_layers} transformer layers of {type(model).__name__}")
@@ -253,7 +251,7 @@ def _adapter(module: nn.Module) -> tuple[str, int, float] | None:
     return None
 
 
-def _block(layer: nn.Module, config: Any, dt: em.ActDtypes, device: str) -> em.Block:
+def layer_block(layer: nn.Module, config: Any, dt: em.ActDtypes, device: str) -> em.Block:
     roles, trainable, adapters = {}, set(), []
     for name, module in layer.named_modules():
         role = next((r for suffix, r in ROLE_SUFFIXES if name == suffix or name.endswith("." + suffix)), None)
@@ -343,7 +341,7 @@ def model_activations(model: nn.Module, eff: dict[str, Any], s: int, b: float, d
     config = model.config
     mixed = train["precision"].endswith("-mixed")
     dt = act_dtypes(train["precision"], bool(quant), device, eff["model"]["kind"] == "causal_lm")
-    blocks = [_block(layer, config, dt, device) for layer in _layer_list(model, config.num_hidden_layers)]
+    blocks = [layer_block(layer, config, dt, device) for layer in layer_list(model, config.num_hidden_layers)]
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     logits_dtype = out_emb.weight.dtype if out_emb is not None else torch.float32
     head = em.Head(vocab=config.vocab_size if eff["model"]["kind"] == "causal_lm" else 0,
@@ -364,14 +362,7 @@ def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int]
     total, trainable = count_parameters(model)
     quant = method.get("quantization") or None
     params = list(model.named_parameters())  # shared (tied) parameters appear once
-    weights_detail: dict[str, int] = {}
-    for _, p in params:
-        if id(p) in qbytes:
-            key = ("nf4" if quant.get("load_in_4bit") else "int8") + ("+dq" if quant.get("bnb_4bit_use_double_quant") else "")
-            weights_detail[key] = weights_detail.get(key, 0) + qbytes[id(p)]
-        else:
-            key = str(p.dtype).removeprefix("torch.") + (" trainable" if p.requires_grad else " frozen")
-            weights_detail[key] = weights_detail.get(key, 0) + p.numel() * DTYPE_BYTES[p.dtype]
+    weights_detail = _weight_bytes(params, qbytes, quant)
     train_tensors = [_tensor(p) for _, p in params if p.requires_grad]
     mixed = train["precision"].endswith("-mixed")
     # autocast casts every float32 linear weight to 16 bits once per forward and keeps it for the backward
@@ -381,28 +372,9 @@ def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int]
     first_grad = (out_emb.weight.numel() * DTYPE_BYTES[out_emb.weight.dtype]
                   if out_emb is not None and out_emb.weight.requires_grad else 0)
     s, b = int(seq_len or train["max_seq_len"]), int(train["batch_size"])
-    notes = []
-    # prompt tuning prepends its virtual tokens to every sequence: every per-token term, the logits included
-    # (peft's prompt-tuning forward returns logits at the virtual positions too), sees them; prefix tuning's
-    # virtual tokens are keys and values only, not positions
-    virtual = int((method.get("peft_kwargs") or {}).get("num_virtual_tokens") or 0)
-    virtual = virtual if method.get("peft_type") == "PROMPT_TUNING" else 0
-    if virtual:
-        s += virtual
-        notes.append(f"prompt tuning: {virtual} virtual tokens lengthen every sequence")
+    notes: list[str] = []
     checkpointing = bool(train.get("gradient_checkpointing"))
-    if batch_shape:  # per-token terms see all its tokens; length-squared terms its longest row (an upper bound)
-        longest = int(batch_shape["longest_row"]) + virtual
-        tokens = int(batch_shape["tokens"]) + virtual * int(batch_shape["rows"])
-        positions = batch_shape.get("logit_positions")
-        if positions is not None and positions >= int(batch_shape["tokens"]):  # logits at every position
-            positions += virtual * int(batch_shape["rows"])
-        acts = model_activations(model, eff, longest, tokens / longest, device, positions,
-                                 packed_rows(model, batch_shape, device))
-        notes.append(f"activations for the run's largest batch: {tokens} tokens in {batch_shape['rows']} rows "
-                     f"(longest {longest}), logits at {positions if positions is not None else tokens} positions")
-    else:
-        acts = model_activations(model, eff, s, b, device)
+    s, acts = _activations(model, eff, s, b, device, batch_shape, notes)
     if device == "cuda":
         overhead, overhead_note = CUDA_CONTEXT_BYTES, "CUDA context (assumed 0.5 GiB; not in torch's allocated figure)"
     else:
@@ -445,10 +417,52 @@ def estimate_model(model: nn.Module, eff: dict[str, Any], qbytes: dict[int, int]
     )
 
 
+def _weight_bytes(params: list[tuple[str, nn.Parameter]], qbytes: dict[int, int], quant: dict[str, Any] | None
+                  ) -> dict[str, int]:
+    """Weight bytes by storage: quantised (nf4 / int8, +dq) or dtype, trainable or frozen."""
+    detail: dict[str, int] = {}
+    for _, p in params:
+        if id(p) in qbytes:
+            key = ("nf4" if quant.get("load_in_4bit") else "int8") + ("+dq" if quant.get("bnb_4bit_use_double_quant") else "")
+            detail[key] = detail.get(key, 0) + qbytes[id(p)]
+        else:
+            key = str(p.dtype).removeprefix("torch.") + (" trainable" if p.requires_grad else " frozen")
+            detail[key] = detail.get(key, 0) + p.numel() * DTYPE_BYTES[p.dtype]
+    return detail
+
+
+def _activations(model: nn.Module, eff: dict[str, Any], s: int, b: int, device: str,
+                 batch_shape: dict[str, int] | None, notes: list[str]) -> tuple[int, dict[str, int]]:
+    """(the sequence length with prompt tuning's virtual tokens, activation bytes by kind) for the configured
+    batch, or for the run's largest one (`batch_shape`); what was assumed goes into `notes`."""
+    method = eff["method"]
+    # prompt tuning prepends its virtual tokens to every sequence: every per-token term, the logits included
+    # (peft's prompt-tuning forward returns logits at the virtual positions too), sees them; prefix tuning's
+    # virtual tokens are keys and values only, not positions
+    virtual = int((method.get("peft_kwargs") or {}).get("num_virtual_tokens") or 0)
+    virtual = virtual if method.get("peft_type") == "PROMPT_TUNING" else 0
+    if virtual:
+        s += virtual
+        notes.append(f"prompt tuning: {virtual} virtual tokens lengthen every sequence")
+    if batch_shape:  # per-token terms see all its tokens; length-squared terms its longest row (an upper bound)
+        longest = int(batch_shape["longest_row"]) + virtual
+        tokens = int(batch_shape["tokens"]) + virtual * int(batch_shape["rows"])
+        positions = batch_shape.get("logit_positions")
+        if positions is not None and positions >= int(batch_shape["tokens"]):  # logits at every position
+            positions += virtual * int(batch_shape["rows"])
+        acts = model_activations(model, eff, longest, tokens / longest, device, positions,
+                                 packed_rows(model, batch_shape, device))
+        notes.append(f"activations for the run's largest batch: {tokens} tokens in {batch_shape['rows']} rows "
+                     f"(longest {longest}), logits at {positions if positions is not None else tokens} positions")
+    else:
+        acts = model_activations(model, eff, s, b, device)
+    return s, acts
+
+
 def _largest_unit(model: nn.Module) -> tuple[int, int]:
     """Bytes of the largest FSDP unit's weights and trainable gradients: a transformer layer, or what the root
     keeps (embeddings, final norm, head), as auto_wrap groups a model by its layer classes."""
-    layers = _layer_list(model, int(getattr(model.config, "num_hidden_layers", 0) or 0)) \
+    layers = layer_list(model, int(getattr(model.config, "num_hidden_layers", 0) or 0)) \
         if getattr(model, "config", None) is not None else []
     in_layers = {id(p) for layer in layers for p in layer.parameters()}
     units = [list(layer.parameters()) for layer in layers]

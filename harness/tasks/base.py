@@ -68,7 +68,7 @@ class Task:
     name: ClassVar[str]
     primary_metric: ClassVar[str]
     labels: list[str] | None = None  # encoders classify over these; per task instance (classify reads the user's)
-    # predictions all of one class mark a run `collapsed` (harness/validation.py); memorize: chance level is a result
+    # predictions all of one class mark a run `collapsed` (harness/training_budget.py); memorize: chance level is a result
     one_class_is_collapse: ClassVar[bool] = True
     prep_keys: ClassVar[tuple[str, ...]] = ("data_seed",)  # config keys that change the prepared pools
     version: ClassVar[int] = 1

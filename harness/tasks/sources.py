@@ -144,7 +144,7 @@ def _load(task: Task) -> datasets.DatasetDict:
     return loaded
 
 
-def _rows(task: Task, split: datasets.Dataset, where: str) -> list[dict[str, Any]]:
+def split_rows(task: Task, split: datasets.Dataset, where: str) -> list[dict[str, Any]]:
     mapping = _field_map(task)
     missing = [f"{field} (column '{col}')" for field, col in mapping.items() if col not in split.column_names]
     if missing:
@@ -185,7 +185,7 @@ def external_pools(task: Task) -> dict[str, list[dict[str, Any]]]:
     if "train" not in loaded:
         raise ConfigError(f"the data has no 'train' split (it has {', '.join(loaded)}); name the training data 'train'")
     where = str(task.cfg.get("path") or task.cfg.get("dataset"))
-    pools = {s: _dedup(_rows(task, loaded[n], f"{where} [{n}]")) for s, n in names.items() if n is not None}
+    pools = {s: _dedup(split_rows(task, loaded[n], f"{where} [{n}]")) for s, n in names.items() if n is not None}
     rng = random.Random(task.cfg.data_seed)
     train = pools["train"]
     rng.shuffle(train)
