@@ -26,6 +26,9 @@ from harness.hf_model import check_model  # also registers model=hf's resolvers 
 NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun", "seeds", "lr_search", "lr_widen", "selection_seed", "lr_halving", "lr_halving_rungs", "rung_step", "lr_protocol", "variants", "stages")
 # Method keys that say how a method is searched or described, not what a run trains.
 NON_IDENTITY_METHOD_KEYS = ("lr_grid",)
+# Keys added after runs were recorded, at the value that behaves as before: left out of the effective config, so a
+# run that does not use them keeps its id (and a committed sweep resumes) -- (group, key): neutral value.
+NEUTRAL_DEFAULTS = {("task", "answer"): "generate"}
 BUDGET_KEYS = ("train.max_steps", "train.epochs")
 PRECISIONS = ("auto", "bf16", "bf16-mixed", "fp32", "fp16-mixed")
 TRACKING_MODES = ("auto", "online", "offline", "disabled")
@@ -56,6 +59,9 @@ def effective_config(cfg: DictConfig) -> dict[str, Any]:
         eff["init_from"] = parent_run_id(eff["init_from"])
         if eff["train"].get("precision") == "auto":  # an earlier stage's merged update must not round away
             eff["train"]["precision"] = "bf16-mixed"
+    for (group, key), neutral in NEUTRAL_DEFAULTS.items():
+        if (eff.get(group) or {}).get(key) == neutral:
+            eff[group].pop(key)
     _normalise_dist(eff)
     if eff["train"].get("precision") == "auto":
         # Trained weights keep float32 masters: in pure bf16 an AdamW step smaller than ~1/256 of a weight rounds
