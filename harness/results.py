@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.assets import REPO_ROOT
+from harness.provenance import installed_versions
 
 RESULT_FILE = "result.json"
 DRIVER = "driver"    # harness.pipeline.execute (and harness.run for a run that raised): how and when the run ended
@@ -333,13 +334,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def versions() -> dict[str, str | None]:
-    names = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "evaluate", "hydra-core", "wandb")
-    found: dict[str, str | None] = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
+    found = installed_versions(["torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "evaluate",
+                                "hydra-core", "wandb"])
     found["harness"] = metadata.version("peft-harness") if _installed("peft-harness") else None
     return found
 
