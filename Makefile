@@ -69,7 +69,7 @@ study: setup
 
 # the claims ledger and results/REPORT.md, from the committed records alone
 claims: $(VENV)/.installed
-	$(PY) -m analysis.claims --runs results/$(STUDY) --out results/$(STUDY)/claims --report results/REPORT$(if $(filter gpu,$(SCALE)),-gpu,).md
+	$(PY) -m analysis.claims --runs results/$(STUDY) --out results/$(STUDY)/claims --report results/REPORT$(if $(filter gpu,$(SCALE)),-gpu,).md$(if $(filter gpu,$(SCALE)),, --readme README.md)
 
 # make report [REPORT_RUNS=runs NAME=all ARGS="--source wandb --project P --group G"] -> reports/$(NAME)/
 report: $(VENV)/.installed

@@ -284,9 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=None, help="also write the study report here (results/REPORT.md), "
                         "and the findings page FINDINGS.md beside it")
     parser.add_argument("--plan", action="store_true", help="print, claim by claim, the seeds and items to add; write nothing")
-    parser.add_argument("--readme", type=Path, default=Path("README.md"),
-                        help="a README whose findings block (between <!-- findings:begin/end --> markers) shows the "
-                             "findings page's summary; left alone without the markers (default README.md)")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also rewrite this README's findings block (between <!-- findings:begin/end --> markers) "
+                             "with the findings page's summary (make claims passes README.md); default: no README")
     args = parser.parse_args(argv)
     try:
         evidence = gather(args.runs, estimates=not args.no_estimates)
@@ -309,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         findings_path = args.report.parent / FINDINGS
         findings = findings_markdown(evidence, verdicts, args.runs, ledger_link(args.out, findings_path))
         findings_path.write_text(findings)
-        update_readme_block(args.readme, findings, findings_path)
+        if args.readme is not None:
+            update_readme_block(args.readme, findings, findings_path)
     print(text)
     return 0
 

@@ -115,8 +115,9 @@ def commands(plan: SweepPlan, study: str, overrides: list[str], launcher: str, e
 
 def claims_command(study: str, scale: str) -> list[str]:
     report = f"results/REPORT{'-gpu' if scale == 'gpu' else ''}.md"
+    readme = [] if scale == "gpu" else ["--readme", "README.md"]  # the README shows the CPU study's findings
     return [sys.executable, "-m", "analysis.claims", "--runs", f"results/{study}", "--out",
-            f"results/{study}/claims", "--report", report]
+            f"results/{study}/claims", "--report", report, *readme]
 
 
 def print_plan(kept: list[SweepPlan], dropped: list[SweepPlan], cap_hours: float, scale: str) -> None:
