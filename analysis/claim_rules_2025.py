@@ -35,6 +35,11 @@ COLUMNS = ("cell", "variant", "lr_variant", "task", "model", "method", "r", "alp
            "train_epochs", "budget", "label", "primary_metric")
 
 
+def combined(states: list[str]) -> str:
+    """A claim's verdict from its parts: refuted if any part is, supported if every part is, else inconclusive."""
+    return REFUTED if REFUTED in states else SUPPORTED if all(x == SUPPORTED for x in states) else INCONCLUSIVE
+
+
 def _ok(df: pd.DataFrame | None) -> pd.DataFrame:
     """The ok runs with a score, every column the rules read present (missing ones empty)."""
     if df is None or df.empty or "score" not in df:
@@ -223,7 +228,7 @@ def claim_17(ev: Evidence, v: Verdict) -> Verdict:
                      f"each at its selected rate with >= {st.MIN_SEEDS} seeds (sweeps/study/tuned-variants.yaml)")
         return v
     v.estimate = f"{verdicts.count(SUPPORTED)} of {len(verdicts)} group(s) within {SPREAD_POINTS:g} points"
-    v.verdict = REFUTED if REFUTED in verdicts else SUPPORTED if all(x == SUPPORTED for x in verdicts) else INCONCLUSIVE
+    v.verdict = combined(verdicts)
     return v
 
 
@@ -284,7 +289,7 @@ def claim_18(ev: Evidence, v: Verdict) -> Verdict:
         v.missing = f"memorize runs at >= 2 ranks and >= 2 sizes with >= {st.MIN_SEEDS} seeds beside full FT"
         return v
     v.estimate = f"{verdicts.count(SUPPORTED)} of {len(verdicts)} model(s) with a crossing growing with rank"
-    v.verdict = REFUTED if REFUTED in verdicts else SUPPORTED if all(x == SUPPORTED for x in verdicts) else INCONCLUSIVE
+    v.verdict = combined(verdicts)
     return v
 
 
@@ -485,5 +490,5 @@ def claim_21(ev: Evidence, v: Verdict) -> Verdict:
         v.missing = f"full FT (with forgetting) and LoRA at its selected rate in one cell, >= {st.MIN_SEEDS} seeds each"
         return v
     v.estimate = f"{states.count(SUPPORTED)} of {len(states)} LoRA point(s) on or above the frontier (5-point margin)"
-    v.verdict = REFUTED if REFUTED in states else SUPPORTED if all(x == SUPPORTED for x in states) else INCONCLUSIVE
+    v.verdict = combined(states)
     return v
