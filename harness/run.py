@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import shutil
 import signal
 import sys
 import traceback
@@ -45,7 +46,26 @@ def main_body(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         return previous
     if previous and previous.get("config_hash") not in (None, spec.config_hash):
         raise HarnessError(f"{run_dir} holds the result of another config; choose another paths.runs")
+    if not previous and (adopted := adopt_shared(spec, run_dir)) is not None:
+        return adopted
     return execute(spec, run_dir)
+
+
+def adopt_shared(spec: RunSpec, run_dir: Path) -> dict[str, Any] | None:
+    """A run that two sweeps of a study name runs once: with `paths.shared` set (the study sets its runs root),
+    a finished run of the same id and config hash in a sibling sweep's folder is copied into this one. The copy
+    keeps its record as written (its `group` names the sweep that trained it)."""
+    shared = spec.cfg.paths.get("shared")
+    if not shared or spec.cfg.rerun:
+        return None
+    for source in sorted(Path(shared).glob(f"*/{run_dir.name}")):
+        record = read_record(source)
+        if source.resolve() == run_dir.resolve() or not is_done(record, spec.config_hash):
+            continue
+        log.info("already done in a sibling sweep: %s; copied to %s", source, run_dir)
+        shutil.copytree(source, run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".hydra", "*.log"))
+        return record
+    return None
 
 
 def _terminate(signum, frame):

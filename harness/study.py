@@ -59,23 +59,31 @@ def _sweep_file(name: str, folder: Path) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.merge(merged, own))
 
 
+def _values(override: str) -> int:
+    """How many values a sweep override names: `train.lr=1e-3,2e-3,4e-3` -> 3 (Hydra's comma sweep)."""
+    return len(str(override).split("=", 1)[1].split(",")) if "=" in str(override) else 1
+
+
 def count_runs(sweep: dict[str, Any]) -> tuple[int, int]:
-    """(runs, runs with every widening) of a sweep file, in full-budget runs: variants x seeds x stages, or with
-    `lr_search` N rates on the search seed plus the other seeds (all seeds with a held-out `selection_seed`);
-    with `lr_halving` the N rates cost about two full runs."""
-    variants = len(sweep.get("variants") or []) or 1
-    seed_axis = str(((sweep.get("hydra") or {}).get("sweeper") or {}).get("params", {}).get("seed", ""))
+    """(runs, runs with every widening) of a sweep file, in full-budget runs: grid points x seeds x stages, where
+    a variant's grid points are the product of its comma lists (`train.lr=a,b,c`) and of the sweeper's own axes
+    (`task.n_train: 256,512`); or with `lr_search` N rates on the search seed plus the other seeds (all seeds with
+    a held-out `selection_seed`); with `lr_halving` the N rates cost about two full runs."""
+    params = dict(((sweep.get("hydra") or {}).get("sweeper") or {}).get("params") or {})
+    seed_axis = str(params.pop("seed", ""))
+    axes = math.prod(_values(f"{k}={v}") for k, v in params.items())
+    points = sum(math.prod(_values(o) for o in v) for v in sweep.get("variants") or [[]]) * axes
     seeds = int(sweep.get("seeds") or 1) if int(sweep.get("seeds") or 1) > 1 else len(seed_axis.split(",")) or 1
     stages = len(sweep.get("stages") or []) or 1
     n, widen = int(sweep.get("lr_search") or 0), int(sweep.get("lr_widen") or 0)
     if n <= 1:
-        return variants * seeds * stages, variants * seeds * stages
+        return points * seeds * stages, points * seeds * stages
     per_variant = n + seeds - (0 if sweep.get("selection_seed") is not None else 1)
     if sweep.get("lr_halving"):  # n runs start, but the search costs about two full-budget runs (harness/halving.py)
         search = math.ceil(total_cost(plan_rungs(n, 1000), 1000, n))
         per_variant = per_variant - n + search
-        return variants * per_variant, variants * per_variant  # no widening with halving
-    return variants * per_variant, variants * (per_variant + widen)
+        return points * per_variant, points * per_variant  # no widening with halving
+    return points * per_variant, points * (per_variant + widen)
 
 
 def load_plan(scale: str, manifest: Path = MANIFEST, sweep_dir: Path = REPO / SWEEP_DIR) -> tuple[list[SweepPlan], float, dict]:
@@ -107,7 +115,7 @@ def commands(plan: SweepPlan, study: str, overrides: list[str], launcher: str, e
     runs, results = f"runs/{study}/{plan.name}", f"results/{study}/{plan.name}"
     py = [sys.executable, "-m"]
     out = [[*py, "harness.run", "--multirun", "--config-dir", SWEEP_DIR, "--config-name", plan.name,
-            f"hydra/launcher={launcher}", f"paths.runs={runs}", *overrides, *extra],
+            f"hydra/launcher={launcher}", f"paths.runs={runs}", f"paths.shared=runs/{study}", *overrides, *extra],
            [*py, "analysis.records", runs, f"{results}/runs"]]
     out += [[*py, *shlex.split(a.format(runs=runs, results=results))] for a in plan.analyses]
     return out

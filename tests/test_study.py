@@ -40,6 +40,9 @@ def test_run_counts_follow_the_sweep_file() -> None:
                              "lr_halving": True}) == (7, 7)              # 7 rates for ~2 full runs + 5 seeds
     assert study.count_runs({"variants": [["a"]] * 3, "stages": [["x"], ["y"]],
                              "hydra": {"sweeper": {"params": {"seed": "0"}}}}) == (6, 6)
+    grid = {"variants": [["method=full", "train.lr=1e-4,2e-4,4e-4"], ["method=lora", "r=4,16"]], "seeds": 3,
+            "hydra": {"sweeper": {"params": {"task.n_train": "256,512"}}}}
+    assert study.count_runs(grid) == ((3 + 2) * 2 * 3,) * 2             # comma lists and sweeper axes multiply
     sweep = study._sweep_file("intruder-selected", REPO / "sweeps" / "study")  # builds on intruder.yaml
     assert sweep["task"]["n_train"] == 2400 and sweep["lr_search"] == 3
 
@@ -48,7 +51,7 @@ def test_the_cap_drops_sweeps_from_the_bottom() -> None:
     plans = [study.SweepPlan(n, "encoder", 60, 60, 6.0) for n in ("a", "b", "c")]  # 6 h each
     kept, dropped = study.within_cap(plans, 13)
     assert [p.name for p in kept] == ["a", "b"] and [p.name for p in dropped] == ["c"]
-    out = run_study("--dry-run", "--cap-hours", "2")
+    out = run_study("--dry-run", "--cap-hours", "5")
     assert out.returncode == 0, out.stderr
     assert "DROPPED intruder-lm" in out.stdout and "would run: python -m harness.run" in out.stdout
     assert "config-name intruder-lm" not in out.stdout
@@ -59,7 +62,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing() -> None:
     assert out.returncode == 0, out.stderr
     assert "ESTIMATES" in out.stdout and "fair-style" in out.stdout and "~" in out.stdout
     lines = [line for line in out.stdout.splitlines() if line.startswith("would run: ")]
-    assert len(lines) == 4 and lines[0].endswith("paths.runs=runs/study/fair-style seeds=5")
+    assert len(lines) == 4 and lines[0].endswith("paths.runs=runs/study/fair-style paths.shared=runs/study seeds=5")
     assert "analysis.claims --runs results/study " in lines[-1]
     assert "+ python" not in out.stdout
 
@@ -77,3 +80,30 @@ def test_a_manifest_sweep_without_its_file_is_refused(tmp_path: Path) -> None:
                         "  - {name: missing, family: encoder, minutes_per_run: {cpu: 1}}\n")
     with pytest.raises(ConfigError, match="sweep 'missing'"):
         study.load_plan("cpu", manifest)
+
+
+def test_a_run_two_sweeps_name_is_trained_once(tmp_path) -> None:
+    """paths.shared: a finished run of the same id and hash in a sibling sweep's folder is copied, not retrained;
+    an unfinished one, or one of another config, is not."""
+    import json
+
+    from conftest import compose
+    from harness.config import resolve
+    from harness.run import adopt_shared
+
+    spec = resolve(compose([f"paths.shared={tmp_path}"]))
+    source = tmp_path / "lr-ratio" / spec.run_id
+    source.mkdir(parents=True)
+    here = tmp_path / "tuned-variants" / spec.run_id
+    here.mkdir(parents=True)
+    (source / "adapter.bin").write_text("weights")
+    record = {"status": "running", "config_hash": spec.config_hash, "group": "lr-ratio"}
+    (source / "result.json").write_text(json.dumps(record))
+    assert adopt_shared(spec, here) is None                      # not finished: trained here
+    (source / "result.json").write_text(json.dumps({**record, "status": "ok", "config_hash": "other"}))
+    assert adopt_shared(spec, here) is None                      # another config under the same name
+    (source / "result.json").write_text(json.dumps({**record, "status": "ok"}))
+    adopted = adopt_shared(spec, here)
+    assert adopted["group"] == "lr-ratio" and (here / "adapter.bin").read_text() == "weights"
+    assert json.loads((here / "result.json").read_text())["status"] == "ok"
+    assert adopt_shared(resolve(compose([])), here) is None     # paths.shared unset: no lookup
