@@ -67,9 +67,12 @@ STUDY := study$(if $(filter gpu,$(SCALE)),-gpu,)
 study: setup
 	$(PY) -m harness.study --scale $(SCALE) --launcher $(LAUNCHER) $(if $(strip $(STUDY_SWEEPS)),--only "$(STUDY_SWEEPS)",) $(STUDY_FLAGS) -- $(ARGS)
 
-# the claims ledger and results/REPORT.md, from the committed records alone
+# the claims ledger and results/REPORT.md, from the committed records alone. LEDGER_STUDY: the study the ledger reads;
+# the 2026-12 protocol's records (results/study-2026-12) until the deciding-power study (results/study, issue 41)
+# has run its cells (`make study` ends by rebuilding the ledger from results/study itself)
+LEDGER_STUDY ?= $(if $(filter gpu,$(SCALE)),study-gpu,study-2026-12)
 claims: $(VENV)/.installed
-	$(PY) -m analysis.claims --runs results/$(STUDY) --out results/$(STUDY)/claims --report results/REPORT$(if $(filter gpu,$(SCALE)),-gpu,).md$(if $(filter gpu,$(SCALE)),, --readme README.md)
+	$(PY) -m analysis.claims --runs results/$(LEDGER_STUDY) --out results/$(LEDGER_STUDY)/claims --report results/REPORT$(if $(filter gpu,$(SCALE)),-gpu,).md$(if $(filter gpu,$(SCALE)),, --readme README.md)
 
 # make report [REPORT_RUNS=runs NAME=all ARGS="--source wandb --project P --group G"] -> reports/$(NAME)/
 report: $(VENV)/.installed

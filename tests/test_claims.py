@@ -236,8 +236,8 @@ def test_the_ledger_markdown_lists_every_claim_and_rule() -> None:
 
 
 def test_the_committed_report_rebuilds_from_the_committed_records() -> None:
-    """`make claims` wrote results/REPORT.md, results/FINDINGS.md and the memory frontier from results/study alone;
-    rebuilding them gives the same text."""
+    """`make claims` wrote results/REPORT.md, results/FINDINGS.md and the memory frontier from the ledger's study
+    alone (results/study-2026-12 until the deciding-power study has its records); rebuilding gives the same text."""
     from pathlib import Path
 
     from analysis.claims import gather, ledger_link, report_markdown
@@ -245,7 +245,7 @@ def test_the_committed_report_rebuilds_from_the_committed_records() -> None:
     from analysis.memory_claims import frontier_markdown
 
     repo = Path(__file__).resolve().parent.parent
-    roots, report = [Path("results/study")], repo / "results" / "REPORT.md"
+    roots, report = [Path("results/study-2026-12")], repo / "results" / "REPORT.md"
     import os
 
     cwd = os.getcwd()
@@ -254,14 +254,14 @@ def test_the_committed_report_rebuilds_from_the_committed_records() -> None:
         evidence = gather(roots)
         verdicts = ledger(evidence)
         rebuilt = report_markdown(evidence, verdicts, roots, Path("results/REPORT.md"))
-        findings = findings_markdown(evidence, verdicts, roots, ledger_link(Path("results/study/claims"),
+        findings = findings_markdown(evidence, verdicts, roots, ledger_link(Path("results/study-2026-12/claims"),
                                                                            Path("results/FINDINGS.md")))
         frontier = frontier_markdown(evidence.memory_frontier)
     finally:
         os.chdir(cwd)
     assert rebuilt == report.read_text(), "results/REPORT.md is stale: run `make claims` and commit it"
     assert findings == (repo / "results" / "FINDINGS.md").read_text(), "results/FINDINGS.md is stale: run `make claims`"
-    assert frontier == (repo / "results/study/claims/memory_frontier.md").read_text(), "the memory frontier is stale"
+    assert frontier == (repo / "results/study-2026-12/claims/memory_frontier.md").read_text(), "the memory frontier is stale"
 
 
 def test_the_ledger_is_logged_to_wandb_and_the_report_shows_it(tmp_path, monkeypatch) -> None:

@@ -17,7 +17,7 @@ from tests.conftest import REPO, TINY, run_inprocess
 
 TOL = {"score": 0.01, "val_score": 0.01, "loss": 1e-3}
 CURVE = [[10, 1.09], [20, 1.00], [30, 0.87]]
-STUDY_RECORD = REPO / "results/study/fair-classify/runs/classify_minilm-l6_lora_r16_all-linear_s1_f3f60b53"
+STUDY_RECORD = REPO / "results/study-2026-12/fair-classify/runs/classify_minilm-l6_lora_r16_all-linear_s1_f3f60b53"
 
 
 def head() -> str:
