@@ -23,7 +23,7 @@ from harness.errors import AssetError, ConfigError
 from harness.hf_model import check_model  # also registers model=hf's resolvers (kind, hub_id, name from config.json)
 
 # Keys that say where or how a run is reported, not what it is.
-NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun", "seeds", "lr_search", "lr_widen", "selection_seed", "lr_halving", "lr_halving_rungs", "rung_step", "lr_protocol", "variants", "stages")
+NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun", "sweep", "seeds", "lr_search", "lr_widen", "selection_seed", "lr_halving", "lr_halving_rungs", "rung_step", "lr_protocol", "variants", "stages")
 # Method keys that say how a method is searched or described, not what a run trains.
 NON_IDENTITY_METHOD_KEYS = ("lr_grid",)
 # Keys added after runs were recorded, at the value that behaves as before: left out of the effective config, so a

@@ -29,6 +29,7 @@ from harness import distributed, preflight
 from harness.assets import CONF_DIR
 from harness.config import RunSpec, identity, validate, with_single_budget
 from harness.errors import HarnessError
+from harness.sweep_plan import moved_sweep_arguments
 from harness.results import RESULT_FILE, Status, code_fingerprint, is_done, now, write_json_atomic
 from harness.runfolder import read_record
 
@@ -172,7 +173,7 @@ def _fail(run_dir: Path, status: Status, reason: str, multirun: bool, exit_code:
 
 def cli() -> None:
     """Check the command line before Hydra starts, so a typo costs one line and no run folder."""
-    sys.argv[1:] = with_single_budget(sys.argv[1:])
+    sys.argv[1:] = with_single_budget(moved_sweep_arguments(sys.argv[1:]))
     preflight.check_or_exit(sys.argv[1:])
     main()
 

@@ -3,7 +3,7 @@ analysis (which rate a variant is reported at), so both always pick the same one
 
 - A method file carries `lr_grid: {values, rank_exponent}`: log-spaced rates (its comment says where the range
   comes from); for a rank-dependent scaling the rates at rank r are the values times (1 / r) ** rank_exponent.
-- `lr_search=N` takes the N grid rates centred on the method's default rate.
+- `sweep.lr_search=N` takes the N grid rates centred on the method's default rate.
 - Selection: the rate with the best mean validation score, compared over the seeds every tried rate has (the
   search seed of the two-phase protocol; every seed of a full grid), so a rate is never preferred because it was
   averaged over fewer or luckier seeds. Ties go to the smaller rate. Test scores never enter.

@@ -5,7 +5,7 @@ estimated wall time, and the sweeps a cap on the total drops from the bottom.
     python -m harness.study [--scale gpu] [--only fair-classify,intruder] [--cap-hours 16] [--dry-run] [-- ARGS]
 
 Every sweep resumes (the sweeper skips runs already finished), so an interrupted study is restarted with the
-same command. Arguments after `--` go to every sweep (e.g. `-- seeds=5`); `--launcher joblib` picks Hydra's
+same command. Arguments after `--` go to every sweep (e.g. `-- sweep.seeds=5`); `--launcher joblib` picks Hydra's
 launcher. The analyses run as their own processes (harness/ never imports analysis/).
 """
 
@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from harness.cli import exit_on_error
 from harness.errors import ConfigError
 from harness.halving import plan_rungs, total_cost
+from harness.sweep_plan import sweep_settings
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO / "conf" / "study.yaml"
@@ -70,6 +71,7 @@ def count_runs(sweep: dict[str, Any]) -> tuple[int, int]:
     (`task.n_train: 256,512`); or with `lr_search` N rates on the search seed plus the other seeds (all seeds with
     a held-out `selection_seed`); with `lr_halving` the N rates cost about two full runs."""
     params = dict(((sweep.get("hydra") or {}).get("sweeper") or {}).get("params") or {})
+    sweep = sweep_settings(sweep)
     seed_axis = str(params.pop("seed", ""))
     axes = math.prod(_values(f"{k}={v}") for k, v in params.items())
     points = sum(math.prod(_values(o) for o in v) for v in sweep.get("variants") or [[]]) * axes

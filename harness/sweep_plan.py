@@ -28,6 +28,46 @@ from harness.selection import at_grid_edge, lr_candidates, select_lr
 
 log = logging.getLogger(__name__)
 
+# ---- the sweep's own settings: the `sweep:` block of a sweep file (conf/config.yaml lists them) ----
+
+SWEEP_KEYS = ("seeds", "lr_search", "lr_widen", "selection_seed", "lr_halving", "lr_halving_rungs", "variants",
+              "stages")
+_NOTED: set[str] = set()  # legacy keys already noted in this process
+
+
+def moved_sweep_arguments(arguments: list[str]) -> list[str]:
+    """Command lines written before the settings moved under `sweep:` keep working: `seeds=3` -> `sweep.seeds=3`
+    (with a one-line note naming the new key)."""
+    out = []
+    for arg in arguments:
+        key = arg.split("=", 1)[0]
+        if "=" in arg and key in SWEEP_KEYS:
+            log.warning("`%s=` is now `sweep.%s=`; read as %s", key, key, f"sweep.{arg}")
+            arg = f"sweep.{arg}"
+        out.append(arg)
+    return out
+
+
+def sweep_settings(cfg: Any) -> dict[str, Any]:
+    """The sweep's settings (`sweep:` in the sweep file; defaults in conf/config.yaml) as a plain dict. A sweep
+    file from before the move, with `seeds: 3` at the top level, is read the same way, with a note per key."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def plain(value: Any) -> Any:
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) or \
+            OmegaConf.is_list(value) else value
+
+    block = {k: plain(v) for k, v in (cfg.get("sweep") or {}).items()}
+    for key in SWEEP_KEYS:
+        if cfg.get(key) is not None:
+            if key not in _NOTED:
+                _NOTED.add(key)
+                log.warning("sweep file: top-level `%s` is now `sweep.%s`; read as such (move it under `sweep:`)", key,
+                            key)
+            block[key] = plain(cfg.get(key))
+    return {key: block.get(key) for key in SWEEP_KEYS}
+
+
 # lr_protocol values: the role a run had in its sweep's learning-rate search
 TWO_PHASE_SEARCH, TWO_PHASE_SEEDS = "two-phase-search", "two-phase-seeds"
 SELECTION_SEED_SEARCH, SELECTION_SEED_REPORT = "selection-seed-search", "selection-seed-report"
@@ -127,8 +167,8 @@ def search_variants(grid: list[list[str]], n: int, compose: Compose,
             variant = SearchVariant(key, first, cfg, [], [overrides for _, overrides, _ in points[1:]])
         else:
             if any(seed == selection_seed for seed, _, _ in points):
-                raise ConfigError(f"selection_seed={selection_seed} is also a reporting seed of the grid; pick a "
-                                  f"seed outside it (e.g. selection_seed=100 with seeds=5 -> 0..4)")
+                raise ConfigError(f"sweep.selection_seed={selection_seed} is also a reporting seed of the grid; pick a "
+                                  f"seed outside it (e.g. sweep.selection_seed=100 with sweep.seeds=5 -> 0..4)")
             first = [o for o in points[0][1] if not o.startswith("seed=")] + [f"seed={selection_seed}"]
             variant = SearchVariant(key, first, compose(first), [], [overrides for _, overrides, _ in points],
                                     protocol=SELECTION_SEED_SEARCH)

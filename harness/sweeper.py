@@ -4,12 +4,12 @@ already finished `ok`; a summary table of every run of the grid at the end.
 It replaces Hydra's basic sweeper through `hydra.sweeper._target_` (conf/hydra/default.yaml), so every Hydra
 launcher (basic, joblib, submitit local / SLURM) runs its jobs unchanged.
 
-    make sweep TASK=style ARGS="train.max_steps=20 seeds=2"
-    make sweep TASK=style ARGS="lr_search=3 seeds=3"     # two-phase: 3 rates on seed 0, seeds 1-2 at the best
+    make sweep TASK=style ARGS="train.max_steps=20 sweep.seeds=2"
+    make sweep TASK=style ARGS="sweep.lr_search=3 sweep.seeds=3"     # two-phase: 3 rates on seed 0, seeds 1-2 at the best
 
-With `lr_search=N` the sweep runs in two phases within one command: each variant's first seed at N rates of
+With `sweep.lr_search=N` the sweep runs in two phases within one command: each variant's first seed at N rates of
 its method's grid (harness/selection.py), then its other seeds at the rate with the best validation score:
-N + S - 1 runs per variant instead of N x S. With `lr_widen=K`, a variant whose best search rate is at an end of
+N + S - 1 runs per variant instead of N x S. With `sweep.lr_widen=K`, a variant whose best search rate is at an end of
 the rates tried gets the next grid rate beyond it, up to K more. Both phases skip what is already done, so an
 interrupted sweep resumes where it stopped; records say which phase ran them (`lr_protocol`). With
 `selection_seed: 100` the search runs on that seed alone and every reporting seed runs at the selected rate, so
@@ -40,7 +40,7 @@ from harness.config import resolve
 from harness.errors import ConfigError
 from harness.provenance import warn_if_dirty
 from harness.sweep_plan import (HalvingSearch, SearchVariant, halving_rungs, paused_at_or_after,  # noqa: F401
-                                 search_variants, seed_of, seeds_at_selected_rates)
+                                 search_variants, seed_of, seeds_at_selected_rates, sweep_settings)
 from harness.sweep_progress import progress_batch_size, sweep_progress, wall_time_estimate
 from harness.results import (RESULT_FILE, Status, is_done, now, rejected_before,
                              write_json_atomic)
@@ -65,17 +65,18 @@ def check_one_run_per_gpu(launcher: Any) -> None:
 
 
 def _with_seed_range(arguments: list[str]) -> list[str]:
-    """`seeds=N` on the command line means seed=0..N-1 for every grid point."""
-    seeds = [a for a in arguments if a.startswith("seeds=")]
+    """`sweep.seeds=N` on the command line means seed=0..N-1 for every grid point."""
+    seeds = [a for a in arguments if a.startswith("sweep.seeds=")]
     if not seeds:
         return arguments
     n = int(seeds[-1].split("=", 1)[1])
-    return [a for a in arguments if not a.startswith("seed=")] + [f"seed=range(0,{n})"]
+    return [a for a in arguments if not a.startswith(("seed=", "sweep.seeds="))] + [f"seed=range(0,{n})"]
 
 
 class HarnessSweeper(BasicSweeper):
-    """`hydra.sweeper.params`: the Cartesian axes, as in Hydra's basic sweeper. The sweep file's top-level
-    `variants`: an optional list of override lists, e.g. `[[method=full], [method=lora, r=8]]`, each crossed with
+    """Hydra's basic sweeper (its private `BasicSweeper`, subclassed for its override parsing and launcher
+    batching) with the harness's plan (harness/sweep_plan.py, no Hydra there). `hydra.sweeper.params`: the
+    Cartesian axes, as in Hydra's basic sweeper. The sweep file's `sweep.variants`: an optional list of override lists, e.g. `[[method=full], [method=lora, r=8]]`, each crossed with
     the axes, for grids that are not a product (LoRA at two ranks beside full FT, which has none). A variant's own
     sweep (`[method=full, "train.lr=1e-5,2e-5,4e-5"]`) expands into one variant per value: each method its own rates."""
 
@@ -83,17 +84,18 @@ class HarnessSweeper(BasicSweeper):
         super().__init__(max_batch_size=max_batch_size, params=params)
 
     def grid(self, arguments: list[str]) -> list[list[str]]:
-        """Every grid point's overrides: the sweep file's axes, then the command line's (`seeds=N` expanded)."""
+        """Every grid point's overrides: the sweep file's axes, then the command line's (`sweep.seeds=N` expanded)."""
         params = self._parse_config() + list(arguments)
-        if not any(a.startswith(("seeds=", "seed=")) for a in params) and int(self.config.get("seeds") or 1) > 1:
-            params.append(f"seeds={int(self.config.seeds)}")  # a sweep file's own `seeds: N`
-        if any(a.startswith("seeds=") for a in params):
+        settings = sweep_settings(self.config)
+        if not any(a.startswith(("sweep.seeds=", "seed=")) for a in params) and int(settings["seeds"] or 1) > 1:
+            params.append(f"sweep.seeds={int(settings['seeds'])}")  # a sweep file's own `sweep: {seeds: N}`
+        if any(a.startswith("sweep.seeds=") for a in params):
             params = [p for p in params if not p.startswith("seed=")]
             params = _with_seed_range(params)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         points = [list(o) for o in self.split_arguments(parser.parse_overrides(params), None)[0]]
         # a variant may sweep its own keys (`train.lr=1e-4,2e-4`: a rate list per method): one variant per value
-        variants = [expanded for v in self.config.get("variants") or []
+        variants = [expanded for v in settings["variants"] or []
                     for expanded in self.split_arguments(parser.parse_overrides(list(v)), None)[0]]
         if variants:  # a variant's own keys win over the same key on an axis (e.g. the axes' default method)
             points = [[o for o in point if o.split("=", 1)[0] not in {v.split("=", 1)[0] for v in variant}] + variant
@@ -140,11 +142,12 @@ class HarnessSweeper(BasicSweeper):
         warn_if_dirty(f"sweep '{self.config.get('group') or 'sweep'}'")  # a record of a dirty tree needs its diff
         grid = self.grid(arguments)
         lr_search = self.lr_search(grid)
+        settings = sweep_settings(self.config)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         runs: list[dict[str, Any]] = []
         returns: list[Any] = []
-        stages = [list(stage) for stage in self.config.get("stages") or []]
+        stages = [list(stage) for stage in settings["stages"] or []]
         if stages and lr_search:
             raise ConfigError("a sweep with stages cannot also search learning rates (lr_search); give each "
                               "variant its rate (train.lr in variants) or search on the first stage alone")
@@ -152,14 +155,14 @@ class HarnessSweeper(BasicSweeper):
             if stages:
                 returns += self.sweep_stages(arguments, grid, stages, runs)
             elif lr_search:
-                selection_seed = self.config.get("selection_seed")
+                selection_seed = settings["selection_seed"]
                 variants = search_variants(grid, lr_search, self._compose,
                                            None if selection_seed is None else int(selection_seed))
-                widen, launched = int(self.config.get("lr_widen") or 0), 0
+                widen, launched = int(settings["lr_widen"] or 0), 0
                 on = "the first seed" if selection_seed is None else f"selection seed {int(selection_seed)}"
-                if self.config.get("lr_halving"):
+                if settings["lr_halving"]:
                     launched = self.halving(arguments, variants, runs, returns, sweep_dir, on)
-                while not self.config.get("lr_halving"):
+                while not settings["lr_halving"]:
                     todo, runs = self.plan(arguments, [o for v in variants for o in v.search_overrides()])
                     self._log_plan(f"phase 1 (learning-rate search on {on})", runs, todo)
                     returns += self.launch(todo, start_idx=launched)
@@ -188,9 +191,10 @@ class HarnessSweeper(BasicSweeper):
         stop at the first rung (status `paused`, a checkpoint kept); the best half resume to the next rung, until
         one trains to the end of the budget (`ok`, the selected rate). Appends every search run's row to `runs`
         (latest state per run); writes halving-<group>.json (scores, survivors, ties, cost). Returns runs launched."""
-        if self.config.get("lr_widen"):
+        settings = sweep_settings(self.config)
+        if settings["lr_widen"]:
             log.warning("sweep: lr_widen is not applied with lr_halving (the rates are fixed before the rungs)")
-        explicit = list(self.config.get("lr_halving_rungs") or [])
+        explicit = list(settings["lr_halving_rungs"] or [])
         searches = [HalvingSearch(v, halving_rungs(v, budget_steps(v.cfg), int(v.cfg.train.eval_every or 0), explicit))
                     for v in variants]
         launched, rows_by_id = 0, OrderedDict()
@@ -246,12 +250,12 @@ class HarnessSweeper(BasicSweeper):
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
     def lr_search(self, grid: list[list[str]]) -> int:
-        """`lr_search=N` (N > 1 = search), unless the grid has its own `train.lr` axis, which wins."""
+        """`sweep.lr_search=N` (N > 1 = search), unless the grid has its own `train.lr` axis, which wins."""
         if not grid:
             return 0
-        n = int(self._compose(grid[0]).get("lr_search") or 0)
+        n = int(sweep_settings(self._compose(grid[0]))["lr_search"] or 0)
         if n and any(o.startswith("train.lr=") for o in grid[0]):
-            log.warning("sweep: an explicit train.lr axis is given, so lr_search=%d is not applied", n)
+            log.warning("sweep: an explicit train.lr axis is given, so sweep.lr_search=%d is not applied", n)
             return 0
         return n
 

@@ -308,7 +308,7 @@ def expanded_variants(name: str) -> list[list[str]]:
 
     from conftest import REPO
 
-    variants = OmegaConf.load(REPO / "sweeps" / "study" / f"{name}.yaml")["variants"]
+    variants = OmegaConf.load(REPO / "sweeps" / "study" / f"{name}.yaml")["sweep"]["variants"]
     return [v for variant in variants
             for v in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(list(variant)), None)[0]]
 

@@ -245,7 +245,8 @@ def test_collapse_is_a_rising_loss_or_one_class_predictions() -> None:
 # ---- the sweep ----
 
 def test_lr_search_sweep_runs_two_phases_once_and_resumes(tmp_path: Path) -> None:
-    args = ["-m", "model=tiny-llama", *TINY, "method=full,lora", "lr_search=2", "seeds=2", f"paths.runs={tmp_path}"]
+    args = ["-m", "model=tiny-llama", *TINY, "method=full,lora", "sweep.lr_search=2", "sweep.seeds=2",
+            f"paths.runs={tmp_path}"]
     proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in tmp_path.glob("*/result.json")]
@@ -292,6 +293,8 @@ def test_report_draws_sensitivity_and_lists_collapsed_runs(tmp_path: Path) -> No
 
 
 def test_explicit_lr_axis_wins_and_variants_cross_the_axes(tmp_path: Path) -> None:
+    """Also: a sweep file and a command line from before the settings moved under `sweep:` (top-level
+    `variants:`, `lr_search=3`) still work, each with a note naming the new key."""
     sweep = tmp_path / "conf"
     sweep.mkdir()
     (sweep / "pairs.yaml").write_text("defaults:\n  - config\n  - _self_\n\nvariants:\n  - [method=full]\n"
@@ -300,7 +303,10 @@ def test_explicit_lr_axis_wins_and_variants_cross_the_axes(tmp_path: Path) -> No
             "train.lr=1e-3,2e-3", f"paths.runs={tmp_path / 'runs'}"]
     proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "explicit train.lr axis is given, so lr_search=3 is not applied" in proc.stderr + proc.stdout
+    out = proc.stderr + proc.stdout
+    assert "explicit train.lr axis is given, so sweep.lr_search=3 is not applied" in out
+    assert "`lr_search=` is now `sweep.lr_search=`" in out
+    assert "top-level `variants` is now `sweep.variants`" in out
     records = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/result.json")]
     assert sorted((r["method"], r["r"], r["lr"]) for r in records) == [
         ("full", None, 1e-3), ("full", None, 2e-3), ("lora", 4, 1e-3), ("lora", 4, 2e-3)]
@@ -358,7 +364,7 @@ def test_held_out_selection_seed_plans_search_apart_from_every_reporting_seed(tm
     assert sorted(int(o.split("=")[1]) for p in second for o in p if o.startswith("seed=")) == sorted(list(range(5)) * 2)
     full_rates = [lr for v in variants if v.key == ("method=full",) for lr in v.rates]
     assert all(f"train.lr={max(full_rates)}" in p for p in second if "method=full" in p)
-    with pytest.raises(ConfigError, match="selection_seed=3 is also a reporting seed"):
+    with pytest.raises(ConfigError, match="sweep.selection_seed=3 is also a reporting seed"):
         search_variants(grid, 2, compose, selection_seed=3)
 
 
@@ -402,7 +408,7 @@ def test_analysis_leaves_out_exactly_the_held_out_search_runs(tmp_path: Path) ->
 
 def test_halving_sweep_resumes_survivors_and_never_selects_a_paused_run(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    args = ["-m", "model=tiny-llama", *TINY, "method=lora", "lr_search=4", "lr_halving=true", "seeds=2",
+    args = ["-m", "model=tiny-llama", *TINY, "method=lora", "sweep.lr_search=4", "sweep.lr_halving=true", "sweep.seeds=2",
             "train.max_steps=8", "train.eval_every=2", "train.eval_subset=8", f"paths.runs={runs}"]
     proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -44,7 +44,7 @@ def test_run_counts_follow_the_sweep_file() -> None:
             "hydra": {"sweeper": {"params": {"task.n_train": "256,512"}}}}
     assert study.count_runs(grid) == ((3 + 2) * 2 * 3,) * 2             # comma lists and sweeper axes multiply
     sweep = study._sweep_file("intruder-selected", REPO / "sweeps" / "study")  # builds on intruder.yaml
-    assert sweep["task"]["n_train"] == 2400 and sweep["lr_search"] == 3
+    assert sweep["task"]["n_train"] == 2400 and sweep["sweep"]["lr_search"] == 3
 
 
 def test_the_cap_drops_sweeps_from_the_bottom() -> None:
@@ -58,11 +58,11 @@ def test_the_cap_drops_sweeps_from_the_bottom() -> None:
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing() -> None:
-    out = run_study("--dry-run", "--only", "fair-style", "--", "seeds=5")
+    out = run_study("--dry-run", "--only", "fair-style", "--", "sweep.seeds=5")
     assert out.returncode == 0, out.stderr
     assert "ESTIMATES" in out.stdout and "fair-style" in out.stdout and "~" in out.stdout
     lines = [line for line in out.stdout.splitlines() if line.startswith("would run: ")]
-    assert len(lines) == 4 and lines[0].endswith("paths.runs=runs/study/fair-style paths.shared=runs/study seeds=5")
+    assert len(lines) == 4 and lines[0].endswith("paths.runs=runs/study/fair-style paths.shared=runs/study sweep.seeds=5")
     assert "analysis.claims --runs results/study " in lines[-1]
     assert "+ python" not in out.stdout
 

@@ -15,6 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import REPO, TINY, conf_with, run_cli
+from harness.sweep_plan import SWEEP_KEYS, sweep_settings
 from harness.assets import CONF_DIR
 from harness.config import effective_config
 
@@ -51,11 +52,13 @@ def test_every_sweep_file_composes_with_its_grid(name: str, tmp_path: Path) -> N
         sweep_cfg = compose(config_name=name, return_hydra_config=True)
     params = dict(sweep_cfg.hydra.sweeper.get("params") or {})
     # a variant's own sweep (`train.lr=1e-4,2e-4`) expands as the sweeper does it: one variant per value
-    variants = [expanded for v in sweep_cfg.get("variants") or []
+    settings = sweep_settings(sweep_cfg)
+    assert not any(key in sweep_cfg for key in SWEEP_KEYS), f"sweeps/{name}.yaml: sweep settings go under `sweep:`"
+    variants = [expanded for v in settings["variants"] or []
                 for expanded in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(list(v)), None)[0]]
     assert "method" in params or (variants and all(any(o.startswith("method=") for o in v) for v in variants)), \
         f"sweeps/{name}.yaml must sweep method (an axis, or in every variant)"
-    assert "seed" in params or int(sweep_cfg.get("seeds") or 1) > 1, f"sweeps/{name}.yaml must sweep seed (or set seeds)"
+    assert "seed" in params or int(settings["seeds"] or 1) > 1, f"sweeps/{name}.yaml must sweep seed (or set sweep.seeds)"
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     with initialize_config_dir(config_dir=str(tmp_path / "conf"), version_base="1.3"):
         # every value of every axis, and every variant, composes (a typo in a method or targets name fails here)
@@ -66,7 +69,7 @@ def test_every_sweep_file_composes_with_its_grid(name: str, tmp_path: Path) -> N
                 assert cfg.group == name
                 effective_config(cfg)
         for variant in variants or [[]]:
-            for stage in [list(st) for st in sweep_cfg.get("stages") or []] or [[]]:  # continual stages too
+            for stage in [list(st) for st in settings["stages"] or []] or [[]]:  # continual stages too
                 cfg = compose(config_name=name, overrides=variant + stage)
                 assert cfg.group == name
                 effective_config(cfg)
