@@ -54,7 +54,7 @@ sweep: setup
 	$(PY) -m harness.run --multirun --config-dir $(SWEEP_DIR) --config-name $(TASK) \
 	  hydra/launcher=$(if $(filter slurm,$(LAUNCHER)),submitit_slurm,$(LAUNCHER)) $(ARGS)
 
-# The study behind the claims ledger (analysis/claims.py): the sweeps of conf/study.yaml in priority order, each
+# The study behind the claims ledger (analysis/claims/report.py): the sweeps of conf/study.yaml in priority order, each
 # resumable, the records copied without weights to results/<study>/<sweep>/, its analyses, then the ledger and
 # results/REPORT.md; the plan (estimated hours, what the 16 h cap drops) is printed first (harness/study.py).
 # SCALE=gpu: the same sweeps on larger hub presets (roberta-base for the encoder sweeps, qwen2.5-0.5b for the

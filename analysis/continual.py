@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.cli import error
+from harness.exits import error
 from harness.errors import HarnessError
 from harness.runfolder import find_runs, read_record
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from analysis import bootstrap as boot
 from analysis.choices import reported_runs
-from analysis.tables import FULL, KEYS, _reference, at_selected_lr, selection, variant_summary
+from analysis.tables import FULL, KEYS, full_ft_reference, at_selected_lr, selection, variant_summary
 from harness.items import read_items
 from harness.runfolder import RESULT_FILE
 
@@ -181,7 +181,7 @@ class Study:
             "budget_mismatch": False, "learned": False, "test_items": self.test_items.get(cell)}
         notes = [n for n in [sel["selection_note"] if sel["selection_note"] != "one rate tried" else "",
                              "grid edge: widen the grid" if sel["grid_edge"] else ""] if n]
-        ref, mismatch = _reference(self.summary, cell, var["budget"])
+        ref, mismatch = full_ft_reference(self.summary, cell, var["budget"])
         if ref is None:
             res = boot.resample({"m": arm})
             _, low, high = boot.estimate(res, lambda m: m, "m")

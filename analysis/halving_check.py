@@ -28,7 +28,7 @@ from scipy import stats
 from analysis.runs import load_folders
 from analysis.tables import selection
 from harness.budget import TAIL, curve_points, has_flattened
-from harness.cli import error
+from harness.exits import error
 from harness.errors import HarnessError
 from harness.halving import plan_rungs, simulate, total_cost
 from harness.sweep_plan import SEARCH_PROTOCOLS

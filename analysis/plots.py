@@ -39,7 +39,7 @@ def _markers(values: pd.Series) -> dict[str, str]:
     return {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(names)}
 
 
-def _panels(n: int, width: float = 5.2, height: float = 3.8):
+def panel_grid(n: int, width: float = 5.2, height: float = 3.8):
     cols = min(n, 3)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
@@ -48,7 +48,7 @@ def _panels(n: int, width: float = 5.2, height: float = 3.8):
     return fig, list(axes.flat[:n])
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -68,7 +68,7 @@ def _cells(data: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def _cell_panels(data: pd.DataFrame, **size: float):
     """A figure with one panel per (task, model) cell of `data`: (figure, axes, [(title, rows)])."""
     panels = _cells(data)
-    fig, axes = _panels(len(panels), **size)
+    fig, axes = panel_grid(len(panels), **size)
     return fig, axes, panels
 
 
@@ -94,7 +94,7 @@ def retention_vs_rank(ret: pd.DataFrame, out: Path, threshold: float) -> Path | 
         ax.set(title=title, xlabel="rank r (log scale)", ylabel="retention (% of full-FT score)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, out / "retention_vs_rank.png")
+    return save_figure(fig, out / "retention_vs_rank.png")
 
 
 def _rank_axis(ax, ranks: pd.Series) -> None:
@@ -132,7 +132,7 @@ def score_vs_memory(summary: pd.DataFrame, out: Path) -> Path | None:
             ax.scatter([], [], color=method_color(method), label=method)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, out / "score_vs_memory.png")
+    return save_figure(fig, out / "score_vs_memory.png")
 
 
 def throughput(summary: pd.DataFrame, out: Path, runs: pd.DataFrame | None = None) -> Path | None:
@@ -155,7 +155,7 @@ def throughput(summary: pd.DataFrame, out: Path, runs: pd.DataFrame | None = Non
         ax.set_xticks(x, part["label"], rotation=35, ha="right", fontsize=8)
         ax.set(title=title, ylabel="training throughput (tokens/s)")
         ax.grid(alpha=0.3, axis="y")
-    return _save(fig, out / "tokens_per_s.png")
+    return save_figure(fig, out / "tokens_per_s.png")
 
 
 def adapter_size_vs_rank(summary: pd.DataFrame, out: Path) -> Path | None:
@@ -165,7 +165,7 @@ def adapter_size_vs_rank(summary: pd.DataFrame, out: Path) -> Path | None:
     if ranked.empty:
         return None
     panels = list(data.groupby("model", sort=False))
-    fig, axes = _panels(len(panels))
+    fig, axes = panel_grid(len(panels))
     markers = _markers(summary["targets"])
     for ax, (model, part) in zip(axes, panels):
         lines = part[part["r"].notna()].groupby(["method", "targets", "r"], dropna=False)["adapter_bytes"].mean()
@@ -180,7 +180,7 @@ def adapter_size_vs_rank(summary: pd.DataFrame, out: Path) -> Path | None:
         ax.set(title=model, xlabel="rank r (log scale)", ylabel="saved size on disk (MiB, log scale)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    return _save(fig, out / "adapter_size_vs_rank.png")
+    return save_figure(fig, out / "adapter_size_vs_rank.png")
 
 
 def forgetting_vs_score(summary: pd.DataFrame, out: Path) -> Path | None:
@@ -204,7 +204,7 @@ def forgetting_vs_score(summary: pd.DataFrame, out: Path) -> Path | None:
         ax.margins(0.15)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, out / "forgetting_vs_score.png")
+    return save_figure(fig, out / "forgetting_vs_score.png")
 
 
 def lr_sensitivity(df: pd.DataFrame, sel: pd.DataFrame, out: Path) -> Path | None:
@@ -236,7 +236,7 @@ def lr_sensitivity(df: pd.DataFrame, sel: pd.DataFrame, out: Path) -> Path | Non
                ylabel=f"validation {part['primary_metric'].iloc[0]} (mean over compared seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, out / "lr_sensitivity.png")
+    return save_figure(fig, out / "lr_sensitivity.png")
 
 
 def validation_curves(runs: pd.DataFrame, out: Path) -> Path | None:
@@ -257,7 +257,7 @@ def validation_curves(runs: pd.DataFrame, out: Path) -> Path | None:
         ax.set(title=title, xlabel="non-padding tokens trained", ylabel=f"validation {part['primary_metric'].iloc[0]} (subset)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, out / "validation_curves.png")
+    return save_figure(fig, out / "validation_curves.png")
 
 
 FIGURES = {

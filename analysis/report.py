@@ -24,7 +24,7 @@ from analysis import plots
 from analysis.runs import load_folders, load_wandb
 from analysis.tables import (GIB, MIB, at_selected_lr, ok_runs, cost_table, selection, failures, format_retention, pareto, projection, recommendations,
                              retention, retention_pivot, variant_summary)
-from harness.cli import error
+from harness.exits import error
 from harness.errors import ConfigError, HarnessError
 from harness.units import format_bytes
 

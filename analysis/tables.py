@@ -164,7 +164,7 @@ def variant_summary(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_order").reset_index(drop=True)
 
 
-def _reference(summary: pd.DataFrame, cell: str, budget: str) -> tuple[pd.Series | None, bool]:
+def full_ft_reference(summary: pd.DataFrame, cell: str, budget: str) -> tuple[pd.Series | None, bool]:
     """(the full-FT variant a variant is compared with, whether its budget differs). Same cell; the same budget
     when there is one, else the full-FT variant trained on the most examples (flagged)."""
     full = summary[(summary["cell"] == cell) & (summary["method"] == FULL)]
@@ -202,7 +202,7 @@ def retention(df: pd.DataFrame) -> pd.DataFrame:
         # (the selection's own note, e.g. "one rate tried", is in the selection table; lrs_tried shows it here)
         selection_note = pick["selection_note"] if pick["selection_note"] != "one rate tried" else ""
         notes = [n for n in [selection_note, "grid edge: widen the grid" if pick["grid_edge"] else ""] if n]
-        ref, mismatch = _reference(summary, var["cell"], var["budget"])
+        ref, mismatch = full_ft_reference(summary, var["cell"], var["budget"])
         if ref is None:
             rows.append(row | {"note": "; ".join(notes + ["no full-FT run on this task/model/data"])})
             continue
@@ -285,7 +285,7 @@ def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
     (training time relative to the full-FT reference of the same cell and budget)."""
     rows = []
     for _, var in summary.iterrows():
-        ref, _ = _reference(summary, var["cell"], var["budget"])
+        ref, _ = full_ft_reference(summary, var["cell"], var["budget"])
         rel = var["train_runtime_s"] / ref["train_runtime_s"] if ref is not None and ref["train_runtime_s"] > 0 else math.nan
         rows.append({
             "task": var["task"], "model": var["model"], "cell": var["cell"], "variant": var["label"], "method": var["method"],

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cli import error
+from harness.exits import error
 from harness.errors import ConfigError, HarnessError
 from harness.tracking import has_credentials
 

@@ -26,7 +26,7 @@ Time to a verdict, in the same invocation:
   `--warm-budgets train.epochs=1` adds warm runs at other budgets (the overhead is fixed, the ratio is not);
 - the same ratio inside one sweep process (`--sweep-runs` LoRA seeds, imports paid once, base scores computed by
   the first run and reused by the rest): per run and for the whole process; `--sweep-budget default` gives its
-  runs the default run's budget and evaluation, `study` the classify study's (sweeps/classify.yaml, one epoch),
+  runs the default run's budget and evaluation, `study` a cell of the deciding study (sweeps/study/fair-classify.yaml),
   `quick` (the default) only times the fixed costs.
 - The matmul limit is read before and after every timed job (bf16 2048^3); an invocation whose readings spread by
   more than 20% is flagged too noisy to quote.
@@ -183,7 +183,8 @@ def main() -> None:
     parser.add_argument("--sweep-budget", choices=("quick", "default", "study"), default="quick",
                         help="the in-process sweep's runs: quick (4 steps, --n-eval rows: fixed costs), the default "
                              "run's budget and evaluation (overhead ratios comparable with a default run's), or the "
-                             "classify study's (sweeps/classify.yaml, one epoch: what a verdict's runs cost)")
+                             "deciding study's classify cell (sweeps/study/fair-classify.yaml: what a verdict's runs cost; "
+                             "with --sweep-runs 4, the study's overhead (wall - training) / training, target 0.15)")
     parser.add_argument("--overhead", action=argparse.BooleanOptionalAction, default=True,
                         help="time default runs from outside (cold, warm, warm with validation)")
     parser.add_argument("--warm-budgets", default="",

@@ -5,7 +5,7 @@
 
 Both sides answer the same prompts greedily with the same `max_new_tokens`, on the same model in the same
 precision (bf16, as an adapter run scores): the harness through `Task.predict` (batches of `--batch-size` grouped
-by prompt length, each sequence stopping at EOS, KV cache; harness/tasks/base.py), the plain side one prompt at a
+by prompt length, each sequence stopping at EOS, KV cache; harness/tasks/generation.py), the plain side one prompt at a
 time, the loop a first script would write; and, to show what running the prompts' shared beginning once saves,
 the harness scorer with `share_prefix=False`. Reported per task: examples/s and generated tokens/s (up to and
 including each answer's EOS) for both, and the ratio harness / plain. `benchmarks.bench` runs this between

@@ -26,8 +26,10 @@ def sweep_budget(name: str, batch_size: int, n_eval: int) -> list[str]:
     """The Hydra arguments that give the in-process sweep's runs their budget (`--sweep-budget`)."""
     return {"quick": ["train.max_steps=4", f"train.batch_size={batch_size}", f"task.n_eval={n_eval}"],
             "default": [],
-            # the classify study's own file: its budget (one epoch) and settings, its grid cut to LoRA r=16 q,v seeds
-            "study": ["--config-dir", str(REPO / "sweeps"), "--config-name", "classify", "r=16", "targets=qv"],
+            # a cell of the deciding study as it runs there (sweeps/study/fair-classify.yaml: minilm-l6, 300 steps,
+            # fp32, 600 + 600 scored tweets, a validation curve every 50 steps): LoRA r=16 at a fixed rate, seeds only
+            "study": ["--config-dir", str(REPO / "sweeps" / "study"), "--config-name", "fair-classify", "r=16",
+                      "sweep.variants=null", "sweep.lr_search=0", "sweep.lr_halving=false", "sweep.selection_seed=null"],
             }[name]
 
 
@@ -37,10 +39,11 @@ def sweep_overhead(a: argparse.Namespace, work: Path, n_runs: int) -> dict[str, 
     the others reuse them. `--sweep-budget quick` (4 steps, `--n-eval` rows) times the fixed costs only;
     `default` runs the default run's budget and evaluation, where the overhead ratio means what it does for a
     single default run (`sweep_slots`); `study` runs what `make sweep TASK=classify` runs for LoRA r=16 q,v
-    (sweeps/classify.yaml: one epoch), the budget the comparisons behind a verdict train for."""
+    (a cell of sweeps/study/fair-classify.yaml, on its own model), the budget the verdicts' comparisons train for."""
     runs, timings, log = work / "runs-sweep", work / "timings-sweep.json", work / "sweep.log"
     budget = sweep_budget(a.sweep_budget, a.batch_size, a.n_eval)
-    cmd = [sys.executable, "-m", "benchmarks.timed_run", "-m", *budget, "method=lora", f"model={a.model}",
+    model = [] if a.sweep_budget == "study" else [f"model={a.model}"]  # the study's cell names its own model
+    cmd = [sys.executable, "-m", "benchmarks.timed_run", "-m", *budget, "method=lora", *model,
            "task=classify", f"seed={','.join(str(i) for i in range(n_runs))}", "tracking=none", f"paths.runs={runs}",
            f"paths.base_scores={work / 'base-scores-sweep'}", "rerun=true", *a.harness_args]
     rc = run_logged(cmd, {"BENCH_TIMINGS": str(timings)}, log)

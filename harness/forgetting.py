@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import AssetError
-from harness.training import keeps_labelled_logits
+from harness.training_batches import keeps_labelled_logits
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 SKIP_FILES = {"art", "ascii-art"}  # drawings, not prose

@@ -2,15 +2,16 @@
 
 A method file (conf/method/*.yaml) names a peft type and the keyword arguments its config takes; `r`, `alpha`
 and the resolved target modules are filled in here. `full` (peft_type null) trains every weight. Optional keys
-of a method file, each read here or in harness.config:
+of a method file, each read here (or in the module named with it) or in harness.config:
 
 - `has_rank` / `has_alpha`: whether `r` / `alpha` apply (otherwise recorded as null, so runs dedupe);
 - `uses_targets: false`: prompt-learning methods that add no module adapters (`targets` recorded as null);
 - `model_kinds`: the model kinds the method supports (prefix tuning: causal LMs only);
-- `quantization`: transformers `BitsAndBytesConfig` keywords; the base loads quantised (QLoRA);
+- `quantization`: transformers `BitsAndBytesConfig` keywords; the base loads quantised (QLoRA; harness/quantization.py);
 - `feedforward`: per-family module names IA3 treats as feed-forward (scaled at their input);
 - `init_r_factor`, `schedule`: AdaLoRA's initial rank (times `r`); `schedule.tinit` / `schedule.end`, the fractions
-  of max_steps where budgeting starts and where the pruning is done (the rank pattern fixed for the steps after).
+  of max_steps where budgeting starts and where the pruning is done (the rank pattern fixed for the steps after;
+  harness/adalora.py).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 
+from harness.adalora import AdaLoraAllocator, adalora_schedule
 from harness.errors import ConfigError
 from harness.models import HEAD_NAMES
+from harness.quantization import is_quantized
 
 # Module names are shared within an architecture family; the targets files speak per family.
 FAMILIES = {
@@ -115,77 +118,6 @@ def peft_task_type(model_kind: str) -> str:
     return "CAUSAL_LM" if model_kind == "causal_lm" else "SEQ_CLS"
 
 
-def adapter_rank(eff: dict[str, Any]) -> int:
-    """The largest rank any module gets: AdaLoRA starts above its target average rank."""
-    return math.ceil(eff["method"].get("init_r_factor", 1.0) * eff["r"])
-
-
-def _adalora_schedule(eff: dict[str, Any]) -> dict[str, int]:
-    """peft's tinit / tfinal / total_step from the method's fractions of the run's max_steps.
-
-    peft's RankAllocator keeps every rank for steps 0..tinit, shrinks the budget (cubically) from tinit to
-    total_step - tfinal, fixes the rank pattern at step total_step - tfinal and trains the kept ranks for the last
-    tfinal steps. `schedule.end` is the fraction of the steps by which pruning is done (tfinal = 1 - end);
-    `schedule.tfinal` (the older spelling) is still read. A run too short for one budgeting step keeps every rank."""
-    total = int(eff["train"]["max_steps"])
-    frac = eff["method"].get("schedule") or {}
-    end = frac.get("end", 1 - frac.get("tfinal", 0))
-    if not 0 <= frac.get("tinit", 0) < end <= 1:
-        raise ConfigError(f"method.schedule: need 0 <= tinit < end <= 1 (fractions of max_steps), got {dict(frac)}")
-    tinit, tfinal = int(frac.get("tinit", 0) * total), total - int(round(end * total))
-    if tinit >= total - tfinal:  # peft needs at least one budgeting step
-        tinit, tfinal = 0, 0
-    return {"total_step": total, "tinit": tinit, "tfinal": tfinal, "init_r": adapter_rank(eff)}
-
-
-def adalora_budget(shapes: list[tuple[int, int]], init_r: int, target_r: int) -> dict[str, int]:
-    """AdaLoRA's adapter parameter counts on target modules of these (out, in) shapes, before training.
-
-    A rank is a triplet (a row of P, a singular value, a column of Q): in + out + 1 parameters. peft allocates
-    init_r triplets per module and prunes to a budget of target_r * modules triplets *wherever they score
-    highest*, so the final count is known only after training: `final_even` (every module at target_r, which
-    equals LoRA r=target_r's count plus one value per rank) and the range the allocation can reach, from every
-    kept rank in the smallest modules (`final_min`) to every one in the largest (`final_max`)."""
-    sizes = sorted(out + inp + 1 for out, inp in shapes)
-    budget = target_r * len(sizes)
-
-    def fill(order: list[int]) -> int:
-        left, total = budget, 0
-        for size in order:
-            kept = min(init_r, left)
-            total, left = total + kept * size, left - kept
-        return total
-
-    return {"rank_budget": budget, "allocated": init_r * sum(sizes), "final_even": target_r * sum(sizes),
-            "final_min": fill(sizes), "final_max": fill(sizes[::-1])}
-
-
-def adalora_record(model: nn.Module) -> dict[str, Any] | None:
-    """What an AdaLoRA run kept (result.json `adalora`, `params_effective`); None for other methods.
-
-    `params_effective` counts the trainable parameters the final model uses: the kept triplets and everything
-    else trainable (a classifier head). The pruned triplets stay allocated (`params_trainable`, what the optimizer
-    held) but their singular value is masked to zero after every step from the schedule's end on, so they no
-    longer change the output: the final model is the kept triplets, which is what AdaLoRA's paper compares at."""
-    config = getattr(model, "peft_config", {}).get("default")
-    if config is None or config.peft_type != peft.PeftType.ADALORA:
-        return None
-    pattern = config.rank_pattern or {}
-    params = dict(model.base_model.model.named_parameters())  # the names the rank allocator keys its pattern by
-    kept_total, allocated_total, effective = 0, 0, 0
-    for name, value in params.items():
-        if ".lora_E." in name:
-            size = params[name.replace("lora_E", "lora_A")].shape[1] + params[name.replace("lora_E", "lora_B")].shape[0] + 1
-            kept = int(sum(bool(k) for k in pattern[name])) if name in pattern else value.shape[0]
-            kept_total, allocated_total, effective = kept_total + kept, allocated_total + value.shape[0], effective + kept * size
-        elif value.requires_grad and ".lora_A." not in name and ".lora_B." not in name:
-            effective += value.numel()
-    return {"params_effective": effective, "adalora": {
-        "init_r": config.init_r, "target_r": config.target_r, "total_step": config.total_step, "tinit": config.tinit,
-        "tfinal": config.tfinal, "schedule_end_step": config.total_step - config.tfinal,
-        "ranks_allocated": allocated_total, "ranks_kept": kept_total, "pruned": bool(pattern)}}
-
-
 def build_peft_config(
     eff: dict[str, Any], target_names: list[str] | None, model_kind: str, feedforward: list[str] | None = None
 ) -> peft.PeftConfig:
@@ -200,53 +132,12 @@ def build_peft_config(
         if alpha_key is not None:
             kwargs[alpha_key] = eff["alpha"]
     if peft_type == "ADALORA":
-        kwargs.update(_adalora_schedule(eff))
+        kwargs.update(adalora_schedule(eff))
     if target_names is not None:
         kwargs["target_modules"] = target_names
     if feedforward is not None:
         kwargs["feedforward_modules"] = feedforward
     return peft.get_peft_config(kwargs)
-
-
-def quantization_config(eff: dict[str, Any]) -> Any:
-    """The bitsandbytes config a quantised-base method (QLoRA) loads its model with; None for the rest."""
-    spec = eff["method"].get("quantization")
-    if not spec:
-        return None
-    from transformers import BitsAndBytesConfig
-
-    # Heads stay unquantised and trainable. transformers' default skips the output embeddings and the "last
-    # module", which for a classifier finds `classifier.bias` and so quantises the classification head.
-    spec = {"llm_int8_skip_modules": list(HEAD_NAMES), **spec}
-    return BitsAndBytesConfig(**spec)
-
-
-def is_quantized(model: nn.Module) -> bool:
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
-
-
-def quantization_record(model: PreTrainedModel) -> dict[str, Any] | None:
-    """What was quantised and how (result.json `quantization`); None for an unquantised base."""
-    if not is_quantized(model):
-        return None
-    import bitsandbytes as bnb
-
-    qcfg = model.config.quantization_config
-    qcfg = qcfg.to_dict() if hasattr(qcfg, "to_dict") else dict(qcfg)
-    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    quantized = [n for n, m in linear if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
-    other_dtypes = sorted({str(p.dtype).removeprefix("torch.") for n, p in model.named_parameters()
-                           if not isinstance(p, (bnb.nn.Params4bit, bnb.nn.Int8Params))})
-    return {
-        "backend": f"bitsandbytes {bnb.__version__}",
-        "bits": 4 if qcfg.get("load_in_4bit") else 8,
-        "quant_type": qcfg.get("bnb_4bit_quant_type"),
-        "double_quant": qcfg.get("bnb_4bit_use_double_quant"),
-        "compute_dtype": str(qcfg.get("bnb_4bit_compute_dtype")).removeprefix("torch."),
-        "quantized_linear": len(quantized),
-        "unquantized_linear": [n for n, m in linear if n not in set(quantized)],  # heads stay in full precision
-        "unquantized_dtypes": other_dtypes,  # embeddings, norms, heads as loaded (k-bit preparation upcasts them)
-    }
 
 
 def _feedforward_modules(model: PreTrainedModel, eff: dict[str, Any], target_names: list[str]) -> list[str] | None:
@@ -285,7 +176,7 @@ def plan_method(model: PreTrainedModel, eff: dict[str, Any], model_kind: str) ->
         return MethodPlan(None, None)
     target_names, feedforward = None, None
     if eff["targets"] is not None:
-        target_names = resolve_targets(model, _Node(eff["targets"]))
+        target_names = resolve_targets(model, ConfigNode(eff["targets"]))
         if method.get("has_rank"):
             check_rank(model, target_names, eff["r"], eff["method"].get("init_r_factor", 1.0))
         feedforward = _feedforward_modules(model, eff, target_names)
@@ -371,19 +262,6 @@ def load_trained(base: PreTrainedModel, folder: Path) -> nn.Module:
     return peft.PeftModel.from_pretrained(base, str(folder))
 
 
-class AdaLoraAllocator(TrainerCallback):
-    """AdaLoRA's budget step: `update_and_allocate` after every optimizer step, while gradients still exist.
-
-    Trainer calls on_optimizer_step after `optimizer.step()` and before `model.zero_grad()`; `global_step` there
-    counts the steps finished before this one, the 0-based step index peft's schedule expects."""
-
-    def __init__(self, model: peft.PeftModel) -> None:
-        self.model = model
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.model.base_model.update_and_allocate(state.global_step)
-
-
 def method_callbacks(model: nn.Module, plan: MethodPlan) -> list[TrainerCallback]:
     """Trainer callbacks a method needs during training."""
     if plan.peft_config is not None and plan.peft_config.peft_type == peft.PeftType.ADALORA:
@@ -412,7 +290,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
-class _Node(dict):
+class ConfigNode(dict):
     """A plain dict that answers `.name` and `.get`, so resolved configs and DictConfigs read alike."""
 
     def __getattr__(self, key: str) -> Any:

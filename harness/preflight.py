@@ -18,7 +18,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from harness.assets import CONF_DIR
-from harness.cli import error
+from harness.exits import error
 from harness.config import all_keys, config_groups, did_you_mean, group_options, validate
 from harness.errors import ConfigError, HarnessError
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from harness.assets import CONF_MODEL_DIR, bundled_model_dir, cache_dir
-from harness.cli import exit_on_error
+from harness.exits import exit_on_error
 from harness.tasks import prepare_all_tasks
 
 CONVERTED_MODELS = ("smollm2-135m",)  # bundled as GGUF: de-quantised once into the cache

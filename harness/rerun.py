@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.assets import REPO_ROOT, cache_dir
-from harness.cli import error
+from harness.exits import error
 from harness.errors import ConfigError
 from harness.provenance import CODE_PATHS, DIFF_FILE, source_state
 from harness.results import RESULT_FILE, read_json, write_json_atomic

@@ -209,7 +209,8 @@ FIELDS: tuple[Field, ...] = (
         phase=OUTSIDE),
     Field(('precision', 'max_steps', 'epochs'),
         'the precision trained in (`auto` resolved: `bf16` frozen base for adapters, `bf16-mixed` for full FT and '
-        'continual stages), the resolved step count and the epochs asked for (null when the budget was steps)',
+        'continual stages; `fp32` where the hardware has no native bf16, while the run id keeps the bf16 '
+        'resolution: config.RunSpec.precision), the resolved step count and the epochs asked for (null when the budget was steps)',
         columns=('precision', 'max_steps'), phase='load'),
     Field(('init_from',),
         "continual stages (`init_from=<run folder>`): the parent's run_id, path and chain",

@@ -105,7 +105,7 @@ class RunFolder:
         training, or, with `dequantize`, de-quantised from those 4-bit weights into its compute dtype."""
         import torch
 
-        from harness.methods import quantization_config
+        from harness.quantization import quantization_config
         from harness.models import WEIGHT_DTYPES, load_model, load_tokenizer
         from harness.tasks import get_task
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from harness.cli import exit_on_error
+from harness.exits import exit_on_error
 from harness.errors import ConfigError
 from harness.halving import plan_rungs, total_cost
 from harness.sweep_plan import sweep_settings
@@ -116,7 +116,8 @@ def commands(plan: SweepPlan, study: str, overrides: list[str], launcher: str, e
     """The sweep, the records copy, then its analyses: each as `python -m module args`."""
     runs, results = f"runs/{study}/{plan.name}", f"results/{study}/{plan.name}"
     py = [sys.executable, "-m"]
-    out = [[*py, "harness.run", "--multirun", "--config-dir", SWEEP_DIR, "--config-name", plan.name,
+    out = [[*py, "analysis.records", "--restore", f"{results}/runs", runs],  # a fresh clone resumes from the records
+           [*py, "harness.run", "--multirun", "--config-dir", SWEEP_DIR, "--config-name", plan.name,
             f"hydra/launcher={launcher}", f"paths.runs={runs}", f"paths.shared=runs/{study}", *overrides, *extra],
            [*py, "analysis.records", runs, f"{results}/runs"]]
     out += [[*py, *shlex.split(a.format(runs=runs, results=results))] for a in plan.analyses]

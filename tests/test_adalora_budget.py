@@ -12,10 +12,11 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
 from conftest import REPO, TINY, compose, conf_with, run_inprocess
+from harness.adalora import adalora_budget
 from harness.config import effective_config
 from harness.errors import ConfigError
-from harness.estimate.model import build_meta_model
-from harness.methods import adalora_budget, apply_method, count_parameters, plan_method
+from harness.estimate.meta_model import build_meta_model
+from harness.methods import apply_method, count_parameters, plan_method
 
 
 @pytest.mark.parametrize(("steps", "tinit", "tfinal"), [(150, 15, 60), (40, 4, 16), (10, 1, 4)])
@@ -39,8 +40,8 @@ def test_fair_adalora_budgets_on_minilm(tmp_path: Path) -> None:
     counts, plans = {}, {}
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         sweep = hydra_compose(config_name="fair-adalora")
-        assert int(sweep.seeds) >= 5 and int(sweep.lr_search) >= 2
-        for variant in sweep.variants:
+        assert int(sweep.sweep.seeds) >= 5 and int(sweep.sweep.lr_search) >= 2
+        for variant in sweep.sweep.variants:
             cfg = hydra_compose(config_name="fair-adalora", overrides=[*variant, "train.max_steps=150"])
             eff = effective_config(cfg)
             model = build_meta_model(eff)

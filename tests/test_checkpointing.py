@@ -49,7 +49,7 @@ def test_checkpointing_trains_the_same_and_keeps_fewer_activations(method: str, 
     from harness.methods import apply_method, plan_method
     from harness.models import load_model, load_tokenizer
     from harness.config import effective_config
-    from harness.methods import quantization_config
+    from harness.quantization import quantization_config
 
     cfg = compose([*COMMON, f"method={method}", *precision, f"paths.runs={tmp_path / 'mem'}"])
     eff = effective_config(cfg)

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.claim_rules import ABOVE_RANGE, CLAIMS, INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evidence, ledger
-from analysis.claims import markdown
+from analysis.claims.rules import ABOVE_RANGE, CLAIMS, INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evidence, ledger
+from analysis.claims.report import markdown
 
 CELL = "classify|m|d|b"
 
@@ -45,7 +45,7 @@ def test_every_claim_is_not_run_without_evidence() -> None:
                                                      "gain_mean", "gain_low", "gain_high", "val_gain", "learned"]),
                      runs=pd.DataFrame(columns=["cell", "variant", "method", "r", "score", "params_trainable"]))
     verdicts = ledger(empty)
-    assert [v.claim for v in verdicts] == list(range(1, 22))  # 16-21: analysis/claim_rules_2025.py
+    assert [v.claim for v in verdicts] == list(range(1, 22))  # 16-21: analysis/claims/rules_2025.py
     assert all(v.verdict == NOT_RUN and v.missing for v in verdicts), [(v.claim, v.verdict) for v in verdicts]
     assert all(v.rule for v in verdicts)  # every rule is stated (its docstring)
 
@@ -173,7 +173,7 @@ def test_claim_11_reads_the_forgetting_link_of_every_base_model(lm, expected) ->
 
 
 def test_the_forgetting_link_per_model_comes_from_the_analysis_with_most_of_its_runs(tmp_path) -> None:
-    from analysis.claims import forgetting_links
+    from analysis.claims.report import forgetting_links
 
     def analysis(name: str, by_model: dict) -> Path:
         folder = tmp_path / name
@@ -240,9 +240,9 @@ def test_the_committed_report_rebuilds_from_the_committed_records() -> None:
     alone (results/study-2026-12 until the deciding-power study has its records); rebuilding gives the same text."""
     from pathlib import Path
 
-    from analysis.claims import gather, ledger_link, report_markdown
-    from analysis.findings import findings_markdown
-    from analysis.memory_claims import frontier_markdown
+    from analysis.claims.report import gather, ledger_link, report_markdown
+    from analysis.claims.findings import findings_markdown
+    from analysis.claims.memory import frontier_markdown
 
     repo = Path(__file__).resolve().parent.parent
     roots, report = [Path("results/study-2026-12")], repo / "results" / "REPORT.md"
@@ -267,7 +267,7 @@ def test_the_committed_report_rebuilds_from_the_committed_records() -> None:
 def test_the_ledger_is_logged_to_wandb_and_the_report_shows_it(tmp_path, monkeypatch) -> None:
     import json
 
-    from analysis.claims import log_wandb
+    from analysis.claims.report import log_wandb
     from analysis.wandb_report import build_report, definition
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -1,4 +1,4 @@
-"""Claims 16-21 (analysis/claim_rules_2025.py): each rule's four outcomes on hand-made records (supported,
+"""Claims 16-21 (analysis/claims/rules_2025.py): each rule's four outcomes on hand-made records (supported,
 refuted, inconclusive, not run), the continuous learning-rate optimum on synthetic data, and the placement sweep's
 matched trainable counts on the real encoder's architecture."""
 
@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import analysis.claim_rules_2025  # noqa: F401  (registers 16-21)
-from analysis import claim_stats_2025 as st
+import analysis.claims.rules_2025  # noqa: F401  (registers 16-21)
+from analysis.claims import stats_2025 as st
 from analysis import tables
-from analysis.claim_rules import CLAIMS, INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evidence, ledger
+from analysis.claims.rules import CLAIMS, INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evidence, ledger
 from analysis.runs import frame, label
 
 _ids = itertools.count()
@@ -280,13 +280,13 @@ def test_gain_over_floor() -> None:
 # ---- figures -------------------------------------------------------------------------------------------------
 
 def test_the_2025_figures_render_from_hand_made_frames(tmp_path) -> None:
-    from analysis import plots_2025
+    from analysis.claims import plots_2025
 
     ev = evidence(ratio_records(10) + capacity_records({1: 512, 4: 2048}) + plane_records((0.15, 0.825)))
     lr = plots_2025.lr_curves(ev.records[ev.records["task"] == "classify"], tmp_path / "lr.png")
     cap = plots_2025.capacity_curve(ev.runs, tmp_path / "cap.png", chance=0.25)
     cell = next(c for c in ev.runs["cell"].unique() if ev.runs[ev.runs["cell"] == c]["forgetting"].notna().any())
-    from analysis.claim_rules_2025 import plane_points
+    from analysis.claims.rules_2025_tradeoffs import plane_points
     plane = plots_2025.forgetting_plane(plane_points(ev, cell, st.rng()), tmp_path / "plane.png")
     for path in (lr, cap, plane):
         assert path is not None and path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"

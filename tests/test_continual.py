@@ -124,7 +124,7 @@ def test_the_identity_holds_the_parent_run(chain: dict[str, Path], tmp_path: Pat
 
 
 def test_intruder_weights_of_a_stage_carry_the_whole_chain(chain: dict[str, Path]) -> None:
-    from analysis.intruder import load_run, weight_pairs
+    from analysis.intruder.report import load_run, weight_pairs
     from harness.runfolder import open_run
 
     stage_pairs = weight_pairs(load_run(chain["full-extract"]))

@@ -169,8 +169,8 @@ def test_example_model_preset(tmp_path: Path) -> None:
 
 
 def test_example_claim(monkeypatch) -> None:
-    from analysis import claim_rules
-    from analysis.claims import gather
+    from analysis.claims import rules as claim_rules
+    from analysis.claims.report import gather
 
     monkeypatch.setattr(claim_rules, "CLAIMS", list(claim_rules.CLAIMS))  # the registration stays in this test
     module = _load(EXAMPLES / "claim_lora_classify.py")

@@ -15,11 +15,14 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, compose, run_cli, run_inprocess
+from harness.estimate import activation_memory as am
 from harness.estimate import memory as em
 from harness.config import effective_config
 from harness.errors import ConfigError
-from harness.estimate.model import (layer_block, layer_list, act_dtypes, build_meta_model, estimate, estimate_overrides,
-                              method_names, model_activations)
+from harness.estimate.meta_model import build_meta_model
+from harness.estimate.model import estimate, estimate_overrides
+from harness.estimate.model_activations import act_dtypes, layer_block, layer_list, model_activations
+from harness.estimate.run_config import method_names
 
 L8 = dict(h=4096, i=14336, kv=1024, layers=32, vocab=128256)  # Llama-3.1-8B
 
@@ -108,37 +111,37 @@ def test_optimizer_states_per_kind() -> None:
 
 def test_gpt_layer_reproduces_korthikanti_34_plus_5as_over_h() -> None:
     s, b, h, a = 2048, 4, 4096, 32
-    gpt = em.Block(hidden=h, intermediate=4 * h, heads=a, head_dim=h // a, kv_heads=a, gated_mlp=False,
+    gpt = am.Block(hidden=h, intermediate=4 * h, heads=a, head_dim=h // a, kv_heads=a, gated_mlp=False,
                    rms_norm=False, attn="eager", attn_dropout=0.1, hidden_dropout=0.1,
                    trainable=frozenset({"q", "k", "v", "o", "up", "down"}), norms_trainable=True)
-    dt = em.ActDtypes(a=2, res=2, mask_cuda=True)
+    dt = am.ActDtypes(a=2, res=2, mask_cuda=True)
     ln_stats = 2 * 8 * s * b  # mean and rstd (float32) of the two LayerNorms, which the paper leaves out
-    assert em.layer_activation_bytes(gpt, s, b, dt) - ln_stats == s * b * h * (34 + 5 * a * s / h)
-    assert em.korthikanti_bytes(s, b, h, a, 1) == s * b * h * (34 + 5 * a * s / h)
+    assert am.layer_activation_bytes(gpt, s, b, dt) - ln_stats == s * b * h * (34 + 5 * a * s / h)
+    assert am.korthikanti_bytes(s, b, h, a, 1) == s * b * h * (34 + 5 * a * s / h)
 
 
 def test_frozen_layers_keep_fewer_activations_and_checkpointing_keeps_layer_inputs() -> None:
     s, b, h, i = 256, 8, 4096, 14336
     kw = dict(hidden=h, intermediate=i, heads=32, head_dim=128, kv_heads=8, gated_mlp=True, rms_norm=True)
-    full = em.Block(**kw, trainable=frozenset({"q", "k", "v", "o", "gate", "up", "down"}), norms_trainable=True)
-    frozen = em.Block(**kw)
-    dt = em.ActDtypes(a=2, res=2)
+    full = am.Block(**kw, trainable=frozenset({"q", "k", "v", "o", "gate", "up", "down"}), norms_trainable=True)
+    frozen = am.Block(**kw)
+    dt = am.ActDtypes(a=2, res=2)
     # per token, by hand: 2 RMSNorms (float32 input + rsqrt, + the 16-bit output when the weight trains),
     # SDPA's q k v o (4 x 2h) + log-sum-exp (4 per head), SwiGLU 3 x 2i, and the trainable linears' inputs
     frozen_tok = 2 * (4 * h + 4) + 8 * h + 4 * 32 + 6 * i
-    assert em.layer_activation_bytes(frozen, s, b, dt) == frozen_tok * s * b
-    assert em.layer_activation_bytes(full, s, b, dt) == (frozen_tok + 2 * 2 * h + 2 * h + 2 * h + 2 * i) * s * b
-    head = em.Head(vocab=1000, head_trainable=False, logits_bytes=2)
-    plain = em.activation_bytes([frozen] * 4, head, s, b, dt, checkpointing=False)
-    ckpt = em.activation_bytes([frozen] * 4, head, s, b, dt, checkpointing=True)
+    assert am.layer_activation_bytes(frozen, s, b, dt) == frozen_tok * s * b
+    assert am.layer_activation_bytes(full, s, b, dt) == (frozen_tok + 2 * 2 * h + 2 * h + 2 * h + 2 * i) * s * b
+    head = am.Head(vocab=1000, head_trainable=False, logits_bytes=2)
+    plain = am.activation_bytes([frozen] * 4, head, s, b, dt, checkpointing=False)
+    ckpt = am.activation_bytes([frozen] * 4, head, s, b, dt, checkpointing=True)
     assert plain["layers"] == 4 * frozen_tok * s * b
     assert ckpt["layers"] == 4 * 2 * h * s * b + frozen_tok * s * b
     # the loss: its backward's 12 bytes per logit element (more than the forward's 2 + 4 + 4)
-    assert plain["head_and_loss"] == ckpt["head_and_loss"] == ((4 * h + 4) + 1000 * em.CE_BACKWARD_BYTES) * s * b
+    assert plain["head_and_loss"] == ckpt["head_and_loss"] == ((4 * h + 4) + 1000 * am.CE_BACKWARD_BYTES) * s * b
     # labelled-only training: the final norm runs on every token, the head and loss only on the 16 labelled ones
-    labelled = em.Head(vocab=1000, head_trainable=False, logits_bytes=2, positions=16)
-    assert em.activation_bytes([frozen], labelled, s, b, dt, False)["head_and_loss"] == \
-        (4 * h + 4) * s * b + 1000 * em.CE_BACKWARD_BYTES * 16
+    labelled = am.Head(vocab=1000, head_trainable=False, logits_bytes=2, positions=16)
+    assert am.activation_bytes([frozen], labelled, s, b, dt, False)["head_and_loss"] == \
+        (4 * h + 4) * s * b + 1000 * am.CE_BACKWARD_BYTES * 16
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -160,20 +163,20 @@ def test_cross_entropy_backward_holds_12_bytes_per_logit(dtype, tmp_path) -> Non
     totals = [e["args"]["Total Allocated"] for e in events]
     before = totals[0] - events[0]["args"]["Bytes"]  # what was live before the first allocation: the logits
     per_element = (max(totals) - before) / logits.numel()
-    assert per_element == pytest.approx(em.CE_BACKWARD_BYTES, rel=0.1), per_element
+    assert per_element == pytest.approx(am.CE_BACKWARD_BYTES, rel=0.1), per_element
 
 
 def test_packed_attention_by_hand() -> None:
     """A flattened batch of 3 rows (longest 40, 100 tokens): per-row attention on 3 x 40 padded slots."""
     kw = dict(hidden=512, intermediate=1024, heads=8, head_dim=64, kv_heads=2, gated_mlp=True, rms_norm=True)
-    blk, dt = em.Block(**kw), em.ActDtypes(a=2, res=2)
+    blk, dt = am.Block(**kw), am.ActDtypes(a=2, res=2)
     flat = 2 * 64 * (8 + 2 + 2)  # index_copy's flat sources: q, k, v at their own head counts
     eager = 3 * 2 * 512 + (4 + 2) * 8 * 40  # q, repeated k and v; float32 softmax + its bf16 cast
     sdpa = 2 * (2 * 512 + 2 * 128) + 4 * 8  # q, out, unrepeated k and v; log-sum-exp
-    assert em.packed_attention_bytes(blk, 3, 40, 100, dt, eager=True) == eager * 3 * 40 + flat * 100
-    assert em.packed_attention_bytes(blk, 3, 40, 100, dt, eager=False) == sdpa * 3 * 40 + flat * 100
-    plain = em.layer_activation_bytes(blk, 40, 100 / 40, dt)
-    packed = em.layer_activation_bytes(blk, 40, 100 / 40, dt, (3, 40, True))
+    assert am.packed_attention_bytes(blk, 3, 40, 100, dt, eager=True) == eager * 3 * 40 + flat * 100
+    assert am.packed_attention_bytes(blk, 3, 40, 100, dt, eager=False) == sdpa * 3 * 40 + flat * 100
+    plain = am.layer_activation_bytes(blk, 40, 100 / 40, dt)
+    packed = am.layer_activation_bytes(blk, 40, 100 / 40, dt, (3, 40, True))
     # the rest of the layer is per token either way; only the attention core moves to the padded rows
     assert packed - plain == pytest.approx(eager * 3 * 40 + flat * 100 - (4 * 2 * 512 + 4 * 8) * 100)
 
@@ -313,7 +316,7 @@ def test_layer_activations_match_what_autograd_keeps(overrides: list[str], b: in
     measured = saved_per_layer(model, {"input_ids": ids, "attention_mask": mask, "labels": labels}, layers,
                                eff["train"]["precision"].endswith("-mixed"))
     dt = act_dtypes(eff["train"]["precision"], False, "cpu", cfg.model.kind == "causal_lm")
-    predicted = em.layer_activation_bytes(layer_block(layers[-1], model.config, dt, "cpu"), s, b, dt)
+    predicted = am.layer_activation_bytes(layer_block(layers[-1], model.config, dt, "cpu"), s, b, dt)
     assert predicted == pytest.approx(measured[len(layers) - 1], rel=0.04)
     # and the model-level function sums the same layers
     acts = model_activations(model, eff, s, b, "cpu")
@@ -340,10 +343,10 @@ def test_packed_batch_activations_match_what_autograd_keeps(overrides: list[str]
     """A flattened batch as the harness trains it: attention per example through packed_attention (eager on a CPU
     for rows up to EAGER_MAX_LEN, SDPA above)."""
     from harness.assets import cache_dir
-    from harness.estimate.model import packed_rows
+    from harness.estimate.model_activations import packed_rows
     from harness.methods import apply_method, plan_method
     from harness.models import load_model, load_tokenizer
-    from harness.training import EAGER_MAX_LEN, PACKED_ATTENTION
+    from harness.packed_attention import EAGER_MAX_LEN, PACKED_ATTENTION
 
     cfg = compose(overrides)
     eff = effective_config(cfg)
@@ -361,7 +364,7 @@ def test_packed_batch_activations_match_what_autograd_keeps(overrides: list[str]
                                eff["train"]["precision"].endswith("-mixed"))
     dt = act_dtypes(eff["train"]["precision"], False, "cpu", True)
     s = max(lengths)
-    predicted = em.layer_activation_bytes(layer_block(layers[-1], model.config, dt, "cpu"), s, sum(lengths) / s, dt, packed)
+    predicted = am.layer_activation_bytes(layer_block(layers[-1], model.config, dt, "cpu"), s, sum(lengths) / s, dt, packed)
     assert predicted == pytest.approx(measured[len(layers) - 1], rel=0.04)
 
 
@@ -462,7 +465,7 @@ def test_bundled_run_training_tensors_match_the_profiler(method: str, runs, monk
 ])
 def test_estimator_accepts_every_override_a_run_accepts(overrides: list[str]) -> None:
     from harness import preflight
-    from harness.estimate.model import compose_config
+    from harness.estimate.run_config import compose_config
 
     preflight.check_overrides(overrides)  # what harness.run checks before Hydra starts
     cfg = compose_config(overrides)
@@ -475,7 +478,7 @@ def test_estimator_accepts_every_override_a_run_accepts(overrides: list[str]) ->
     (["r=4,8"], "a sweep (a=1,2) is not one configuration"),
 ])
 def test_estimator_rejects_what_a_run_rejects(overrides: list[str], message: str) -> None:
-    from harness.estimate.model import compose_config
+    from harness.estimate.run_config import compose_config
 
     with pytest.raises(ConfigError, match=__import__("re").escape(message)):
         compose_config(overrides)

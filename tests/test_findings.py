@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.claim_rules import CLAIMS, INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evidence, ledger
+from analysis.claims.rules import CLAIMS, INCONCLUSIVE, NOT_RUN, REFUTED, SUPPORTED, Evidence, ledger
 from analysis.exact import count_interval, permutation_rho, runs_needed, smallest_p
-from analysis.findings import BEGIN, END, SUMMARY_LINES, findings_markdown, update_readme_block
+from analysis.claims.findings import BEGIN, END, SUMMARY_LINES, findings_markdown, update_readme_block
 from harness.estimate.frontier import frontier, frontier_rows
 
 
@@ -113,7 +113,7 @@ def test_claim_12_interval_from_paired_rounds(merged, unmerged, expected) -> Non
 
 
 def test_paired_rounds_cancel_drift_between_rounds() -> None:
-    from analysis.latency import round_ratios
+    from analysis.claims.latency import round_ratios
 
     row = round_ratios(_serve(1.05, 1.1))[0]
     assert row["merged_vs_base_low"] < 1.05 < row["merged_vs_base_high"] and row["merged_vs_base_high"] < 1.06
@@ -141,7 +141,7 @@ def test_claim_14_at_the_claims_workload(qlora_gb, expected) -> None:
 
 
 def test_claim_14_rows_are_estimated_at_the_quoted_workload() -> None:
-    from analysis.memory_claims import CLAIM_14
+    from analysis.claims.memory import CLAIM_14
 
     for name, (overrides, _) in CLAIM_14.items():
         assert {"train.batch_size=1", "train.max_seq_len=512", "train.gradient_checkpointing=true"} <= set(overrides)

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.intruder import intruder_section, load_run, weight_pairs
-from analysis.intruder_svd import analyse_pairs, count_intruders, effective_rank
+from analysis.intruder.report import intruder_section, load_run, weight_pairs
+from analysis.intruder.svd import analyse_pairs, count_intruders, effective_rank
 from conftest import REPO, TINY, run_inprocess
 
 ROWS, COLS = 64, 16  # a tall W0: its 16 left singular vectors leave 48 directions of R^64 untouched

@@ -14,9 +14,9 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from analysis.intruder import load_run, weight_pairs
-from analysis.intruder_tables import correlations, group_table, k_fraction_counts
-from analysis.intruder_scaling import scale_intruders
+from analysis.intruder.report import load_run, weight_pairs
+from analysis.intruder.tables import correlations, group_table, k_fraction_counts
+from analysis.intruder.scaling import scale_intruders
 from conftest import REPO, TINY, run_inprocess
 from test_intruder import SPECTRUM, orthogonal_update, tall_w0
 
@@ -163,7 +163,7 @@ def test_scale_intruders_command_writes_the_lambda_table(runs: Path, tmp_path: P
 
 
 def test_norm_matched_bins_compare_ranks_at_the_same_update_size() -> None:
-    from analysis.intruder_tables import norm_matched
+    from analysis.intruder.tables import norm_matched
 
     summary = pd.DataFrame({
         "method": ["lora"] * 6 + ["full"], "r": [1, 64, 1, 64, 8, 8, None],
@@ -181,7 +181,7 @@ def test_norm_matched_bins_compare_ranks_at_the_same_update_size() -> None:
 def test_the_same_run_in_two_folders_counts_once(tmp_path: Path) -> None:
     import shutil
 
-    from analysis.intruder import collect_runs
+    from analysis.intruder.report import collect_runs
 
     record = {"run_id": "classify_m_lora_r1_s0_abc", "status": "ok", "saved_to": "adapter", "method": "lora",
               "r": 1, "alpha": 2, "lr": 2e-3, "model": "tiny-llama", "config": {"model": {"name": "tiny-llama"}}}
@@ -194,7 +194,7 @@ def test_the_same_run_in_two_folders_counts_once(tmp_path: Path) -> None:
 
 
 def test_one_config_reached_by_two_sweeps_is_one_seed() -> None:
-    from analysis.intruder_tables import correlations, group_table
+    from analysis.intruder.tables import correlations, group_table
 
     summary = pd.DataFrame({"label": ["a", "a", "a", "b", "b", "c"], "seed": [0, 0, 1, 0, 1, 0],
                             "model": ["m"] * 6, "method": ["lora"] * 6, "r": [1, 1, 1, 8, 8, 64], "alpha": [2] * 6,

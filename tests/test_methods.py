@@ -15,9 +15,10 @@ from conftest import TINY, compose, run_inprocess
 from harness.assets import cache_dir
 from harness.config import effective_config, identity, run_id
 from harness.errors import ConfigError
-from harness.methods import (apply_method, count_parameters, load_trained, method_callbacks, plan_method,
-                             quantization_config, resolve_targets, save_trained, _Node)
+from harness.methods import (ConfigNode, apply_method, count_parameters, load_trained, method_callbacks, plan_method,
+                             resolve_targets, save_trained)
 from harness.models import load_model, load_tokenizer
+from harness.quantization import quantization_config
 from harness.tasks import get_task
 from harness.training import build_trainer, training_arguments
 
@@ -157,8 +158,6 @@ def test_method_trains_only_its_parameters_and_reloads(model_name: str, method: 
 
 
 def test_adalora_allocates_after_each_optimizer_step_while_gradients_exist(tmp_path: Path) -> None:
-    from transformers import TrainerCallback
-
     setup = Setup("tiny-llama", "adalora", tmp_path, ["train.max_steps=5"])
     inner = setup.model.base_model
     calls: list[tuple[int, bool]] = []
@@ -265,7 +264,7 @@ def test_targets_matching_nothing_is_a_config_error(tmp_path: Path) -> None:
     setup_cfg = compose(["model=tiny-llama", f"paths.runs={tmp_path}"])
     tokenizer = load_tokenizer(setup_cfg.model, cache_dir())
     model = load_model(setup_cfg.model, cache_dir(), precision="bf16", tokenizer=tokenizer)
-    rule = _Node({"name": "nowhere", "llama": {"include": ["no_such_proj"]}})
+    rule = ConfigNode({"name": "nowhere", "llama": {"include": ["no_such_proj"]}})
     with pytest.raises(ConfigError, match="targets=nowhere matches no module of llama"):
         resolve_targets(model, rule)
 

@@ -191,7 +191,7 @@ def test_probe_loss_under_prompt_tuning_keeps_the_plain_path(tiny) -> None:
     import peft
 
     from harness.forgetting import probe_loss, probe_sample
-    from harness.training import keeps_labelled_logits
+    from harness.training_batches import keeps_labelled_logits
 
     model, tokenizer = tiny
     assert keeps_labelled_logits(model)

@@ -174,3 +174,18 @@ def test_the_benchmark_wrapper_patches_nothing_and_reads_phases_s() -> None:
                        "phases_s": {"load": 1.0, "train": 2.0, "train_call": 1.5, "train_step_median": 0.1}})
     run = timed_run.per_run[-1]
     assert run["wall_s"] == 3.0 and run["step_s_median"] == 0.1 and run["phases_s"]["train_call"] == 1.5
+
+
+def test_auto_precision_runs_in_fp32_where_bf16_is_emulated(monkeypatch) -> None:
+    """`train.precision=auto` computes in fp32 on hardware without native bf16, and the run id keeps the bf16
+    resolution (so a sweep planned on one machine finds its runs on another); an explicit bf16 is honoured."""
+    from harness import config
+
+    monkeypatch.setattr(config, "native_bf16", lambda: False)
+    lora, full = config.resolve(compose([])), config.resolve(compose(["method=full"]))
+    assert (lora.precision, full.precision) == ("fp32", "fp32")
+    assert (lora.run_id, full.run_id) == (IDENTITIES[()][0], IDENTITIES[("method=full",)][0])
+    assert lora.effective["train"]["precision"] == "bf16"
+    assert config.resolve(compose(["train.precision=bf16"])).precision == "bf16"
+    monkeypatch.setattr(config, "native_bf16", lambda: True)
+    assert (lora.precision, full.precision) == ("bf16", "bf16-mixed")

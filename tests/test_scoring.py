@@ -25,7 +25,7 @@ def test_length_batching_keeps_answers_and_their_order(task: str) -> None:
 
 
 def test_decoding_uses_the_cache_and_stops_when_every_sequence_has_ended() -> None:
-    from harness.tasks.base import generate_greedy
+    from harness.tasks.generation import generate_greedy
 
     model, tokenizer, t, test = scoring_setup("tiny-llama", "extract", 4, "fp32")
     prompts = [t.prompt_ids(tokenizer, r) for r in test][:2]
@@ -51,7 +51,7 @@ def test_decoding_uses_the_cache_and_stops_when_every_sequence_has_ended() -> No
 
 
 def test_the_head_gets_a_contiguous_input_and_the_answers_do_not_change() -> None:
-    from harness.tasks.base import generate_greedy
+    from harness.tasks.generation import generate_greedy
 
     model, tokenizer, t, test = scoring_setup("tiny-llama", "extract", 6, "fp32")
     prompts = [t.prompt_ids(tokenizer, r) for r in test]
@@ -90,7 +90,7 @@ def test_bundled_model_answers_are_unchanged_by_length_batching() -> None:
 def test_a_shared_prefix_run_once_gives_the_same_next_token_scores() -> None:
     # the tiny random model answers newlines to everything, so compare what greedy decoding chooses from: the
     # scores of every generated position, prefix cached and middle-padded vs plain left padding
-    from harness.tasks.base import generation_inputs, shared_prefix
+    from harness.tasks.generation import generation_inputs, shared_prefix
 
     model, tokenizer, t, test = scoring_setup("tiny-llama", "classify", 6, "fp32")
     prompts = [t.prompt_ids(tokenizer, r) for r in test]
@@ -120,7 +120,7 @@ def test_a_shared_prefix_run_once_gives_the_same_next_token_scores() -> None:
 def test_no_prefix_is_shared_when_it_is_short_or_the_method_uses_the_cache() -> None:
     from peft import PrefixTuningConfig, get_peft_model
 
-    from harness.tasks.base import shared_prefix
+    from harness.tasks.generation import shared_prefix
 
     assert shared_prefix(None, [[1, 2, 3, 4], [1, 2, 3, 5]]) == []  # 3 shared tokens: not worth a pass
     long = list(range(20))
@@ -196,6 +196,7 @@ def test_each_sweep_budget_composes_to_the_runs_it_names(budget: str, epochs, ma
         cfg = compose(config_name=name, overrides=[*args, "method=lora", "task=classify", "seed=1"])
     assert (cfg.train.epochs, cfg.train.max_steps) == (epochs, max_steps)
     assert cfg.task.name == "classify" and cfg.method.name == "lora" and cfg.seed == 1
-    assert cfg.group == ("classify" if budget == "study" else None)  # the study's own file, its W&B group
-    if budget == "study":
-        assert cfg.r == 16 and cfg.targets.name == "qv"
+    assert cfg.group == ("fair-classify" if budget == "study" else None)  # the study's own file, its W&B group
+    if budget == "study":  # a cell of the deciding study, on its own model, seeds only (no search, no variants)
+        assert cfg.r == 16 and cfg.targets.name == "all-linear" and cfg.model.name == "minilm-l6"
+        assert cfg.train.precision == "fp32" and cfg.sweep.variants is None and cfg.sweep.lr_search == 0

@@ -36,12 +36,12 @@ def _loss_and_grads(model, batch) -> tuple[float, torch.Tensor]:
 
 @pytest.mark.parametrize(("flat", "labelled", "attention"), [
     (True, False, "sdpa"), (False, True, "sdpa"), (True, True, "sdpa"),  # transformers' own packed-row mask
-    (True, True, "packed-eager"), (True, True, "packed-sdpa"),  # harness.training.packed_attention, both paths
+    (True, True, "packed-eager"), (True, True, "packed-sdpa"),  # harness.packed_attention.packed_attention, both paths
 ])
 def test_batches_give_the_padded_loss_and_gradients(tiny_llama, flat: bool, labelled: bool, attention: str,
                                                     monkeypatch) -> None:
-    from harness import training
-    from harness.training import CausalBatches
+    from harness import packed_attention
+    from harness.training_batches import CausalBatches
 
     model, tokenizer, features = tiny_llama
     padded = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
@@ -49,18 +49,18 @@ def test_batches_give_the_padded_loss_and_gradients(tiny_llama, flat: bool, labe
     ref_loss, ref_grads = _loss_and_grads(model, padded(features))
     batch = CausalBatches(DataCollatorWithFlattening() if flat else padded, labelled)(features)
     if attention != "sdpa":
-        monkeypatch.setattr(training, "EAGER_MAX_LEN", 10_000 if attention == "packed-eager" else 0)
-        callback = training.PackedAttention(model)
+        monkeypatch.setattr(packed_attention, "EAGER_MAX_LEN", 10_000 if attention == "packed-eager" else 0)
+        callback = packed_attention.PackedAttention(model)
         callback.on_train_begin(None, None, None)
-        assert model.config._attn_implementation == training.PACKED_ATTENTION
+        assert model.config._attn_implementation == packed_attention.PACKED_ATTENTION
         calls: list[tuple[int, bool]] = []
-        real_sdpa = training.sdpa_attention_forward
+        real_sdpa = packed_attention.sdpa_attention_forward
 
         def recording_sdpa(module, query, key, value, mask, *args, **kwargs):
             calls.append((query.shape[0], mask is None))
             return real_sdpa(module, query, key, value, mask, *args, **kwargs)
 
-        monkeypatch.setattr(training, "sdpa_attention_forward", recording_sdpa)
+        monkeypatch.setattr(packed_attention, "sdpa_attention_forward", recording_sdpa)
     if flat:
         assert batch["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in features))
     if labelled:
@@ -81,7 +81,8 @@ def test_collator_choice_follows_method_and_switches(tiny_llama, tmp_path: Path)
     import peft
     from transformers import DataCollatorWithPadding
 
-    from harness.training import CausalBatches, build_trainer, training_arguments
+    from harness.training import build_trainer, training_arguments
+    from harness.training_batches import CausalBatches
 
     model, tokenizer, features = tiny_llama
     train = compose(["model=tiny-llama", "tracking=none"]).train
@@ -113,7 +114,7 @@ def test_largest_batch_shape_is_what_the_model_computes(tiny_llama, flat: bool) 
     positions the head projects (labelled only, or every position)."""
     from transformers import DataCollatorWithFlattening
 
-    from harness.training import BatchShapes, CausalBatches
+    from harness.training_batches import BatchShapes, CausalBatches
 
     _, tokenizer, features = tiny_llama
     padded = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)

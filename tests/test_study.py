@@ -62,7 +62,8 @@ def test_dry_run_prints_the_plan_and_runs_nothing() -> None:
     assert out.returncode == 0, out.stderr
     assert "ESTIMATES" in out.stdout and "fair-style" in out.stdout and "~" in out.stdout
     lines = [line for line in out.stdout.splitlines() if line.startswith("would run: ")]
-    assert len(lines) == 4 and lines[0].endswith("paths.runs=runs/study/fair-style paths.shared=runs/study sweep.seeds=5")
+    assert len(lines) == 5 and lines[0].endswith("analysis.records --restore results/study/fair-style/runs runs/study/fair-style")
+    assert lines[1].endswith("paths.runs=runs/study/fair-style paths.shared=runs/study sweep.seeds=5")
     assert "analysis.claims --runs results/study " in lines[-1]
     assert "+ python" not in out.stdout
 
@@ -107,3 +108,22 @@ def test_a_run_two_sweeps_name_is_trained_once(tmp_path) -> None:
     assert adopted["group"] == "lr-ratio" and (here / "adapter.bin").read_text() == "weights"
     assert json.loads((here / "result.json").read_text())["status"] == "ok"
     assert adopt_shared(resolve(compose([])), here) is None     # paths.shared unset: no lookup
+
+
+def test_a_fresh_clone_resumes_from_the_committed_records(tmp_path) -> None:
+    """`analysis.records --restore`: committed records go back into the run folder where that run is missing,
+    never over a live run; a sweep with no records yet restores nothing."""
+    import json
+
+    from analysis.records import main as records
+
+    committed, runs = tmp_path / "results" / "runs", tmp_path / "runs"
+    for rid, status in (("a", "ok"), ("b", "paused")):
+        (committed / rid).mkdir(parents=True)
+        (committed / rid / "result.json").write_text(json.dumps({"run_id": rid, "status": status}))
+    (runs / "b").mkdir(parents=True)
+    (runs / "b" / "result.json").write_text(json.dumps({"run_id": "b", "status": "running"}))
+    assert records(["--restore", str(committed), str(runs)]) == 0
+    assert json.loads((runs / "a" / "result.json").read_text())["status"] == "ok"
+    assert json.loads((runs / "b" / "result.json").read_text())["status"] == "running"   # the live run is kept
+    assert records(["--restore", str(tmp_path / "none"), str(runs)]) == 0

@@ -4,7 +4,6 @@ with one-line errors; chat-template prompts; tiny-model runs through the new tas
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -316,7 +315,7 @@ def tiny_classify():
 def test_choice_logprobs_equal_each_choice_scored_alone(tiny_classify, batch_size: int, share_prefix: bool) -> None:
     """Multi-token choices, two sharing a first token (so they need separate passes), single-token ones sharing
     one pass: batched, padded, with or without the shared-prefix cache, the sums are those of each pair alone."""
-    from harness.tasks.base import choice_inputs
+    from harness.tasks.generation import choice_inputs
 
     model, tokenizer, task, rows = tiny_classify
     choices = ["positive", "positive feelings", "neutral tone here", "negative", "mixed"]

@@ -14,12 +14,12 @@ from omegaconf import OmegaConf
 
 from analysis import bootstrap as boot
 from analysis.choices import CHOICE_POINTS, best_by_validation, reporting_seeds, selection_optimism
-from analysis.claim_rules import (ABOVE_RANGE, CLAIMS, INCONCLUSIVE, NOT_LEARNED, REFUTED, SUPPORTED, Evidence,
+from analysis.claims.rules import (ABOVE_RANGE, CLAIMS, INCONCLUSIVE, NOT_LEARNED, REFUTED, SUPPORTED, Evidence,
                                   ledger)
 from analysis.gain import cell_floor, gain_table
 from analysis.runs import load_folders
 from analysis.tables import at_selected_lr, selection
-from analysis.verdicts import range_outcome
+from analysis.claims.verdicts import range_outcome
 from harness.items import mean_stats, write_items
 from harness.selection import select_lr
 
@@ -284,7 +284,7 @@ def test_power_plan_needs_more_seeds_the_closer_the_estimate_is_to_the_line() ->
 
 
 def test_plan_prints_the_runs_to_add_claim_by_claim(tmp_path, capsys) -> None:
-    from analysis.claims import main
+    from analysis.claims.report import main
 
     study(tmp_path, full_test={0: 0.92, 1: 0.90, 2: 0.80, 3: 0.91}, lora_test={0: 0.86, 1: 0.88, 2: 0.65, 3: 0.90})
     assert main(["--runs", str(tmp_path), "--no-estimates", "--plan", "--out", str(tmp_path / "out")]) == 0
@@ -294,7 +294,7 @@ def test_plan_prints_the_runs_to_add_claim_by_claim(tmp_path, capsys) -> None:
 
 
 def test_refuted_reads_at_this_scale_and_every_verdict_has_a_scope(tmp_path) -> None:
-    from analysis.claims import markdown
+    from analysis.claims.report import markdown
 
     ev = Evidence(retention=pd.DataFrame([_gain_row("a", (70, 60, 78))]), runs=pd.DataFrame())
     verdicts = ledger(ev)

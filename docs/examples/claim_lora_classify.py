@@ -1,10 +1,10 @@
-"""A new ledger claim with its rule. Paste the function into analysis/claim_rules.py with the next free claim
+"""A new ledger claim with its rule. Paste the function into analysis/claims/rules.py with the next free claim
 number (the `@claim` decorator registers it in CLAIMS, which `analysis.claims` applies in order), then
 `make claims` rebuilds the ledger and results/REPORT.md from the committed records; commit both."""
 
 from __future__ import annotations
 
-from analysis.claim_rules import Evidence, Verdict, claim, threshold_rule
+from analysis.claims.rules import Evidence, Verdict, claim, threshold_rule
 
 
 @claim(99, "LoRA keeps at least 90% of full fine-tuning's gain over the floor on classification.")

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from harness.cli import error
+from harness.exits import error
 from harness.errors import ConfigError, HarnessError
 from harness.results import now, write_json_atomic
 from harness.runfolder import RunFolder, open_run
@@ -48,7 +48,7 @@ from harness.adapters.combine import (COMBINE_FORMS, COMBINE_TYPES, FACTORS, MER
 def probe_inputs(run: RunFolder, tokenizer, n: int = 4) -> dict[str, torch.Tensor]:
     """A few of the run's own test inputs, left-padded: what merged and unmerged logits are compared on."""
     from harness.tasks import get_task
-    from harness.tasks.base import left_padded
+    from harness.tasks.generation import left_padded
 
     task = get_task(run.task_cfg, run.cache)
     rows = task.read_split("test")[:n]

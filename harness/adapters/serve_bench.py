@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from harness.cli import error
+from harness.exits import error
 from harness.errors import ConfigError, HarnessError
 from harness.results import now, versions, write_json_atomic
 from harness.runfolder import RunFolder, open_run

@@ -7,8 +7,11 @@
     from harness.estimate import estimate_overrides
     est = estimate_overrides(["model=llama-3.1-8b", "method=lora", "r=16"])   # an Estimate
 
-- model.py: the model on the meta device, the method applied with peft, the counts read off it (`estimate`);
-- memory.py: the arithmetic, pure functions of those counts, with its sources;
+- model.py: the estimate itself (`estimate`): the counts read off the model through the arithmetic;
+- run_config.py: the run config from harness.run's overrides, through the same checks;
+- meta_model.py: the model on the meta device, the method applied with peft;
+- model_weights.py, model_activations.py: the counts read off it (parameters by dtype; each layer's terms);
+- memory.py, activation_memory.py: the arithmetic, pure functions of those counts, with its sources;
 - check.py: predicted vs measured for finished runs;
 - report.py: printing; cli.py: the command line.
 """

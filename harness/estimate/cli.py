@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cli import exit_on_error
+from harness.exits import exit_on_error
 from harness.errors import HarnessError
 from harness.estimate.check import check_runs
-from harness.estimate.model import compose_config, effective, estimate, method_names
+from harness.estimate.model import estimate
+from harness.estimate.run_config import compose_config, effective, method_names
 from harness.estimate.report import check_table, describe, table
 
 

@@ -45,7 +45,9 @@ def frontier(overrides: list[str], budgets_gib: Sequence[float] = (12, 24, 80), 
              batches: Sequence[int] = BATCHES, device: str = "cuda") -> list[dict[str, Any]]:
     """`frontier_rows` for a configuration given as run overrides (its optimizer, precision and checkpointing
     setting as given; batch size and sequence length are what the search varies)."""
-    from harness.estimate.model import compose_config, effective, estimate_model, prepare_model
+    from harness.estimate.meta_model import prepare_model
+    from harness.estimate.model import estimate_model
+    from harness.estimate.run_config import compose_config, effective
 
     eff = effective(compose_config(list(overrides)))
     model, qbytes, _ = prepare_model(eff)

@@ -17,11 +17,11 @@ from harness import distributed, measure
 from harness.base_scores import base_key, cached_base_scores
 from harness.forgetting import probe_loss, probe_sample, sentence_embeddings
 from harness.lineage import start_from
-from harness.methods import (apply_method, count_parameters, freeze_head, plan_method, quantization_config,
-                             quantization_record)
+from harness.methods import apply_method, count_parameters, freeze_head, plan_method
 from harness.models import load_model, load_tokenizer, model_fingerprint
 from harness.phases.context import RunContext
 from harness.provenance import provenance_record
+from harness.quantization import quantization_config, quantization_record
 from harness.results import code_fingerprint, now, versions
 from harness.runfolder import read_record
 from harness.tasks import get_task
@@ -50,7 +50,7 @@ def load(ctx: RunContext) -> dict[str, Any]:
     ctx.steps = planned_steps(spec.train, len(ctx.data["train"]))
     with ctx.timed("model_load"):
         ctx.tokenizer = load_tokenizer(spec.model, cache)
-        ctx.model = load_model(spec.model, cache, precision=spec.train.precision, tokenizer=ctx.tokenizer,
+        ctx.model = load_model(spec.model, cache, precision=spec.precision, tokenizer=ctx.tokenizer,
                                labels=ctx.task.labels, quantization_config=quantization_config(spec.effective))
         if spec.cfg.get("init_from"):  # a continual stage: the base with every earlier stage's change applied
             ctx.model, ctx.init = start_from(ctx.model, spec.cfg.init_from)
@@ -68,9 +68,9 @@ def load(ctx: RunContext) -> dict[str, Any]:
         fingerprints = {"data_fingerprint": ctx.task.fingerprint(),
                         "model_fingerprint": model_fingerprint(spec.model, cache, ctx.model)}
     log.info("run %s: %s loaded in %.1f s (%s); %d training rows, %d steps", spec.run_id, spec.model.name,
-             ctx.timings["model_load"], spec.train.precision, len(ctx.data["train"]), ctx.steps)
+             ctx.timings["model_load"], spec.precision, len(ctx.data["train"]), ctx.steps)
     return spec.identity | {
-        "lr": spec.train.lr, "precision": spec.train.precision, "max_steps": ctx.steps,
+        "lr": spec.train.lr, "precision": spec.precision, "max_steps": ctx.steps,
         "epochs": spec.train.get("epochs"), **budget_record(ctx.steps, len(ctx.data["train"]), spec.train),
         "lr_protocol": spec.cfg.get("lr_protocol"), "init_from": ctx.init, **fingerprints,
         **ctx.task.label_record(ctx.data),
@@ -94,7 +94,8 @@ def untuned_scores(ctx: RunContext) -> dict[str, Any]:
     part: dict[str, Any] = {}
     if ctx.main:
         t0 = time.perf_counter()
-        key = base_key(ctx.spec.effective, ctx.record["model_fingerprint"], ctx.record["data_fingerprint"],
+        ran_as = {**ctx.spec.effective, "train": {**ctx.spec.effective["train"], "precision": ctx.spec.precision}}
+        key = base_key(ran_as, ctx.record["model_fingerprint"], ctx.record["data_fingerprint"],
                        ctx.record["versions"])
         folder = Path(ctx.spec.cfg.paths.get("base_scores") or ctx.cache / "base-scores")
         base, cached = cached_base_scores(folder, key, lambda: _base_scores(ctx), required=("base_items",))

@@ -11,12 +11,14 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from harness import distributed, measure
-from harness.methods import adalora_record, method_callbacks
+from harness.adalora import adalora_record
+from harness.methods import method_callbacks
+from harness.packed_attention import evaluation_attention
 from harness.phases.context import RunContext
 from harness.results import Status
 from harness.tracking import Tracker
-from harness.training import (DivergenceGuard, LogToFile, StopAtRung, build_trainer, evaluation_attention,
-                              last_checkpoint, throughput, training_arguments)
+from harness.training import (DivergenceGuard, LogToFile, StopAtRung, build_trainer, last_checkpoint, throughput,
+                              training_arguments)
 from harness.training_budget import ValidationCurve
 from harness.update_check import UpdateCheck, stuck_reason
 
@@ -34,7 +36,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     curve, subset = _validation_curve(ctx)
     rung = StopAtRung(spec.cfg.rung_step) if spec.cfg.get("rung_step") else None
     callbacks += [c for c in (curve, rung) if c is not None]
-    args = training_arguments(spec.train, spec.train.lr, spec.train.precision, spec.seed, ctx.run_dir / "checkpoints",
+    args = training_arguments(spec.train, spec.train.lr, spec.precision, spec.seed, ctx.run_dir / "checkpoints",
                               max_steps=ctx.steps, dist=distributed.training_kwargs(spec.cfg.dist))
     with ctx.timed("trainer_setup"):
         ctx.trainer = trainer = build_trainer(model, ctx.tokenizer, train_ds, args, ctx.kind, callbacks)

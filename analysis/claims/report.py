@@ -1,5 +1,5 @@
 """The claims ledger: gather the evidence from a study's records, apply every claim's rule
-(analysis/claim_rules.py), and write the ledger, the study report and the W&B tables.
+(analysis/claims/rules.py), and write the ledger, the study report and the W&B tables.
 
     python -m analysis.claims --runs results/study --out results/study/claims --report results/REPORT.md
     make claims                                                       # the same
@@ -20,18 +20,17 @@ from typing import Any
 
 import pandas as pd
 
-import analysis.claim_rules_2025  # noqa: F401  (registers claims 16-21 in the ledger)
-from analysis.claim_rules import LABELS, SHOWN, Evidence, Verdict, ledger
-from analysis.findings import findings_markdown, update_readme_block
-from analysis.memory_claims import CLAIM_14, frontier_markdown, memory_frontier, workload, write_frontier
-from harness.cli import error
+from analysis.claims.rules import LABELS, SHOWN, Evidence, Verdict, ledger
+from analysis.claims.findings import findings_markdown, update_readme_block
+from analysis.claims.memory import CLAIM_14, frontier_markdown, memory_frontier, workload, write_frontier
+from harness.exits import error
 from harness.errors import HarnessError
 
 
 # ---- gathering and writing -----------------------------------------------------------------------------------
 
 # the estimator's rows: claims 10 and 15 read the first two (parameter counts, at the harness's defaults), claim 14
-# the rest, each at the workload its quoted figure assumes (analysis/memory_claims.py)
+# the rest, each at the workload its quoted figure assumes (analysis/claims/memory.py)
 ESTIMATES = {
     "lora": ["model=llama-3.1-8b", "method=lora", "r=16", "targets=qv"],
     "ia3": ["model=llama-3.1-8b", "method=ia3", "targets=ia3"],

@@ -58,7 +58,7 @@ def frontier_markdown(rows: list[dict[str, Any]]) -> str:
              "CUDA GPU (CUDA context 0.5 GiB included; paged optimizer states counted on the GPU), fits the budget, "
              "per sequence length. Gradient checkpointing on; full FT in pure bf16 with AdamW, LoRA with AdamW on a "
              "bf16 base, QLoRA NF4 + double quantisation with paged AdamW 8-bit. 0: not even batch 1 fits. "
-             "Rebuilt by `make claims` (analysis/memory_claims.py).", ""]
+             "Rebuilt by `make claims` (analysis/claims/memory.py).", ""]
     for budget in sorted({r["budget_gib"] for r in rows}):
         lines += [f"## {budget:g} GiB", "", "| method | " + " | ".join(f"seq {s}" for s in seqs) + " |",
                   "|---|" + "---:|" * len(seqs)]

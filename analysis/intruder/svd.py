@@ -1,6 +1,6 @@
 """Intruder dimensions on plain tensors: the SVD comparison of a tuned matrix W with its pre-trained W0
 (Shuttleworth et al., arXiv:2410.21228, Definition 3.1), batched by shape, with W0's singular vectors cached.
-Run folders, tables and figures are in analysis/intruder.py, analysis/intruder_tables.py, analysis/intruder_plots.py."""
+Run folders, tables and figures are in analysis/intruder/report.py, analysis/intruder/tables.py, analysis/intruder/plots.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """results/FINDINGS.md: the short page of what the study found, one source for every number quoted elsewhere.
 
-Built by `make claims` from the same Evidence and verdicts as the ledger (analysis/claims.py): per claim its
+Built by `make claims` from the same Evidence and verdicts as the ledger (analysis/claims/report.py): per claim its
 verdict, estimate (with its interval where the rule has one), scope (what the evidence covers) and a link to its
 ledger row. The page's first lines (at most `SUMMARY_LINES`) stand alone: the README shows them between
 `<!-- findings:begin -->` and `<!-- findings:end -->` (`update_readme_block`)."""
@@ -12,8 +12,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.claim_rules import NOT_RUN, REFUTED, SUPPORTED, Evidence, Verdict
-from analysis.verdicts import LABELS, SHOWN
+from analysis.claims.rules import NOT_RUN, REFUTED, SUPPORTED, Evidence, Verdict
+from analysis.claims.verdicts import LABELS, SHOWN
 
 SUMMARY_LINES = 10
 FINDINGS_NAME = "FINDINGS.md"
@@ -33,7 +33,7 @@ def scope(ev: Evidence, v: Verdict) -> str:
     if v.verdict == NOT_RUN:
         return f"not measured; needs {v.missing}"
     if v.claim <= 10:
-        # the rows a score rule used start with their task/model (analysis.claim_rules `_ret` and `compare`)
+        # the rows a score rule used start with their task/model (analysis.claims.rules `_ret` and `compare`)
         where = ", ".join(sorted({m.group(1) for e in v.evidence if (m := SETUP.match(e))}))
         source = "measured, fair rows (>= 3 seeds, >= 2 learning rates)"
         if v.claim == 10 and any("estimator" in e for e in v.evidence):

@@ -1,4 +1,4 @@
-"""Statistics for claims 16-21 (analysis/claim_rules_2025.py): the continuous learning-rate optimum, a seeded
+"""Statistics for claims 16-21 (analysis/claims/rules_2025.py): the continuous learning-rate optimum, a seeded
 bootstrap over seeds, gain over the floor and the learning-forgetting frontier.
 
 Deliberately small functions on numpy arrays: analysis/bootstrap.py (hierarchical seeds x items intervals, another

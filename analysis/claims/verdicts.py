@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from analysis import bootstrap as boot
@@ -55,8 +54,8 @@ class Evidence:
     merges: list[dict[str, Any]] = field(default_factory=list)
     study: Any = None                           # analysis.gain.Study: the arms behind the table (None: tests)
     optimism: pd.DataFrame | None = None        # analysis.choices.selection_optimism
-    memory_frontier: list[dict[str, Any]] = field(default_factory=list)  # analysis.memory_claims.memory_frontier
-    records: pd.DataFrame | None = None         # every run at every rate (claims 16-21, analysis/claim_rules_2025.py)
+    memory_frontier: list[dict[str, Any]] = field(default_factory=list)  # analysis.claims.memory.memory_frontier
+    records: pd.DataFrame | None = None         # every run at every rate (claims 16-21, analysis/claims/rules_2025.py)
 
     def fair(self) -> pd.DataFrame:
         """Retention rows gathered under the fair-comparison protocol: >= MIN_SEEDS seeds, >= 2 rates tried."""

@@ -1,6 +1,6 @@
 """Tables of the intruder analysis: per matrix, per run, per label over seeds, the normalised-k counts and the
-correlations with forgetting and score. Inputs are a run's record (`Run` of analysis/intruder.py) and its arrays
-(analysis/intruder_svd.py `analyse_pairs`)."""
+correlations with forgetting and score. Inputs are a run's record (`Run` of analysis/intruder/report.py) and its arrays
+(analysis/intruder/svd.py `analyse_pairs`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from analysis.intruder_svd import effective_rank, intruder_counts
+from analysis.intruder.svd import effective_rank, intruder_counts
 
 if TYPE_CHECKING:
     from harness.runfolder import RunFolder as Run
@@ -22,7 +22,7 @@ K_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # the paper's appendix: k 
 LAYER_RE = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.(.+)$")
 
 
-def _scalar(value: Any) -> float:
+def scalar_value(value: Any) -> float:
     """A number from a record field that may be missing, a number, or a dict holding one."""
     if isinstance(value, dict):
         value = next((value[k] for k in ("forgetting", "delta", "value", "mean") if k in value), None)

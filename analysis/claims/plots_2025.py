@@ -3,7 +3,7 @@ each fitted optimum (claim 16's ratio visible as the distance between the dashed
 memorisation task (claim 18) and the learning-forgetting plane with full FT's frontier (claim 21). Each returns the
 written path, or None when its frame holds nothing to draw.
 
-    python -m analysis.plots_2025 --runs runs/claims-2025 --out reports/claims-2025   # every figure the records allow
+    python -m analysis.claims.plots_2025 --runs runs/claims-2025 --out reports/claims-2025   # every figure the records allow
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import claim_stats_2025 as st
-from analysis.plots import _panels, _save, method_color, plt
+from analysis.claims import stats_2025 as st
+from analysis.plots import panel_grid, save_figure, method_color
 
 
 def _variant_name(rows: pd.DataFrame) -> str:
@@ -35,7 +35,7 @@ def lr_curves(records: pd.DataFrame, path: Path) -> Path | None:
         return None
     cells = [(cell, part) for cell, part in ok.groupby("cell", sort=False)
              if part.groupby("variant")["lr"].nunique().max() >= 3]  # a panel needs a curve
-    fig, axes = _panels(len(cells), width=6.4, height=4.4)
+    fig, axes = panel_grid(len(cells), width=6.4, height=4.4)
     for ax, (cell, part) in zip(axes, cells):
         fits = {}
         for variant, rows in part.groupby("variant", sort=False):
@@ -61,7 +61,7 @@ def lr_curves(records: pd.DataFrame, path: Path) -> Path | None:
         ax.set_ylabel(f"validation {part['primary_metric'].dropna().iloc[0] if part['primary_metric'].notna().any() else 'score'}")
         ax.set_title(str(cell).split("|")[0] + " / " + str(part["model"].iloc[0]), fontsize=9)
         ax.legend(fontsize=6.5)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def capacity_curve(runs: pd.DataFrame, path: Path, chance: float | None = None) -> Path | None:
@@ -71,7 +71,7 @@ def capacity_curve(runs: pd.DataFrame, path: Path, chance: float | None = None) 
     if runs.empty:
         return None
     runs = runs.assign(n=(runs["train_examples"] / runs["train_epochs"]).round())
-    fig, (ax,) = _panels(1, width=6.4, height=4.4)
+    fig, (ax,) = panel_grid(1, width=6.4, height=4.4)
     gen = st.rng()
     for (method, r), rows in runs.groupby(["method", runs["r"].fillna(0)], sort=True):
         stats = []
@@ -90,16 +90,16 @@ def capacity_curve(runs: pd.DataFrame, path: Path, chance: float | None = None) 
     ax.set_ylabel("accuracy on the training rows")
     ax.set_title("capacity: labels memorised (head frozen)", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def forgetting_plane(points: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """Gain over the floor (share of full FT's) against forgetting increase: full FT's points over rates and
     budgets with their frontier, every other variant at its selected rate; bars: 95% intervals on both axes.
-    `points`: analysis.claim_rules_2025.plane_points (label, method, gain, forgetting and their _low / _high)."""
+    `points`: analysis.claims.rules_2025_tradeoffs.plane_points (label, method, gain, forgetting and their _low / _high)."""
     if points.empty:
         return None
-    fig, (ax,) = _panels(1, width=6.4, height=4.6)
+    fig, (ax,) = panel_grid(1, width=6.4, height=4.6)
     for _, p in points.iterrows():
         ax.errorbar(p["forgetting"], p["gain"], xerr=[[p["forgetting"] - p["forgetting_low"]], [p["forgetting_high"] - p["forgetting"]]],
                     yerr=[[p["gain"] - p["gain_low"]], [p["gain_high"] - p["gain"]]], marker="o" if p["method"] == "full" else "s",
@@ -114,12 +114,12 @@ def forgetting_plane(points: pd.DataFrame, path: Path, title: str = "") -> Path 
     ax.set_xlabel("forgetting (probe increase)")
     ax.set_ylabel("gain over floor / full FT's")
     ax.set_title(title or "learning vs forgetting", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_figures(ev, out: Path) -> list[Path]:
     """Every figure of claims 16-21 that the evidence supports, under `out`."""
-    from analysis.claim_rules_2025 import plane_points
+    from analysis.claims.rules_2025_tradeoffs import plane_points
 
     out.mkdir(parents=True, exist_ok=True)
     written = [lr_curves(ev.records, out / "lr_curves.png") if ev.records is not None else None,
@@ -133,11 +133,11 @@ def write_figures(ev, out: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from analysis.claims import gather
-    from harness.cli import error
+    from analysis.claims.report import gather
+    from harness.exits import error
     from harness.errors import HarnessError
 
-    parser = argparse.ArgumentParser(prog="python -m analysis.plots_2025", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m analysis.claims.plots_2025", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", type=Path, default=[Path("runs")])
     parser.add_argument("--out", type=Path, default=Path("reports/claims-2025"))
     args = parser.parse_args(argv)

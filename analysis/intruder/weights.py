@@ -1,5 +1,5 @@
 """The two weights the intruder analysis compares, per changed matrix: W0, the base exactly as the run trained
-from it, and W, the tuned model's (analysis/intruder.py and the causal test, analysis/intruder_scaling.py)."""
+from it, and W, the tuned model's (analysis/intruder/report.py and the causal test, analysis/intruder/scaling.py)."""
 
 from __future__ import annotations
 

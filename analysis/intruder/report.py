@@ -12,9 +12,9 @@ LoRA runs of the same model targeted, so counts compare like with like.
 Each run folder gets `intruders.csv` (per matrix) and `intruders.npz` (max |cos| of every singular vector of W,
 the update's singular values; reused next time); `--out` gets `intruder_summary.csv`, `intruder_groups.csv`,
 `intruder_sweep.csv`, `intruder_k_fraction.csv`, `intruder_correlations.json` and the figures, and with
-`--scale-intruders` the causal test (analysis/intruder_scaling.py). SVDs (analysis/intruder_svd.py): float32,
+`--scale-intruders` the causal test (analysis/intruder/scaling.py). SVDs (analysis/intruder/svd.py): float32,
 batched by shape, on the GPU when there is one; the pre-trained ones are cached once per base model in
-`<cache>/svd/<model>/`. Tables: analysis/intruder_tables.py; figures: analysis/intruder_plots.py.
+`<cache>/svd/<model>/`. Tables: analysis/intruder/tables.py; figures: analysis/intruder/plots.py.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from analysis.intruder_svd import analyse_pairs, intruder_counts
-from analysis.intruder_tables import (_scalar, comparable_modules, correlations, group_table, k_fraction_counts,
+from analysis.intruder.svd import analyse_pairs, intruder_counts
+from analysis.intruder.tables import (scalar_value, comparable_modules, correlations, group_table, k_fraction_counts,
                                       matrix_table, norm_matched)
-from analysis.intruder_weights import weight_pairs
-from harness.cli import error
+from analysis.intruder.weights import weight_pairs
+from harness.exits import error
 from harness.errors import ConfigError, HarnessError
 from harness.runfolder import RESULT_FILE, RunFolder, find_runs, is_run_folder, open_run, read_record
 
@@ -162,7 +162,7 @@ def intruder_section(run_dirs: Sequence[Path], out_dir: Path, *, k: int = 10, ep
                      recompute: bool = False, wandb_mode: str = "none") -> tuple[list[Path], pd.DataFrame]:
     """The whole analysis for a set of runs: per-run tables, the summary (one row per run), the k x epsilon
     sweep, correlations and figures in `out_dir`. Returns (figure paths, summary) for the analysis report."""
-    from analysis.intruder_plots import make_figures
+    from analysis.intruder.plots import make_figures
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     epsilons = sorted(set(epsilons) | {epsilon})
@@ -183,10 +183,10 @@ def intruder_section(run_dirs: Sequence[Path], out_dir: Path, *, k: int = 10, ep
                "task": res.get("task"), "precision": res.get("precision"),
                "n_matrices": int(used.sum()), "matrices_with_intruders": int((table.loc[used, "intruders"] > 0).sum()),
                **counts, "update_erank_mean": float(table.loc[used, "update_erank"].mean()),
-               "rel_update_mean": float(table.loc[used, "rel_update"].mean()), "score": _scalar(res.get("score")),
-               "val_score": _scalar(res.get("val_score")), "base_score": _scalar(res.get("base_score")),
-               "forgetting": _scalar(res.get("forgetting")), "forgetting_probe": res.get("forgetting_probe"),
-               "embedding_drift": _scalar(res.get("embedding_drift")), "analysis_s": float(arr.get("seconds", np.nan))}
+               "rel_update_mean": float(table.loc[used, "rel_update"].mean()), "score": scalar_value(res.get("score")),
+               "val_score": scalar_value(res.get("val_score")), "base_score": scalar_value(res.get("base_score")),
+               "forgetting": scalar_value(res.get("forgetting")), "forgetting_probe": res.get("forgetting_probe"),
+               "embedding_drift": scalar_value(res.get("embedding_drift")), "analysis_s": float(arr.get("seconds", np.nan))}
         rows.append(row)
         tables.append(table)
         sweep += [{"run_id": res["run_id"], "label": run.label, "method": res["method"], "r": res.get("r"),
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--wandb", default="none", choices=["none", "auto", "online", "offline"], help="also log tables to W&B")
     p.add_argument("--scale-intruders", default=None, metavar="LAMBDAS",
                    help="the causal test: rescore each run with its intruders scaled by these fractions kept, "
-                        "e.g. 0.3,0.5,0.7,1.0 (analysis/intruder_scaling.py)")
+                        "e.g. 0.3,0.5,0.7,1.0 (analysis/intruder/scaling.py)")
     args = p.parse_args(argv)
     try:
         if args.k < 1:
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures, summary = intruder_section(args.run_dirs, out, k=args.k, epsilon=args.epsilon, epsilons=epsilons,
                                             ks=ks, device=args.device, recompute=args.recompute, wandb_mode=args.wandb)
         if lambdas:
-            from analysis.intruder_scaling import scaling_section
+            from analysis.intruder.scaling import scaling_section
 
             with_intruders = set(summary.loc[summary["intruders"] > 0, "run_id"])
             figures += scaling_section(collect_runs(args.run_dirs), lambdas, out, k=args.k, epsilon=args.epsilon,

@@ -49,8 +49,8 @@ def scaling_rows(run_dir: Path, lambdas: Sequence[float], k: int, epsilon: float
                  device: torch.device, only: set[str] | None = None) -> list[dict[str, Any]]:
     """One row per lambda for one run folder: directions scaled, intruders left, scores and forgetting. `only`
     restricts the scaling to those matrices (full FT: the ones the LoRA runs of its model changed, as counted)."""
-    from analysis.intruder_weights import tuned_model
-    from analysis.intruder_svd import pretrained_bases
+    from analysis.intruder.weights import tuned_model
+    from analysis.intruder.svd import pretrained_bases
     from harness.forgetting import probe_loss, probe_sample, sentence_embeddings, similarity_forgetting
     from harness.runfolder import open_run
     from harness.tasks import get_task
@@ -128,7 +128,7 @@ def scaling_section(runs, lambdas: Sequence[float], out_dir: Path, *, k: int, ep
                     device: torch.device, with_intruders: set[str]) -> list[Path]:
     """`intruder_scaling.csv` (per run and lambda), `intruder_scaling_groups.csv` and its figure in out_dir.
     Runs without an intruder at (k, epsilon) get their lambda = 1 row only (scaling changes nothing)."""
-    from analysis.intruder_plots import plot_scaling
+    from analysis.intruder.plots import plot_scaling
 
     rows: list[dict[str, Any]] = []
     for run in runs:

@@ -1,0 +1,48 @@
+"""The records as claims 16-21 read them (analysis/claims/rules_2025.py and rules_2025_tradeoffs.py): the ok runs
+with every column the rules use, each variant at its selected rate, batch size and training rows recovered from
+the record, and how a claim's parts combine into one verdict."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis.claims.verdicts import INCONCLUSIVE, REFUTED, SUPPORTED, Evidence
+
+COLUMNS = ("cell", "variant", "lr_variant", "task", "model", "method", "r", "alpha", "targets", "seed", "lr", "score",
+           "val_score", "base_score", "forgetting", "params_trainable", "train_steps", "train_examples",
+           "train_epochs", "budget", "label", "primary_metric")
+
+
+def combined(states: list[str]) -> str:
+    """A claim's verdict from its parts: refuted if any part is, supported if every part is, else inconclusive."""
+    return REFUTED if REFUTED in states else SUPPORTED if all(x == SUPPORTED for x in states) else INCONCLUSIVE
+
+
+def ok_runs(df: pd.DataFrame | None) -> pd.DataFrame:
+    """The ok runs with a score, every column the rules read present (missing ones empty)."""
+    if df is None or df.empty or "score" not in df:
+        return pd.DataFrame(columns=list(COLUMNS))
+    ok = df["status"].eq("ok") if "status" in df else True  # Evidence.runs holds ok runs only
+    df = df[ok & df["score"].notna()]
+    return df.reindex(columns=list(dict.fromkeys([*df.columns, *COLUMNS])))
+
+
+def batch_size(runs: pd.DataFrame) -> pd.Series:
+    """Examples per optimizer step, from the record (train_examples = steps x batch x accumulation)."""
+    return (runs["train_examples"] / runs["train_steps"]).round()
+
+
+def rows_trained(runs: pd.DataFrame) -> pd.Series:
+    """Training rows (task.n_train as used), from examples / epochs; a `train_rows` column would replace this."""
+    return (runs["train_examples"] / runs["train_epochs"]).round()
+
+
+def fmt_g(x: float, fmt: str = ".3g") -> str:
+    return format(x, fmt) if math.isfinite(x) else "nan"
+
+
+def selected_runs(ev: Evidence) -> pd.DataFrame:
+    """Each variant at its validation-selected rate (Evidence.runs), as ok_runs gives them."""
+    return ok_runs(ev.runs)

@@ -1,0 +1,220 @@
+"""Claims 19-21 from 2025-2026 results: where LoRA goes (MLP / all-linear vs attention-only at matched parameters,
+LoRA Without Regret), batch size (LoRA Without Regret) and learning vs forgetting (Biderman et al. 2024;
+PEFT-Arena). Rules a machine applies to the records, registered in the ledger by analysis/claims/rules.py;
+records read as in analysis/claims/rows_2025.py, statistics in analysis/claims/stats_2025.py."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis.claims import stats_2025 as st
+from analysis.claims.rows_2025 import batch_size, combined, ok_runs, selected_runs
+from analysis.claims.rules import INCONCLUSIVE, REFUTED, SUPPORTED, Evidence, Verdict, claim, paired_rule
+
+PARAM_MATCH = 0.05                # claim 19: trainable counts within 5%
+LARGE_BATCH = 4                   # claim 20: a batch >= 4x the default
+FRONTIER_MARGIN = 0.05            # claim 21: 5 gain points (gain as a share of full FT's)
+
+
+# ---- 19 -------------------------------------------------------------------------------------------------------
+
+@claim(19, "LoRA on the MLP, or on all linear layers, beats attention-only LoRA at matched trainable parameters.")
+def claim_19(ev: Evidence, v: Verdict) -> Verdict:
+    """Fair LoRA rows (each at its selected rate, >= 3 seeds) in one cell: MLP-only minus attention-only and
+    all-linear minus attention-only test score, only where the measured trainable counts agree within 5%: supported
+    when every difference is > 0 beyond its 95% Welch interval, refuted when one is < 0 beyond it, else
+    inconclusive. Source: LoRA Without Regret (Llama-3 / Qwen3, matched parameters) and peft's method_comparison
+    (Llama-3.2-3B, MLP 9.46M params 0.494 vs q,v 9.18M 0.478 on GSM8K, one seed); here minilm-l6 on classify."""
+    fair, runs = ev.fair(), selected_runs(ev)
+    if fair.empty or runs.empty:
+        v.missing = "fair LoRA rows with targets attn, mlp and all-linear (sweeps/study/placement.yaml)"
+        return v
+    counts = runs.groupby(["cell", "variant"])["params_trainable"].mean()
+    lora = fair[fair["method"] == "lora"]
+    lora = lora.assign(params=[counts.get((c, x), math.nan) for c, x in zip(lora["cell"], lora["variant"])])
+    pairs, unmatched = [], []
+    for _, attn in lora[lora["targets"] == "attn"].iterrows():
+        for _, other in lora[(lora["cell"] == attn["cell"]) & lora["targets"].isin(["mlp", "all-linear"])].iterrows():
+            off = abs(other["params"] / attn["params"] - 1)
+            if off <= PARAM_MATCH:
+                pairs.append((other, attn))
+            else:
+                unmatched.append(f"{other['label']} vs {attn['label']} ({100 * off:.0f}% apart)")
+    if not pairs:
+        v.missing = "attn and mlp / all-linear LoRA rows with trainable counts within 5%" + (
+            f" (not matched: {'; '.join(unmatched[:4])})" if unmatched else "")
+        return v
+    v = paired_rule(v, ev, pairs, consistent=True)
+    v.evidence = [e + f" ({int(a['params']):,} vs {int(b['params']):,} params)" for e, (a, b) in zip(v.evidence, pairs)]
+    return v
+
+
+# ---- 20 -------------------------------------------------------------------------------------------------------
+
+def _gain_draws(lora: pd.DataFrame, full: pd.DataFrame, gen: np.random.Generator) -> np.ndarray:
+    floor = st.floor_of(pd.concat([lora, full]))
+    return st.gain(st.boot_means(lora["score"], gen), floor, st.boot_means(full["score"], gen))
+
+
+@claim(20, "LoRA's gap to full FT is larger at a large batch than at the default one, and rank does not close it.")
+def claim_20(ev: Evidence, v: Verdict) -> Verdict:
+    """Per cell, full FT and LoRA at each rank, each at its own selected rate with >= 3 seeds, at the default
+    (smallest) batch and one >= 4x larger (the same epochs, so 4x fewer optimizer steps; the evidence names both):
+    the retention gap = 100 - gain retention (gain = (score - floor) / (full - floor)), and delta = gap at the
+    large batch minus gap at the default, bootstrapped over seeds. Supported when delta > 0 beyond its interval
+    at every rank and delta(largest rank) - delta(smallest rank) is not < 0 beyond its interval; refuted when some
+    delta < 0 beyond its interval or delta shrinks with rank beyond its interval; otherwise inconclusive. Source:
+    LoRA Without Regret (Llama-3 on Tulu3 / OpenThoughts, batch 32 to 512; the gap grows with batch, independent
+    of rank); here minilm-l6 on classify."""
+    runs, gen = selected_runs(ev), st.rng()
+    if runs.empty:
+        v.missing = "full FT and LoRA at two batch sizes >= 4x apart (sweeps/study/batch.yaml)"
+        return v
+    runs = runs.assign(batch=batch_size(runs), epochs=runs["train_epochs"].round(1))
+    deltas: dict[tuple[str, int], np.ndarray] = {}
+    for (cell, _), part in runs.groupby(["cell", "epochs"], sort=False):  # batches compared at equal data
+        sizes = sorted(part["batch"].dropna().unique())
+        if len(sizes) < 2 or sizes[-1] < LARGE_BATCH * sizes[0]:
+            continue
+        small, large = sizes[0], sizes[-1]
+        full = {b: part[(part["method"] == "full") & (part["batch"] == b)] for b in (small, large)}
+        if any(f["seed"].nunique() < st.MIN_SEEDS for f in full.values()):
+            continue
+        steps = {b: int(part[part["batch"] == b]["train_steps"].max()) for b in (small, large)}
+        for r, lora in part[part["method"] == "lora"].groupby("r"):
+            mine = {b: lora[lora["batch"] == b] for b in (small, large)}
+            if any(m["seed"].nunique() < st.MIN_SEEDS for m in mine.values()):
+                continue
+            gaps = {b: 100 * (1 - _gain_draws(mine[b], full[b], gen)) for b in (small, large)}
+            deltas[(cell, int(r))] = gaps[large] - gaps[small]
+            low, high = st.interval(deltas[(cell, int(r))])
+            v.evidence.append(f"{cell} lora r={int(r)}: gap {np.nanmedian(gaps[small]):.1f} at batch {int(small)} "
+                              f"({steps[small]} steps), {np.nanmedian(gaps[large]):.1f} at batch {int(large)} "
+                              f"({steps[large]} steps); delta {np.nanmedian(deltas[(cell, int(r))]):+.1f} "
+                              f"[{low:+.1f}, {high:+.1f}] points")
+    if not deltas:
+        v.missing = f"full FT and LoRA at two batch sizes >= {LARGE_BATCH}x apart, >= {st.MIN_SEEDS} seeds each"
+        return v
+    bounds = {k: st.interval(d) for k, d in deltas.items()}
+    shrinks, trend_ok = False, True
+    for cell in {c for c, _ in deltas}:
+        ranks = sorted(r for c, r in deltas if c == cell)
+        if len(ranks) >= 2:
+            low, high = st.interval(deltas[(cell, ranks[-1])] - deltas[(cell, ranks[0])])
+            v.evidence.append(f"{cell}: delta r={ranks[-1]} - r={ranks[0]} {low:+.1f} to {high:+.1f} points")
+            shrinks |= high < 0
+            trend_ok &= high >= 0
+    v.estimate = f"delta > 0 beyond the interval at {sum(lo > 0 for lo, _ in bounds.values())} of {len(bounds)} rank(s)"
+    if shrinks or any(high < 0 for _, high in bounds.values()):
+        v.verdict = REFUTED
+    elif all(low > 0 for low, _ in bounds.values()) and trend_ok:
+        v.verdict = SUPPORTED
+    else:
+        v.verdict = INCONCLUSIVE
+    return v
+
+
+# ---- 21 -------------------------------------------------------------------------------------------------------
+
+def plane_points(ev: Evidence, cell: str, gen: np.random.Generator) -> pd.DataFrame:
+    """One cell's learning-forgetting points: every full-FT (rate, budget) of the records, and every other variant
+    at its selected rate; gain over the floor (share of full FT's at its selected rate) and forgetting increase,
+    each with its bootstrap draws over seeds (`gain_draws`, `forgetting_draws`)."""
+    records, selected = ok_runs(ev.records), selected_runs(ev)
+    records, selected = records[records["cell"] == cell], selected[selected["cell"] == cell]
+    ref = selected[selected["method"] == "full"]
+    if ref.empty or records.empty:
+        return pd.DataFrame()
+    floor, ref_draws = st.floor_of(records), st.boot_means(ref["score"], gen)
+    groups = [("full", key, g) for key, g in records[records["method"] == "full"].groupby("lr_variant")]
+    groups += [(g["label"].iloc[0], key, g) for key, g in selected[selected["method"] != "full"].groupby("variant")]
+    rows = []
+    for label, key, g in groups:
+        g = g[g["forgetting"].notna()]
+        if g.empty:
+            continue
+        gains, forgets = st.gain(st.boot_means(g["score"], gen), floor, ref_draws), st.boot_means(g["forgetting"], gen)
+        rows.append({"label": label, "key": key, "method": g["method"].iloc[0], "lr": float(g["lr"].iloc[0]),
+                     "budget": g["budget"].iloc[0], "n_seeds": g["seed"].nunique(),
+                     "gain": float(st.gain(g["score"].mean(), floor, ref["score"].mean())),
+                     "gain_low": st.interval(gains)[0], "gain_high": st.interval(gains)[1],
+                     "forgetting": float(g["forgetting"].mean()), "forgetting_low": st.interval(forgets)[0],
+                     "forgetting_high": st.interval(forgets)[1], "gain_draws": gains, "forgetting_draws": forgets})
+    return pd.DataFrame(rows)
+
+
+def frontier_deficit(points: pd.DataFrame, lora: pd.Series) -> tuple[float, float, float]:
+    """LoRA's gain minus full FT's frontier at LoRA's forgetting, with its bootstrap interval (nan: LoRA forgets
+    less than every full-FT point, where the frontier is undefined)."""
+    full = points[(points["method"] == "full") & (points["n_seeds"] >= st.MIN_SEEDS)]
+    if full.empty:
+        return math.nan, math.nan, math.nan
+    front = st.frontier(full["forgetting"], full["gain"])
+    point = lora["gain"] - st.frontier_gain(*front, lora["forgetting"])
+    fx, fy = np.vstack(full["forgetting_draws"]), np.vstack(full["gain_draws"])
+    draws = [lora["gain_draws"][k] - st.frontier_gain(*st.frontier(fx[:, k], fy[:, k]), lora["forgetting_draws"][k])
+             for k in range(fx.shape[1])]
+    return (float(point), *st.interval(np.asarray(draws)))
+
+
+def cell_learned(ev: Evidence, cell: str) -> bool:
+    """False when the gain table marks the cell `not learned` (analysis/gain.py); True when it has no verdict on it."""
+    ret = ev.retention
+    if ret is None or ret.empty or "learned" not in ret.columns:
+        return True
+    flags = ret.loc[ret["cell"] == cell, "learned"].dropna()
+    return flags.empty or bool(flags.astype(bool).any())
+
+
+@claim(21, "LoRA learns less and forgets less: a trade-off along full FT's learning-forgetting frontier, not below it.")
+def claim_21(ev: Evidence, v: Verdict) -> Verdict:
+    """Per cell with a forgetting probe: full FT's points over every rate and budget tried (gain over the floor as a
+    share of full FT's at its selected rate; forgetting increase), their frontier (analysis.tables.pareto_mask:
+    less forgetting and more gain win; linear between its points); each fair LoRA variant (>= 2 rates tried, >= 3
+    seeds) at its selected rate against it: deficit = LoRA's gain minus the frontier's at LoRA's forgetting,
+    bootstrapped over seeds (every point resampled; only points with >= 3 seeds are judged or make the frontier,
+    the rest are listed). Supported when every deficit's interval lies above -0.05 (within 5 gain points of the
+    frontier, or above it); refuted when one lies wholly below -0.05; otherwise inconclusive (also when LoRA
+    forgets less than any full-FT point). Cells that are not learned (full FT does not clear the floor) are
+    listed, not judged. Sources: Biderman et al. 2024 (arXiv 2405.09673: Llama-2-7B, code and
+    math, LoRA r 16-256, one curve), PEFT-Arena (arXiv 2605.28819: Qwen2.5-7B, Llama-3.2-3B, learning-retention
+    plane); here small models, forgetting = the harness probe (encoder similarity ranking, causal-LM loss on
+    general English)."""
+    runs, gen = selected_runs(ev), st.rng()
+    if runs.empty or ok_runs(ev.records).empty:
+        v.missing = "records with forgetting for full FT (several rates) and LoRA in one cell"
+        return v
+    states, fair = [], ev.fair()
+    tuned = set(zip(fair["cell"], fair["variant"])) if not fair.empty else set()
+    for cell in runs["cell"].unique():
+        if not cell_learned(ev, cell):  # no gain over the floor to trade: no verdict may rest on it
+            v.evidence.append(f"{cell}: not learned (full FT does not clear its floor), not judged")
+            continue
+        points = plane_points(ev, cell, gen)
+        if points.empty or not (points["method"] == "full").any():
+            continue
+        fair_point = np.array([(cell, k) in tuned for k in points["key"]], bool)
+        lora_points = points[(points["method"] == "lora").to_numpy() & fair_point]
+        for _, lora in lora_points.iterrows():
+            if lora["n_seeds"] < st.MIN_SEEDS:  # one seed's bootstrap has no width: shown, not judged
+                v.evidence.append(f"{cell} {lora['label']}: n={lora['n_seeds']} seed(s), not judged")
+                continue
+            d, low, high = frontier_deficit(points, lora)
+            states.append(INCONCLUSIVE if not math.isfinite(d) else SUPPORTED if low >= -FRONTIER_MARGIN
+                          else REFUTED if high < -FRONTIER_MARGIN else INCONCLUSIVE)
+            v.evidence.append(f"{cell} {lora['label']}: gain {lora['gain']:.2f} [{lora['gain_low']:.2f}, "
+                              f"{lora['gain_high']:.2f}], forgetting {lora['forgetting']:+.3f}; vs frontier "
+                              + (f"{d:+.2f} [{low:+.2f}, {high:+.2f}]" if math.isfinite(d)
+                                 else "undefined (forgets less than any full-FT point)"))
+        n_full = int(((points["method"] == "full") & (points["n_seeds"] >= st.MIN_SEEDS)).sum())
+        v.evidence.append(f"{cell}: full FT frontier over {n_full} (rate, budget) point(s) "
+                          f"with >= {st.MIN_SEEDS} seeds")
+    if not states:
+        v.missing = f"full FT (with forgetting) and LoRA at its selected rate in one cell, >= {st.MIN_SEEDS} seeds each"
+        return v
+    v.estimate = f"{states.count(SUPPORTED)} of {len(states)} LoRA point(s) on or above the frontier (5-point margin)"
+    v.verdict = combined(states)
+    return v
