@@ -71,7 +71,9 @@ def test_a_stage_records_its_chain_and_rescores_the_earlier_task(chain: dict[str
     assert stage["init_from"]["run_id"] == root["run_id"]
     assert [link["run_id"] for link in stage["init_from"]["chain"]] == [root["run_id"]]
     assert stage["config"]["init_from"] == root["run_id"]
-    assert stage["precision"] == "bf16-mixed" and stage["init_from"]["dtype"] == "float32"
+    from harness.config import native_bf16  # auto: fp32 where bf16 would be emulated (config.RunSpec.precision)
+
+    assert stage["precision"] == ("bf16-mixed" if native_bf16() else "fp32") and stage["init_from"]["dtype"] == "float32"
     (earlier,) = stage["earlier_tasks"]
     assert earlier["task"] == "classify" and earlier["score_at_stage"] == root["score"]
     assert 0.0 <= earlier["score_now"] <= 1.0 and earlier["base_score"] == root["base_score"]

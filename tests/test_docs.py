@@ -175,7 +175,7 @@ def test_example_claim(monkeypatch) -> None:
     monkeypatch.setattr(claim_rules, "CLAIMS", list(claim_rules.CLAIMS))  # the registration stays in this test
     module = _load(EXAMPLES / "claim_lora_classify.py")
     assert [n for n, _, _ in claim_rules.CLAIMS].count(99) == 1
-    verdict = module.claim_99(gather([REPO / "results" / "study" / "fair-classify"], estimates=False))
+    verdict = module.claim_99(gather([REPO / "results" / "study-2026-12" / "fair-classify"], estimates=False))
     assert verdict.verdict in {claim_rules.SUPPORTED, claim_rules.REFUTED, claim_rules.INCONCLUSIVE}
     assert verdict.evidence and all("classify" in e for e in verdict.evidence) and "90%" in verdict.rule
     empty = module.claim_99(claim_rules.Evidence(retention=pd.DataFrame(), runs=pd.DataFrame()))

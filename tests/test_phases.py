@@ -189,3 +189,26 @@ def test_auto_precision_runs_in_fp32_where_bf16_is_emulated(monkeypatch) -> None
     assert config.resolve(compose(["train.precision=bf16"])).precision == "bf16"
     monkeypatch.setattr(config, "native_bf16", lambda: True)
     assert (lora.precision, full.precision) == ("bf16", "bf16-mixed")
+
+
+def test_a_sweeps_planned_runs_are_unchanged(tmp_path) -> None:
+    """Every grid point of sweeps/classify.yaml (6 methods x 3 ranks x 2 targets: 36 points, 27 distinct runs once
+    equivalent ones merge), composed as the sweeper composes it, has the run id it had at 360de27 (the ids in grid
+    order, hashed)."""
+    import hashlib
+    import itertools
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from conftest import REPO, conf_with
+    from harness.config import run_id
+
+    conf = conf_with(REPO / "sweeps", tmp_path / "conf")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        sweep = hydra_compose(config_name="classify", return_hydra_config=True)
+        params = {k: str(v).split(",") for k, v in sweep.hydra.sweeper.params.items()}
+        ids = [run_id(hydra_compose(config_name="classify", overrides=[f"{k}={v}" for k, v in zip(params, values)]))
+               for values in itertools.product(*params.values())]
+    assert (len(ids), len(set(ids))) == (36, 27)
+    assert hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16] == "101461c5f030e371"

@@ -65,6 +65,9 @@ def check_run(run_dir: Path, seq_len: int | None = None, cache: Path | None = No
     from harness.estimate.model import estimate
 
     result, eff = read_run(run_dir)
+    ran = result.get("precision")
+    if ran and ran != eff["train"].get("precision"):  # `auto` ran in fp32 where bf16 is not native (RunSpec.precision)
+        eff = {**eff, "train": {**eff["train"], "precision": ran}}
     measured, kind = result.get("peak_mem_bytes"), result.get("mem_kind")
     if not measured or not kind:
         raise ConfigError(f"{run_dir} has no measured peak memory (status {result.get('status')})")
