@@ -127,11 +127,14 @@ class RunSpec:
     def precision(self) -> str:
         """The precision the run computes in: the effective one, except that `train.precision=auto` on hardware
         without native bf16 (a CPU without AMX / AVX512-BF16, a GPU before Ampere) runs in fp32: emulated bf16
-        matmuls measured 0.3 GFLOP/s against fp32's 129 on such a CPU. The run id keeps `auto`'s bf16 resolution,
+        matmuls measured 0.3 GFLOP/s against fp32's 129 on such a CPU. A quantised base (QLoRA) keeps bf16: its
+        compute dtype is the method's own, and its memory is the point. The run id keeps `auto`'s bf16 resolution,
         as it leaves the device out, so a sweep planned on one machine finds its runs on another; the record's
         `precision` says what ran."""
         resolved = self.effective["train"]["precision"]
-        if self.cfg.train.get("precision") == "auto" and resolved.startswith("bf16") and not native_bf16():
+        quantized = bool(self.effective["method"].get("quantization"))  # QLoRA computes in its own bf16 dtype
+        if self.cfg.train.get("precision") == "auto" and resolved.startswith("bf16") and not quantized \
+                and not native_bf16():
             return "fp32"
         return resolved
 

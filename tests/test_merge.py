@@ -23,7 +23,7 @@ MOVE = [*TINY, "train.lr=1e-2", "train.max_steps=4", "task.n_eval=4"]
 def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     runs = tmp_path_factory.mktemp("merge-runs")
     specs = {
-        "lora_bf16": ["model=tiny-llama", "method=lora"],
+        "lora_bf16": ["model=tiny-llama", "method=lora", "train.precision=bf16"],  # explicit: auto is fp32 without native bf16
         "lora_fp32": ["model=tiny-llama", "method=lora", "train.precision=fp32"],
         "lora_s1": ["model=tiny-llama", "method=lora", "seed=1"],
         "full": ["model=tiny-llama", "method=full"],

@@ -187,6 +187,7 @@ def test_auto_precision_runs_in_fp32_where_bf16_is_emulated(monkeypatch) -> None
     assert (lora.run_id, full.run_id) == (IDENTITIES[()][0], IDENTITIES[("method=full",)][0])
     assert lora.effective["train"]["precision"] == "bf16"
     assert config.resolve(compose(["train.precision=bf16"])).precision == "bf16"
+    assert config.resolve(compose(["method=qlora"])).precision == "bf16"  # its compute dtype is the method's own
     monkeypatch.setattr(config, "native_bf16", lambda: True)
     assert (lora.precision, full.precision) == ("bf16", "bf16-mixed")
 

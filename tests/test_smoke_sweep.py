@@ -16,7 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import claims, intruder, report
+from analysis import report
+from analysis.claims import report as claims
+from analysis.intruder import report as intruder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "smoke-sweep"
 MISSING = ("mem_kind", "peak_mem_bytes", "train_tokens_per_s", "score", "val_score", "primary_metric", "config",
