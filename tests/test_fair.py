@@ -82,7 +82,10 @@ def test_base_scores_are_cached_per_cell_and_missed_on_any_change(runs: Path, tm
     first, _ = run_inprocess([*base, "train.lr=1e-3"], runs)
     second, _ = run_inprocess([*base, "train.lr=3e-3"], runs)           # same cell, another rate: a hit
     other_data, _ = run_inprocess([*base, "task.n_eval=6"], runs)        # evaluation set changed: a miss
-    other_precision, _ = run_inprocess([*base, "train.precision=fp32"], runs)  # other weights: a miss
+    from harness.config import native_bf16
+
+    other = "fp32" if native_bf16() else "bf16"  # not the precision auto runs in on this machine (RunSpec.precision)
+    other_precision, _ = run_inprocess([*base, f"train.precision={other}"], runs)  # other weights: a miss
     assert (first["base_cached"], second["base_cached"]) == (False, True)
     assert other_data["base_cached"] is False and other_precision["base_cached"] is False
     assert second["base_score"] == first["base_score"] and second["forgetting_before"] == first["forgetting_before"]
