@@ -91,9 +91,11 @@ def load_tokenizer(model_cfg: DictConfig, cache: Path) -> PreTrainedTokenizerBas
 def warn_if_bf16_is_emulated(precision: str) -> None:
     """bf16 on a CPU without native bf16 (AMX or AVX512-BF16) is emulated: a bf16 matmul measured 0.3 GFLOP/s
     against fp32's 129 on a 2-core AVX2 machine, so a run that takes minutes takes days. Said once, in one line."""
-    native = torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    # the check of config.native_bf16, inline: config reaches models through lineage, so importing it would be a circle
+    native = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else torch.ops.mkldnn._is_mkldnn_bf16_supported()
     if precision.startswith("bf16") and not native:
-        log.warning("train.precision=%s on a CPU without native bf16 (no AMX / AVX512-BF16; torch sees %s): bf16 "
+        log.warning("train.precision=%s without native bf16 (a CPU without AMX / AVX512-BF16, torch sees %s; or a "
+                    "GPU before Ampere): bf16 "
                     "matmuls are emulated and hundreds of times slower here; set train.precision=fp32",
                     precision, torch.backends.cpu.get_cpu_capability())
 
