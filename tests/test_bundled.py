@@ -38,7 +38,10 @@ def test_smollm2_lora_run_is_complete_and_learns(tmp_path: Path) -> None:
 
     local = result["base_model"]["local_path"]  # the converted bundled weights (the hub id's model, offline)
     tokenizer = AutoTokenizer.from_pretrained(local)
-    base = AutoModelForCausalLM.from_pretrained(local, dtype=torch.bfloat16)
+    from harness.models import WEIGHT_DTYPES
+
+    # the precision the run computed in: auto is fp32 on a CPU without native bf16
+    base = AutoModelForCausalLM.from_pretrained(local, dtype=WEIGHT_DTYPES[result["precision"]])
     inputs = tokenizer(["Classify the sentiment: I love this!"], return_tensors="pt")
     with torch.no_grad():
         plain = base(**inputs).logits
