@@ -56,7 +56,7 @@ sweep: setup
 
 # The study behind the claims ledger (analysis/claims/report.py): the sweeps of conf/study.yaml in priority order, each
 # resumable, the records copied without weights to results/<study>/<sweep>/, its analyses, then the ledger and
-# results/REPORT.md; the plan (estimated hours, what the 16 h cap drops) is printed first (harness/study.py).
+# results/REPORT.md; the plan (estimated hours, what the 22 h cap drops) is printed first (harness/study.py).
 # SCALE=gpu: the same sweeps on larger hub presets (roberta-base for the encoder sweeps, qwen2.5-0.5b for the
 # causal-LM ones) into runs/study-gpu and results/study-gpu, for a CUDA machine.
 # STUDY_SWEEPS="fair-classify intruder": only those; STUDY_FLAGS=--dry-run: print the plan without running.

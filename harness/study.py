@@ -61,8 +61,14 @@ def _sweep_file(name: str, folder: Path) -> dict[str, Any]:
 
 
 def _values(override: str) -> int:
-    """How many values a sweep override names: `train.lr=1e-3,2e-3,4e-3` -> 3 (Hydra's comma sweep)."""
-    return len(str(override).split("=", 1)[1].split(",")) if "=" in str(override) else 1
+    """How many values a sweep override names, parsed as Hydra does: `train.lr=1e-3,2e-3,4e-3` -> 3 (a comma
+    sweep), `method.lr_grid.values=[1e-3,2e-3]` -> 1 (a list is one value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if "=" not in str(override):
+        return 1
+    parsed = OverridesParser.create().parse_override(str(override))
+    return len(list(parsed.sweep_string_iterator())) if parsed.is_sweep_override() else 1
 
 
 def count_runs(sweep: dict[str, Any]) -> tuple[int, int]:

@@ -22,7 +22,7 @@ def run_study(*args: str) -> subprocess.CompletedProcess:
 def test_the_manifest_names_existing_sweeps_encoders_first() -> None:
     plans, cap, _ = study.load_plan("cpu")
     names = [p.name for p in plans]
-    assert cap == 16 and len(names) == len(set(names))
+    assert cap == 16 + 6 and len(names) == len(set(names))  # issue 41's study + issue 42's cells
     assert all((REPO / "sweeps" / "study" / f"{n}.yaml").exists() for n in names)
     families = [p.family for p in plans]
     assert families == sorted(families, key=lambda f: f != "encoder")  # every encoder sweep before any causal-LM
@@ -43,6 +43,8 @@ def test_run_counts_follow_the_sweep_file() -> None:
     grid = {"variants": [["method=full", "train.lr=1e-4,2e-4,4e-4"], ["method=lora", "r=4,16"]], "seeds": 3,
             "hydra": {"sweeper": {"params": {"task.n_train": "256,512"}}}}
     assert study.count_runs(grid) == ((3 + 2) * 2 * 3,) * 2             # comma lists and sweeper axes multiply
+    own_grid = {"variants": [["method=lora", "method.lr_grid.values=[1e-3,2e-3,4e-3]", "r=4,16"]], "seeds": 2}
+    assert study.count_runs(own_grid) == (2 * 2,) * 2                    # a list value is one value, not a sweep
     sweep = study._sweep_file("intruder-selected", REPO / "sweeps" / "study")  # builds on intruder.yaml
     assert sweep["task"]["n_train"] == 2400 and sweep["sweep"]["lr_search"] == 3
 
