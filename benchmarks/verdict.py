@@ -4,8 +4,8 @@ throughput table; see benchmarks/bench.py's docstring for the cases).
 - `run_overhead`: a default `python -m harness.run` timed from outside its process, start to exit;
 - `sweep_overhead` / `sweep_slots`: the same ratio run by run inside one sweep process (`sweep_budget` names its runs);
 - `run_eval_bench`: the harness scorer against a plain `model.generate` loop (benchmarks/eval_bench.py);
-- `Limits` / `timed`: the bf16 matmul limit read before and after every timed job; a spread over 20% marks the
-  invocation too noisy to quote.
+- `Limits` / `timed`: the matmul limit (bf16 where native, else fp32) read before and after every timed job; a
+  spread over 20% marks the invocation too noisy to quote.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def run_eval_bench(a: argparse.Namespace, work: Path) -> list[dict[str, Any]] | 
 
 
 class Limits:
-    """The bf16 matmul limit read around every timed job: its spread says whether the invocation was quiet."""
+    """The matmul limit read around every timed job: its spread says whether the invocation was quiet. bf16 where
+    this machine computes it natively, else fp32 (an emulated bf16 2048^3 product takes about a minute)."""
 
     def __init__(self) -> None:
         self.readings: list[dict[str, Any]] = []
@@ -117,9 +118,11 @@ class Limits:
         import torch
 
         from benchmarks.matmul import matmul_gflops
+        from harness.config import native_bf16
 
-        rate = matmul_gflops(2048, 2048, 2048, torch.bfloat16, repeats=3)["gflops_median"]
-        self.readings.append({"at": label, "gflops": rate})
+        dtype = torch.bfloat16 if native_bf16() else torch.float32
+        rate = matmul_gflops(2048, 2048, 2048, dtype, repeats=3)["gflops_median"]
+        self.readings.append({"at": label, "gflops": rate, "dtype": str(dtype).removeprefix("torch.")})
 
     def summary(self) -> dict[str, Any]:
         rates = [r["gflops"] for r in self.readings]

@@ -200,3 +200,24 @@ def test_each_sweep_budget_composes_to_the_runs_it_names(budget: str, epochs, ma
     if budget == "study":  # a cell of the deciding study, on its own model, seeds only (no search, no variants)
         assert cfg.r == 16 and cfg.targets.name == "all-linear" and cfg.model.name == "minilm-l6"
         assert cfg.train.precision == "fp32" and cfg.sweep.variants is None and cfg.sweep.lr_search == 0
+
+
+def test_the_matmul_limit_times_emulated_bf16_on_a_small_product_only(monkeypatch) -> None:
+    """Without native bf16 a 2048^3 bf16 product takes about a minute: the bench times a 512^3 probe instead,
+    says so, and reads its noise limit in fp32."""
+    import torch
+
+    import harness.config
+    from benchmarks import matmul
+    from benchmarks.verdict import Limits
+
+    monkeypatch.setattr(harness.config, "native_bf16", lambda: False)
+    monkeypatch.setattr(matmul, "matmul_gflops", lambda m, k, n, dtype, repeats=10: {
+        "gflops_median": 1.0 if dtype == torch.bfloat16 else 100.0, "shape": (m, k, n)})
+    out = matmul.measure(repeats=1, shapes=["2048x2048x2048"])
+    assert not out["bf16_native"] and list(out["rates"]["bf16"]) == [matmul.EMULATED_PROBE]
+    assert out["rates"]["bf16"][matmul.EMULATED_PROBE]["emulated"] and out["rates"]["bf16"][matmul.EMULATED_PROBE]["shape"] == (512, 512, 512)
+    assert matmul.peak(out, "bf16") == 1.0 and matmul.peak(out, "fp32") == 100.0
+    limits = Limits()
+    limits.read("x")
+    assert limits.readings == [{"at": "x", "gflops": 100.0, "dtype": "float32"}]
