@@ -309,3 +309,16 @@ def test_make_study_runs_each_sweep_then_its_analyses_and_the_ledger() -> None:
     assert lines[-1].endswith("--report results/REPORT-gpu.md")
     analyses = [line for line in lines if "analysis.intruder" in line]
     assert len(analyses) == 1 and "--scale-intruders 0.5,0.7" in analyses[0]  # the causal-LM arm's causal test
+
+
+def test_calibration_runs_are_never_evidence(tmp_path) -> None:
+    """A study's budget/ folder holds the runs that sized a sweep (one seed each): the ledger leaves them out."""
+    import pandas as pd
+
+    from analysis.claims.report import without_calibration
+
+    study = tmp_path / "study"
+    sources = [study / "fair-style" / "runs" / "a", study / "budget" / "runs" / "b", tmp_path / "budget" / "c"]
+    df = pd.DataFrame({"source": [str(s) for s in sources], "score": [0.1, 0.2, 0.3]})
+    kept = without_calibration(df, [study, tmp_path / "budget"])
+    assert list(kept["score"]) == [0.1, 0.3]  # a root that is itself named budget is not a calibration folder

@@ -48,6 +48,22 @@ def _glob(roots: Sequence[Path], name: str) -> list[Path]:
     return sorted(p for root in roots for p in Path(root).rglob(name))
 
 
+CALIBRATION_DIR = "budget"  # results/<study>/budget/: the runs that sized a sweep (one seed each), never evidence
+
+
+def without_calibration(df: pd.DataFrame, roots: Sequence[Path]) -> pd.DataFrame:
+    """The runs that are not calibration runs: none whose folder lies under a `budget/` folder of a root."""
+    def calibration(source: str) -> bool:
+        for root in map(Path, roots):
+            try:
+                return CALIBRATION_DIR in Path(source).resolve().relative_to(Path(root).resolve()).parts
+            except ValueError:
+                continue
+        return False
+
+    return df[~df["source"].map(calibration)] if not df.empty else df
+
+
 def gather(roots: Sequence[Path], estimates: bool = True) -> Evidence:
     from analysis import tables
     from analysis.runs import load_folders
@@ -55,7 +71,7 @@ def gather(roots: Sequence[Path], estimates: bool = True) -> Evidence:
     from analysis.choices import selection_optimism
     from analysis.gain import gain_table
 
-    df = load_folders(roots)
+    df = without_calibration(load_folders(roots), roots)
     table, study = gain_table(df)
     runs = tables.at_selected_lr(df)
     ev = Evidence(retention=table, runs=runs, study=study, optimism=selection_optimism(runs, tables.selection(df)),
