@@ -46,7 +46,7 @@ def test_run_counts_follow_the_sweep_file() -> None:
     own_grid = {"variants": [["method=lora", "method.lr_grid.values=[1e-3,2e-3,4e-3]", "r=4,16"]], "seeds": 2}
     assert study.count_runs(own_grid) == (2 * 2,) * 2                    # a list value is one value, not a sweep
     sweep = study._sweep_file("intruder-selected", REPO / "sweeps" / "study")  # builds on intruder.yaml
-    assert sweep["task"]["n_train"] == 2400 and sweep["sweep"]["lr_search"] == 3
+    assert sweep["task"]["n_train"] == 2400 and sweep["sweep"]["lr_search"] == 6
 
 
 def test_the_cap_drops_sweeps_from_the_bottom() -> None:
