@@ -247,8 +247,13 @@ def main() -> None:
     limit = limits.summary()
     payload = {"meta": meta, "matmul": matmul, "rows": rows, "sweep": sweep, "raw": raw, "overhead": overhead,
                "evaluation": evaluation, "limit_readings": limit}
-    md = markdown(rows, matmul, meta, sweep) + verdict_markdown(overhead, evaluation, limit)
-    path = write_stamped(a.out, "bench", payload, md)
+    # the deciding study's overhead alone (--methods= --sweep-budget study) is a kind of its own: the docs page
+    # keeps showing the newest throughput table beside it
+    study_only = not methods and a.sweep_budget == "study"
+    md = ("# The deciding study's overhead (a cell of sweeps/study/fair-classify.yaml, timed from outside)\n"
+          + "\n".join(sweep_markdown(sweep)) + "\n" if study_only else markdown(rows, matmul, meta, sweep)) \
+        + verdict_markdown(overhead, evaluation, limit)
+    path = write_stamped(a.out, "study-overhead" if study_only else "bench", payload, md)
     print(md)
     print(f"bench: wrote {path} and its .md; `python -m benchmarks.docs_page` updates the docs page", flush=True)
 

@@ -21,6 +21,8 @@ RESULTS = REPO / "benchmarks" / "results"
 PAGE = REPO / "docs" / "benchmarks-results.md"
 KINDS = {"bench": "Throughput and time to a verdict (`make bench`)",
          "ddp": "One process vs 2-process DDP (`make bench-ddp`)",
+         "study-overhead": "The deciding study's overhead (`make bench ARGS=\"--methods= --sweep-runs 4 --sweep-budget study "
+                           "--no-overhead --eval-tasks=\"`)",
          "estimator-methods": "The estimator vs the profiler, per method (`python -m benchmarks.estimator_methods`)"}
 HEADER = """# Latest benchmark results
 

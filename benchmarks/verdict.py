@@ -144,7 +144,8 @@ def timed(limits: Limits, label: str, fn, *args):
 def verdict_markdown(overhead: list[dict[str, Any]], evaluation, limit: dict[str, Any]) -> str:
     lines = ["", "## Time to a verdict", ""]
     if limit:
-        lines.append(f"Matmul limit around the timed jobs (bf16 2048^3, {len(limit['readings'])} readings): median "
+        dtype = {"bfloat16": "bf16", "float32": "fp32"}.get(limit["readings"][0].get("dtype", "bfloat16"), "bf16")
+        lines.append(f"Matmul limit around the timed jobs ({dtype} 2048^3, {len(limit['readings'])} readings): median "
                      f"{limit['median']:.0f} GFLOP/s, {limit['min']:.0f}-{limit['max']:.0f}, spread {limit['spread']:.0%}"
                      + (" - TOO NOISY TO QUOTE (> 20%)." if limit["too_noisy"] else "."))
     if overhead:
