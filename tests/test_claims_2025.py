@@ -297,7 +297,7 @@ def test_the_2025_figures_render_from_hand_made_frames(tmp_path) -> None:
 
 # ---- sweeps --------------------------------------------------------------------------------------------------
 
-SWEEPS_2025 = {"lr-ratio": 36, "lr-ratio-lm": 12, "tuned-variants": 44, "tuned-variants-lm": 18, "capacity": 4,
+SWEEPS_2025 = {"lr-ratio": 36, "lr-ratio-lm": 12, "tuned-variants": 7, "tuned-variants-lm": 18, "capacity": 4,
                "placement": 6, "batch": 6}
 
 
@@ -329,6 +329,11 @@ def test_each_2025_sweep_states_purpose_command_budget_and_its_grid(name, points
                          if o.startswith("train.lr=") and [x for x in v if not x.startswith("train.lr=")] ==
                          [x for x in variant if not x.startswith("train.lr=")])
             assert len(lrs) >= 6 and max(b / a for a, b in zip(lrs, lrs[1:])) <= st.MAX_STEP, (name, variant, lrs)
+    grids = [o.split("=", 1)[1] for v in variants for o in v if o.startswith("method.lr_grid.values=")]
+    for grid in grids if name == "tuned-variants" else []:  # halving over each variant's own factor-2 grid
+        lrs = sorted(float(x) for x in grid.strip("[]").split(","))
+        assert len(lrs) >= 6 and max(b / a for a, b in zip(lrs, lrs[1:])) <= st.MAX_STEP, (name, lrs)
+    assert name != "tuned-variants" or len(grids) == points
 
 
 def test_the_placement_ranks_match_trainable_parameters_within_5_percent() -> None:
