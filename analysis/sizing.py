@@ -19,18 +19,12 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from analysis import bootstrap as boot
-from harness.items import read_items
+from analysis.gain import items_on_test
+from harness.items import floor_who, read_items
 from harness.runfolder import RESULT_FILE
-
-
-def _test_stats(rows: list[dict[str, Any]], who: str) -> tuple[tuple[str, ...], np.ndarray]:
-    picked = sorted((r["id"], r["stats"]) for r in rows if r.get("split") == "test" and r.get("who") == who)
-    return tuple(i for i, _ in picked), np.asarray([s for _, s in picked], float)
 
 
 def load_arms(folder: Path) -> tuple[dict[str, boot.Arm], str, str]:
@@ -40,15 +34,15 @@ def load_arms(folder: Path) -> tuple[dict[str, boot.Arm], str, str]:
     for record_file in sorted(folder.glob(f"*/{RESULT_FILE}")):
         record = json.loads(record_file.read_text())
         rows = read_items(record_file.parent)
-        if record.get("status") != "ok" or rows is None:
+        tuned = items_on_test(rows, "tuned")
+        if record.get("status") != "ok" or tuned is None:
             continue
         metric, floor_name = record["primary_metric"], record.get("floor_name") or "base"
         label = record["method"] + (f" r={record['r']}" if record.get("r") and record["method"] != "full" else "")
-        ids, stats = _test_stats(rows, "tuned")
+        ids, stats = tuned
         arms[label] = boot.Arm(metric, (0,), np.array([record["score"]]), ids, stats[None])
         if "floor" not in arms:
-            who = "base" if floor_name == "base" else f"floor:{floor_name}"
-            fids, fstats = _test_stats(rows, who)
+            fids, fstats = items_on_test(rows, floor_who(floor_name))
             arms["floor"] = boot.Arm(metric, (), np.array([float(record["floor_score"])]), fids, fstats[None])
     if len(arms) < 2:
         raise SystemExit(f"error: {folder} holds no finished run with per-item records; run the calibration first")
