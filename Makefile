@@ -96,7 +96,7 @@ docs: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 test: setup
-	$(PY) -m pytest -m "slow or not slow" --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -m "slow or not slow" --durations=40 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
