@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 # ---- the sweep's own settings: the `sweep:` block of a sweep file (conf/config.yaml lists them) ----
 
-SWEEP_KEYS = ("seeds", "lr_search", "lr_widen", "selection_seed", "lr_halving", "lr_halving_rungs", "variants",
-              "stages")
+SWEEP_KEYS = ("seeds", "lr_search", "lr_widen", "selection_seed", "lr_halving", "lr_halving_rungs",
+              "report_eval_every", "variants", "stages")
 _NOTED: set[str] = set()  # legacy keys already noted in this process
 
 
@@ -177,9 +177,14 @@ def search_variants(grid: list[list[str]], n: int, compose: Compose,
     return variants
 
 
-def seeds_at_selected_rates(variants: list[SearchVariant], searched: list[dict[str, Any]]) -> list[list[str]]:
-    """Phase 2: every waiting grid point (the other seeds; every reporting seed with a held-out selection seed) at its variant's selected rate (best validation score of the search;
-    ties: the smaller rate). A variant none of whose search runs finished usable gets no phase 2."""
+def seeds_at_selected_rates(variants: list[SearchVariant], searched: list[dict[str, Any]],
+                            report_eval_every: int | None = None) -> list[list[str]]:
+    """Phase 2: every waiting grid point (the other seeds; every reporting seed with a held-out selection seed) at
+    its variant's selected rate (best validation score of the search; ties: the smaller rate). A variant none of
+    whose search runs finished usable gets no phase 2. `report_eval_every` (sweep.report_eval_every) scores these
+    runs' validation curve every that many steps instead of the sweep's own: the search's rungs need a dense
+    curve, a reporting run only the convergence rule's tail (harness/budget.py; the last step is always scored)."""
+    every = [f"train.eval_every={int(report_eval_every)}"] if report_eval_every else []
     second: list[list[str]] = []
     for variant in variants:
         chosen, means, _ = select_lr(variant.points(searched)[0])
@@ -190,7 +195,7 @@ def seeds_at_selected_rates(variants: list[SearchVariant], searched: list[dict[s
         log.info("sweep: %s -> train.lr=%g (validation %s)", " ".join(variant.key) or "(default)", chosen,
                  ", ".join(f"{lr:g}: {m:.4f}" for lr, m in means.items()))
         role = SELECTION_SEED_REPORT if variant.protocol == SELECTION_SEED_SEARCH else TWO_PHASE_SEEDS
-        second += [[*overrides, f"train.lr={chosen}", f"lr_protocol={role}"] for overrides in variant.waiting]
+        second += [[*overrides, f"train.lr={chosen}", f"lr_protocol={role}", *every] for overrides in variant.waiting]
     return second
 
 

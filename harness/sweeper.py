@@ -169,7 +169,7 @@ class HarnessSweeper(BasicSweeper):
                     launched += len(todo)
                     if not any([v.widen(runs, widen) for v in variants]):  # every variant, not the first only
                         break
-                second = seeds_at_selected_rates(variants, runs)
+                second = seeds_at_selected_rates(variants, runs, settings["report_eval_every"])
                 todo2, runs2 = self.plan(arguments, second)
                 seeds = "the other seeds" if selection_seed is None else "every reporting seed"
                 self._log_plan(f"phase 2 ({seeds} at each variant's selected rate)", runs2, todo2)

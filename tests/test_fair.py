@@ -367,6 +367,10 @@ def test_held_out_selection_seed_plans_search_apart_from_every_reporting_seed(tm
     assert sorted(int(o.split("=")[1]) for p in second for o in p if o.startswith("seed=")) == sorted(list(range(5)) * 2)
     full_rates = [lr for v in variants if v.key == ("method=full",) for lr in v.rates]
     assert all(f"train.lr={max(full_rates)}" in p for p in second if "method=full" in p)
+    assert not any(o.startswith("train.eval_every=") for p in second for o in p)  # the sweep's own curve
+    sparse = seeds_at_selected_rates(variants, rows, report_eval_every=60)  # sweep.report_eval_every
+    assert [p[:-1] for p in sparse] == second and all(p[-1] == "train.eval_every=60" for p in sparse)
+    assert not any("train.eval_every=60" in o for o in search)  # the search keeps its dense curve for the rungs
     with pytest.raises(ConfigError, match="sweep.selection_seed=3 is also a reporting seed"):
         search_variants(grid, 2, compose, selection_seed=3)
 
