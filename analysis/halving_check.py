@@ -167,7 +167,9 @@ def markdown(halving: list[dict], variants: list[dict], seeds: list[dict], root:
     agreed = sum(r["agree"] != "no" for r in replayed)
     lines += ["", f"Agreement: {agreed} of {len(replayed)} replayed variants"
               + (f"; mean cost {np.mean([r['cost'] for r in replayed]):.2f} full runs "
-                 f"(ideal {np.mean([r['ideal_cost'] for r in replayed]):.2f})" if replayed else "") + ".", "",
+                 f"(ideal {np.mean([r['ideal_cost'] for r in replayed]):.2f})" if replayed else
+                 " (a sweep searched by halving itself, `sweep.lr_halving`, pauses most rates at a rung: it has no "
+                 "full search to replay against)") + ".", "",
               "## Has the budget converged?", "", FLAT_INTRO, "",
               "| task | variant | lr | budget | mean curve (step:score) | gain | half-width | verdict | seeds flat "
               "| note |",
