@@ -248,6 +248,8 @@ def plane_records(lora: tuple[float, float] | None, noise=0.003) -> list[dict]:
     ((0.15, 0.825), SUPPORTED),       # on the segment between full FT's 3e-5 and 1e-4 points
     ((0.30, 0.60), REFUTED),          # far below it
     ((0.01, 0.60), INCONCLUSIVE),     # forgets less than any full-FT point: the frontier is undefined there
+    ((0.60, 0.86), REFUTED),          # full FT's gain, but forgets more than full FT at its selected rate (0.40):
+                                      # the frontier's flat extension alone would read it as "on the frontier"
     (None, NOT_RUN)])
 def test_claim_21_lora_against_full_fts_frontier(lora, expected) -> None:
     v = verdict(21, evidence(plane_records(lora)))

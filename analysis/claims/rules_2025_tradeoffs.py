@@ -129,6 +129,7 @@ def plane_points(ev: Evidence, cell: str, gen: np.random.Generator) -> pd.DataFr
     if ref.empty or records.empty:
         return pd.DataFrame()
     floor, ref_draws = st.floor_of(records), st.boot_means(ref["score"], gen)
+    chosen = ref["lr_variant"].iloc[0] if "lr_variant" in ref.columns else None
     groups = [("full", key, g) for key, g in records[records["method"] == "full"].groupby("lr_variant")]
     groups += [(g["label"].iloc[0], key, g) for key, g in selected[selected["method"] != "full"].groupby("variant")]
     rows = []
@@ -138,6 +139,7 @@ def plane_points(ev: Evidence, cell: str, gen: np.random.Generator) -> pd.DataFr
             continue
         gains, forgets = st.gain(st.boot_means(g["score"], gen), floor, ref_draws), st.boot_means(g["forgetting"], gen)
         rows.append({"label": label, "key": key, "method": g["method"].iloc[0], "lr": float(g["lr"].iloc[0]),
+                     "selected_full": label == "full" and key == chosen,
                      "budget": g["budget"].iloc[0], "n_seeds": g["seed"].nunique(),
                      "gain": float(st.gain(g["score"].mean(), floor, ref["score"].mean())),
                      "gain_low": st.interval(gains)[0], "gain_high": st.interval(gains)[1],
@@ -160,6 +162,17 @@ def frontier_deficit(points: pd.DataFrame, lora: pd.Series) -> tuple[float, floa
     return (float(point), *st.interval(np.asarray(draws)))
 
 
+def forgetting_excess(points: pd.DataFrame, lora: pd.Series) -> tuple[float, float, float]:
+    """LoRA's forgetting minus full FT's at full FT's selected rate, with its bootstrap interval (nan without that
+    point). The claim's trade-off needs it below zero; above zero beyond its interval, LoRA forgets more than full
+    FT and the frontier's flat extension past full FT's most-forgetting point must not read that as "on it"."""
+    ref = points[points.get("selected_full", pd.Series(False, index=points.index)).astype(bool)]
+    if ref.empty or ref["n_seeds"].iloc[0] < st.MIN_SEEDS:
+        return math.nan, math.nan, math.nan
+    draws = np.asarray(lora["forgetting_draws"]) - np.asarray(ref["forgetting_draws"].iloc[0])
+    return (float(lora["forgetting"] - ref["forgetting"].iloc[0]), *st.interval(draws))
+
+
 def cell_learned(ev: Evidence, cell: str) -> bool:
     """False when the gain table marks the cell `not learned` (analysis/gain.py); True when it has no verdict on it."""
     ret = ev.retention
@@ -177,8 +190,9 @@ def claim_21(ev: Evidence, v: Verdict) -> Verdict:
     seeds) at its selected rate against it: deficit = LoRA's gain minus the frontier's at LoRA's forgetting,
     bootstrapped over seeds (every point resampled; only points with >= 3 seeds are judged or make the frontier,
     the rest are listed). Supported when every deficit's interval lies above -0.05 (within 5 gain points of the
-    frontier, or above it); refuted when one lies wholly below -0.05; otherwise inconclusive (also when LoRA
-    forgets less than any full-FT point). Cells that are not learned (full FT does not clear the floor) are
+    frontier, or above it); refuted when one lies wholly below -0.05, or when a LoRA variant forgets more than
+    full FT at full FT's selected rate (the difference's interval above 0: no trade-off, whatever the gain);
+    otherwise inconclusive (also when LoRA forgets less than any full-FT point). Cells that are not learned (full FT does not clear the floor) are
     listed, not judged. Sources: Biderman et al. 2024 (arXiv 2405.09673: Llama-2-7B, code and
     math, LoRA r 16-256, one curve), PEFT-Arena (arXiv 2605.28819: Qwen2.5-7B, Llama-3.2-3B, learning-retention
     plane); here small models, forgetting = the harness probe (encoder similarity ranking, causal-LM loss on
@@ -187,7 +201,7 @@ def claim_21(ev: Evidence, v: Verdict) -> Verdict:
     if runs.empty or ok_runs(ev.records).empty:
         v.missing = "records with forgetting for full FT (several rates) and LoRA in one cell"
         return v
-    states, fair = [], ev.fair()
+    states, fair, forgets_more = [], ev.fair(), 0
     tuned = set(zip(fair["cell"], fair["variant"])) if not fair.empty else set()
     for cell in runs["cell"].unique():
         if not cell_learned(ev, cell):  # no gain over the floor to trade: no verdict may rest on it
@@ -202,6 +216,14 @@ def claim_21(ev: Evidence, v: Verdict) -> Verdict:
             if lora["n_seeds"] < st.MIN_SEEDS:  # one seed's bootstrap has no width: shown, not judged
                 v.evidence.append(f"{cell} {lora['label']}: n={lora['n_seeds']} seed(s), not judged")
                 continue
+            more, more_low, more_high = forgetting_excess(points, lora)
+            if math.isfinite(more_low) and more_low > 0:  # the trade-off the claim names is absent: refuted here
+                states.append(REFUTED)
+                forgets_more += 1
+                v.evidence.append(f"{cell} {lora['label']}: gain {lora['gain']:.2f} [{lora['gain_low']:.2f}, "
+                                  f"{lora['gain_high']:.2f}], forgets more than full FT at its selected rate: "
+                                  f"{more:+.3f} [{more_low:+.3f}, {more_high:+.3f}]")
+                continue
             d, low, high = frontier_deficit(points, lora)
             states.append(INCONCLUSIVE if not math.isfinite(d) else SUPPORTED if low >= -FRONTIER_MARGIN
                           else REFUTED if high < -FRONTIER_MARGIN else INCONCLUSIVE)
@@ -215,6 +237,7 @@ def claim_21(ev: Evidence, v: Verdict) -> Verdict:
     if not states:
         v.missing = f"full FT (with forgetting) and LoRA at its selected rate in one cell, >= {st.MIN_SEEDS} seeds each"
         return v
-    v.estimate = f"{states.count(SUPPORTED)} of {len(states)} LoRA point(s) on or above the frontier (5-point margin)"
+    v.estimate = (f"{states.count(SUPPORTED)} of {len(states)} LoRA point(s) on or above the frontier (5-point "
+                  f"margin); {forgets_more} forget(s) more than full FT at its selected rate")
     v.verdict = combined(states)
     return v
