@@ -8,7 +8,8 @@ Definitions (also printed in the report):
   smaller rate; harness/selection.py, the rule the sweeper uses too). Every number of a variant is taken at
   that rate; a selected rate at either end of the tried ones is flagged `grid_edge`.
 - The test score of a variant is the mean over its seeds at the selected rate, with a 95% Student-t interval
-  (one seed: no interval).
+  (one seed: no interval). A held-out selection seed (`sweep.selection_seed`) is left out of it where reporting
+  seeds ran at that rate.
 - *Retention* = the variant's mean test score / the full-FT reference's, in percent, with a 95% Fieller
   interval for the ratio of two independent means (t quantile at min(n) - 1 degrees of freedom; both need two
   or more seeds, and an interval whose denominator is not clearly above zero is reported unbounded). The
@@ -31,6 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from harness.selection import at_grid_edge, select_lr
+from harness.sweep_plan import SELECTION_SEED_SEARCH
 
 FULL = "full"
 GIB, MIB = 2**30, 2**20
@@ -83,8 +85,9 @@ def selection(df: pd.DataFrame) -> pd.DataFrame:
                                        "val_score", "selection_seeds", "grid_edge", "collapsed_lrs", "selection_note"])
 
 
-def at_selected_lr(df: pd.DataFrame) -> pd.DataFrame:
-    """The ok runs of every variant at its selected learning rate (what every per-variant number is taken from)."""
+def at_selected_lr(df: pd.DataFrame, with_search: bool = False) -> pd.DataFrame:
+    """The ok runs of every variant at its selected learning rate (what every per-variant number is taken from);
+    `with_search` keeps a held-out selection seed's search run beside the reporting seeds (selection optimism)."""
     ok = ok_runs(df)
     sel = selection(df)
     if ok.empty or sel.empty:
@@ -92,7 +95,14 @@ def at_selected_lr(df: pd.DataFrame) -> pd.DataFrame:
     merged = ok.merge(sel[["cell", "variant", "selected_lr"]], on=["cell", "variant"], how="left")
     keep = np.isclose(merged["lr"].astype(float), merged["selected_lr"].astype(float), rtol=1e-9, atol=0) | \
         (merged["lr"].isna() & merged["selected_lr"].isna())
-    return ok[keep.to_numpy()]
+    ok = ok[keep.to_numpy()]
+    if with_search or "lr_protocol" not in ok.columns:
+        return ok
+    # a held-out selection seed's search run chose the rate: left out where the variant has reporting seeds at it,
+    # as the ledger does (analysis/choices.reported_runs)
+    search = ok["lr_protocol"].eq(SELECTION_SEED_SEARCH)
+    others = (~search).groupby([ok["cell"], ok["variant"]]).transform("sum")
+    return ok[~(search & others.gt(0))]
 
 
 def failures(df: pd.DataFrame) -> pd.DataFrame:

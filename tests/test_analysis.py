@@ -381,3 +381,19 @@ def test_report_from_real_tiny_runs(tmp_path: Path) -> None:
     assert list(ret["label"]) == ["full", "lora r=4 qv"] and ret["reference"].eq("full").all()
     written = report.build(df, tmp_path / "rep")
     assert written["html"].exists() and {"score_vs_memory", "tokens_per_s", "adapter_size_vs_rank"} <= set(written)
+
+
+def test_a_held_out_selection_seed_is_left_out_of_the_reported_seeds(tmp_path: Path) -> None:
+    """Halving chose full FT's rate on seed 100; seeds 0-2 report at it. The search run is not one of them (as in
+    the ledger), and a variant whose only run at the rate is the search run still shows that run."""
+    rows = [rec("full", s, 0.80 + 0.01 * s, lr=5e-5) | {"lr_protocol": "selection-seed-report", "val_score": 0.8}
+            for s in range(3)]
+    rows.append(rec("full", 100, 0.99, lr=5e-5) | {"lr_protocol": "selection-seed-search", "val_score": 0.8})
+    rows.append(rec("lora", 100, 0.70, r=16, targets="qv", lr=2e-3) | {"lr_protocol": "selection-seed-search",
+                                                                       "val_score": 0.7})
+    df = runs_mod.load_folders([write_runs(tmp_path / "runs", rows)])
+    chosen = tables.at_selected_lr(df)
+    assert sorted(chosen.loc[chosen["method"] == "full", "seed"].astype(int)) == [0, 1, 2]
+    assert chosen.loc[chosen["method"] == "lora", "seed"].astype(int).tolist() == [100]
+    full = _row(tables.retention(df), label="full")
+    assert full["n_seeds"] == 3 and full["score_mean"] == pytest.approx(0.81)
