@@ -133,7 +133,7 @@ class Study:
     """The arms of every variant (reported seeds) and floor of every cell, for the table and for pairwise rules."""
 
     def __init__(self, df: pd.DataFrame) -> None:
-        self.runs = at_selected_lr(df)
+        self.runs = at_selected_lr(df, with_search=True)  # reported_runs below leaves the search seed out, and says so
         self.selection = selection(df).set_index(["cell", "variant"]) if len(df) else pd.DataFrame()
         self.summary = variant_summary(df)
         self.arms: dict[tuple[str, str], boot.Arm] = {}

@@ -73,9 +73,9 @@ def gather(roots: Sequence[Path], estimates: bool = True) -> Evidence:
 
     df = without_calibration(load_folders(roots), roots)
     table, study = gain_table(df)
-    runs = tables.at_selected_lr(df)
-    optimism = selection_optimism(tables.at_selected_lr(df, with_search=True), tables.selection(df))
-    ev = Evidence(retention=table, runs=runs, study=study, optimism=optimism, records=df)
+    runs = tables.at_selected_lr(df, with_search=True)  # the rules pick reported seeds themselves (gain.py)
+    ev = Evidence(retention=table, runs=runs, study=study, optimism=selection_optimism(runs, tables.selection(df)),
+                  records=df)
     summaries = _glob(roots, "intruder_summary.csv")
     complete = [p.parent for p in summaries if (p.parent / "intruder_groups.csv").exists()
                 and (p.parent / "intruder_correlations.json").exists()]
