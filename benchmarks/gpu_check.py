@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.bench import run_harness, run_reference
-    from harness.config import native_bf16
+    from harness.config import fp32_compute_where_bf16_is_emulated
     from harness.estimate.check import check_run
     from harness.runfolder import find_runs
 
@@ -70,11 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if cuda else "cpu (smoke)", "steps": steps,
                               "torch": torch.__version__, "runs": {}, "checks": {}}
     for method in a.methods.split(","):
-        # the CPU smoke tests plumbing, not bf16 speed: where bf16 is emulated (no AMX / AVX512-BF16) QLoRA's bf16
-        # compute made this smoke take 9 minutes, so there it computes in fp32 (plain runs fall back the same way)
-        emulated = method == "qlora" and not cuda and not native_bf16()
-        fp32_compute = ["method.quantization.bnb_4bit_compute_dtype=float32"] if emulated else []
-        row = run_harness(method, argparse.Namespace(**{**vars(ns), "harness_args": fp32_compute}), work, method)
+        # the CPU smoke tests plumbing, not bf16 speed: emulated bf16 QLoRA made it take 9 minutes on such a CPU
+        extra = [] if cuda else fp32_compute_where_bf16_is_emulated(method)
+        row = run_harness(method, argparse.Namespace(**{**vars(ns), "harness_args": extra}), work, method)
         checks = {"ran": "error" not in row}
         if checks["ran"]:
             run_dir = find_runs([work / f"runs-{method}"])[0]

@@ -156,6 +156,13 @@ def native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def fp32_compute_where_bf16_is_emulated(method: str) -> list[str]:
+    """The override that makes QLoRA compute in fp32 on a machine without native bf16 (where its bf16 compute is
+    emulated, minutes for a 3-step run): for runs that test plumbing, not speed (the CPU smoke, the estimator's
+    tests). Empty for other methods and where bf16 is native."""
+    return ["method.quantization.bnb_4bit_compute_dtype=float32"] if method == "qlora" and not native_bf16() else []
+
+
 def resolve(cfg: DictConfig) -> RunSpec:
     """The run's spec: the effective config computed once, with the run id, hash and identity made from it."""
     eff = effective_config(cfg)

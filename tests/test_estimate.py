@@ -423,11 +423,10 @@ def test_cli_prints_the_breakdown_and_rejects_typos() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "qlora"])
 def test_bundled_run_peak_is_predicted_within_25_percent(method: str, tmp_path) -> None:
-    from harness.config import native_bf16
+    from harness.config import fp32_compute_where_bf16_is_emulated
     from harness.estimate.check import check_run
 
-    # as in the profiler test below: QLoRA's bf16 compute is emulated on a CPU without native bf16 (392 s on CI's)
-    compute = ["method.quantization.bnb_4bit_compute_dtype=float32"] if method == "qlora" and not native_bf16() else []
+    compute = fp32_compute_where_bf16_is_emulated(method)  # emulated bf16 QLoRA: 392 s on CI's CPU
     proc = run_cli(["model=smollm2-135m", f"method={method}", "tracking=none", "train.max_steps=3", "task.n_train=24",
                     "task.n_eval=8", f"paths.runs={tmp_path}", *compute], timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -452,11 +451,11 @@ def test_bundled_run_training_tensors_match_the_profiler(method: str, runs, monk
     from harness import measure
     from harness.estimate.check import check_run
 
-    from harness.config import native_bf16
+    from harness.config import fp32_compute_where_bf16_is_emulated
 
-    # QLoRA computes in its config's bf16, emulated on a CPU without AMX / AVX512-BF16 (this test took 6 minutes on
-    # one): there it computes in fp32, which the estimator reads from the same config key
-    compute = ["method.quantization.bnb_4bit_compute_dtype=float32"] if method == "qlora" and not native_bf16() else []
+    # emulated bf16 QLoRA took 6 minutes here on a CPU without AMX / AVX512-BF16; the estimator reads the compute
+    # dtype from the same config key
+    compute = fp32_compute_where_bf16_is_emulated(method)
     trace = tmp_path / "trace.json"
     monkeypatch.setattr(measure, "PeakMemory", profiled_peak_memory(trace))
     _, run_dir = run_inprocess(["model=smollm2-135m", f"method={method}", "tracking=none", "train.max_steps=3",

@@ -129,7 +129,7 @@ def plane_points(ev: Evidence, cell: str, gen: np.random.Generator) -> pd.DataFr
     if ref.empty or records.empty:
         return pd.DataFrame()
     floor, ref_draws = st.floor_of(records), st.boot_means(ref["score"], gen)
-    chosen = ref["lr_variant"].iloc[0] if "lr_variant" in ref.columns else None
+    chosen = ref["lr_variant"].iloc[0]  # full FT's selected (rate, budget): where forgetting_excess compares
     groups = [("full", key, g) for key, g in records[records["method"] == "full"].groupby("lr_variant")]
     groups += [(g["label"].iloc[0], key, g) for key, g in selected[selected["method"] != "full"].groupby("variant")]
     rows = []
@@ -166,7 +166,7 @@ def forgetting_excess(points: pd.DataFrame, lora: pd.Series) -> tuple[float, flo
     """LoRA's forgetting minus full FT's at full FT's selected rate, with its bootstrap interval (nan without that
     point). The claim's trade-off needs it below zero; above zero beyond its interval, LoRA forgets more than full
     FT and the frontier's flat extension past full FT's most-forgetting point must not read that as "on it"."""
-    ref = points[points.get("selected_full", pd.Series(False, index=points.index)).astype(bool)]
+    ref = points[points["selected_full"]]
     if ref.empty or ref["n_seeds"].iloc[0] < st.MIN_SEEDS:
         return math.nan, math.nan, math.nan
     draws = np.asarray(lora["forgetting_draws"]) - np.asarray(ref["forgetting_draws"].iloc[0])
@@ -192,8 +192,8 @@ def claim_21(ev: Evidence, v: Verdict) -> Verdict:
     the rest are listed). Supported when every deficit's interval lies above -0.05 (within 5 gain points of the
     frontier, or above it); refuted when one lies wholly below -0.05, or when a LoRA variant forgets more than
     full FT at full FT's selected rate (the difference's interval above 0: no trade-off, whatever the gain);
-    otherwise inconclusive (also when LoRA forgets less than any full-FT point). Cells that are not learned (full FT does not clear the floor) are
-    listed, not judged. Sources: Biderman et al. 2024 (arXiv 2405.09673: Llama-2-7B, code and
+    otherwise inconclusive (also when LoRA forgets less than any full-FT point). Cells that are not learned (full
+    FT does not clear the floor) are listed, not judged. Sources: Biderman et al. 2024 (arXiv 2405.09673: Llama-2-7B, code and
     math, LoRA r 16-256, one curve), PEFT-Arena (arXiv 2605.28819: Qwen2.5-7B, Llama-3.2-3B, learning-retention
     plane); here small models, forgetting = the harness probe (encoder similarity ranking, causal-LM loss on
     general English)."""
