@@ -26,7 +26,7 @@ from harness.hf_model import check_model  # also registers model=hf's resolvers 
 # Keys that say where or how a run is reported, not what it is.
 NON_IDENTITY_KEYS = ("hydra", "paths", "tracking", "name", "group", "rerun", "sweep", "seeds", "lr_search", "lr_widen", "selection_seed", "lr_halving", "lr_halving_rungs", "rung_step", "lr_protocol", "variants", "stages")
 # Method keys that say how a method is searched or described, not what a run trains.
-NON_IDENTITY_METHOD_KEYS = ("lr_grid",)
+NON_IDENTITY_METHOD_KEYS = ("lr_grid", "resumable")
 # Keys added after runs were recorded, at the value that behaves as before: left out of the effective config, so a
 # run that does not use them keeps its id (and a committed sweep resumes) -- (group, key): neutral value.
 NEUTRAL_DEFAULTS = {("task", "answer"): "generate"}
@@ -200,6 +200,13 @@ def _positive_number(value: Any, name: str, fix: str) -> None:
         raise ConfigError(f"{name} must be a positive number, got {value!r}; {fix}")
 
 
+def resumable(method: Any) -> bool:
+    """Whether a run of this method (its method config) can stop at a checkpoint and resume as if uninterrupted
+    (a method file's `resumable: false` says not: AdaLoRA's checkpoints hold an adapter already cut to its rank
+    pattern and none of the rank allocator's state)."""
+    return bool(method.get("resumable", True))
+
+
 def validate(cfg: DictConfig) -> RunSpec:
     """Check every value that can be checked without loading a model; return the run's spec (`resolve`)."""
     if cfg.model.source == "hf":  # before anything resolves the kind from model.path
@@ -231,6 +238,9 @@ def validate(cfg: DictConfig) -> RunSpec:
         raise ConfigError("method=prefix cannot train with train.gradient_checkpointing=true (peft's prefix tuning "
                           "fails at the first step when checkpointing is switched on after wrapping, as Trainer "
                           "does); drop train.gradient_checkpointing=true or pick another method")
+    if cfg.get("rung_step") and not resumable(cfg.method):
+        raise ConfigError(f"method={cfg.method.name} cannot pause at rung_step={cfg.rung_step}: its checkpoints do not "
+                          f"resume the same run (conf/method/{cfg.method.name}.yaml, resumable: false); drop rung_step")
     _check_numeric_knobs(cfg)
     _check_dist(cfg)
     positive_int(cfg.task.n_train, "task.n_train", "e.g. task.n_train=500")

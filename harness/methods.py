@@ -12,6 +12,9 @@ of a method file, each read here (or in the module named with it) or in harness.
 - `init_r_factor`, `schedule`: AdaLoRA's initial rank (times `r`); `schedule.tinit` / `schedule.end`, the fractions
   of max_steps where budgeting starts and where the pruning is done (the rank pattern fixed for the steps after;
   harness/adalora.py).
+- `resumable: false`: a checkpoint cannot restart the run where it stopped (AdaLoRA): no checkpoints are written,
+  a re-run starts from step 0, and successive halving (which pauses runs at rungs) runs its rates to the end
+  (harness.config.resumable).
 """
 
 from __future__ import annotations

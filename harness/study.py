@@ -71,11 +71,20 @@ def _values(override: str) -> int:
     return len(list(parsed.sweep_string_iterator())) if parsed.is_sweep_override() else 1
 
 
+def _resumable(variant: list[str]) -> bool:
+    """Whether a variant's method (its `method=` override) can pause at halving rungs (conf/method/*.yaml
+    `resumable`; AdaLoRA cannot, so its search runs every rate to the full budget)."""
+    name = next((str(o).split("=", 1)[1] for o in variant if str(o).startswith("method=")), None)
+    path = REPO / "conf" / "method" / f"{name}.yaml"
+    return name is None or not path.exists() or OmegaConf.load(path).get("resumable", True) is not False
+
+
 def count_runs(sweep: dict[str, Any]) -> tuple[int, int]:
     """(runs, runs with every widening) of a sweep file, in full-budget runs: grid points x seeds x stages, where
     a variant's grid points are the product of its comma lists (`train.lr=a,b,c`) and of the sweeper's own axes
     (`task.n_train: 256,512`); or with `lr_search` N rates on the search seed plus the other seeds (all seeds with
-    a held-out `selection_seed`); with `lr_halving` the N rates cost about two full runs."""
+    a held-out `selection_seed`); with `lr_halving` the N rates cost about two full runs (all N for a method that
+    cannot resume)."""
     params = dict(((sweep.get("hydra") or {}).get("sweeper") or {}).get("params") or {})
     sweep = sweep_settings(sweep)
     seed_axis = str(params.pop("seed", ""))
@@ -88,9 +97,10 @@ def count_runs(sweep: dict[str, Any]) -> tuple[int, int]:
         return points * seeds * stages, points * seeds * stages
     per_variant = n + seeds - (0 if sweep.get("selection_seed") is not None else 1)
     if sweep.get("lr_halving"):  # n runs start, but the search costs about two full-budget runs (harness/halving.py)
-        search = math.ceil(total_cost(plan_rungs(n, 1000), 1000, n))
-        per_variant = per_variant - n + search
-        return points * per_variant, points * per_variant  # no widening with halving
+        halved = math.ceil(total_cost(plan_rungs(n, 1000), 1000, n))  # a method that cannot resume runs all n
+        runs = axes * sum(math.prod(_values(o) for o in v) * (per_variant - n + (halved if _resumable(v) else n))
+                          for v in sweep.get("variants") or [[]])
+        return runs, runs  # no widening with halving
     return points * per_variant, points * (per_variant + widen)
 
 

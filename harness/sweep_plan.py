@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from harness.config import resumable
 from harness.errors import ConfigError
 from harness.halving import (Rung, RungOutcome, plan_rungs, survivor_counts, survivors, tied_across_cut,
                              total_cost)
@@ -258,7 +259,13 @@ class HalvingSearch:
 def halving_rungs(variant: SearchVariant, budget_steps: int, eval_every: int,
                   explicit: list[int] | None = None) -> list[Rung]:
     """The variant's rungs at the steps its validation curve is scored (every `eval_every` steps and the last):
-    planned by harness/halving.py, or at `explicit` steps (`lr_halving_rungs`, one per halving)."""
+    planned by harness/halving.py, or at `explicit` steps (`lr_halving_rungs`, one per halving). None for a
+    method whose runs cannot pause and resume (`resumable: false`, AdaLoRA): its rates all run the full budget,
+    and the best final validation score is selected, as without halving."""
+    if not resumable(variant.cfg.method):
+        log.info("sweep: %s cannot resume from a checkpoint: its %d rates run the full budget (no halving rungs)",
+                 " ".join(variant.key) or "(default)", len(variant.rates))
+        return []
     if not eval_every:
         raise ConfigError("lr_halving compares rates on the validation curve: set train.eval_every (e.g. "
                           "train.eval_every=50) so validation is scored before the budget ends")

@@ -442,6 +442,39 @@ def test_halving_sweep_resumes_survivors_and_never_selects_a_paused_run(tmp_path
     assert "0 to run" in again.stdout + again.stderr and "1 to run" not in again.stdout + again.stderr
 
 
+def test_adalora_searches_at_full_length_and_restarts_instead_of_resuming(tmp_path: Path) -> None:
+    """AdaLoRA's checkpoint holds an adapter cut to its rank pattern (peft) and no rank-allocator state: its
+    halving search runs every rate to the end, it writes no checkpoint, and a re-run starts from step 0."""
+    runs = tmp_path / "runs"
+    args = ["-m", "model=tiny-llama", *TINY, "method=adalora", "sweep.lr_search=2", "sweep.lr_halving=true",
+            "sweep.seeds=1", "train.max_steps=4", "train.eval_every=2", "train.eval_subset=8", f"paths.runs={runs}"]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cannot resume from a checkpoint: its 2 rates run the full budget" in proc.stdout + proc.stderr
+    records = {p.parent: json.loads(p.read_text()) for p in runs.glob("*/result.json")}
+    assert sorted((r["status"], r.get("rung_step"), r["train_steps_done"]) for r in records.values()) \
+        == [("ok", None, 4), ("ok", None, 4)]
+    assert not any((d / "checkpoints").exists() for d in records)
+    # a killed run that somehow left a checkpoint: the re-run restarts from step 0 instead of loading it
+    run_dir, record = next(iter(records.items()))
+    stale = run_dir / "checkpoints" / "checkpoint-2"
+    stale.mkdir(parents=True)
+    (stale / "trainer_state.json").write_text("{}")
+    (run_dir / "result.json").write_text(json.dumps(record | {"status": "interrupted"}))
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "it restarts from step 0" in again.stdout + again.stderr
+    rerun = json.loads((run_dir / "result.json").read_text())
+    assert rerun["status"] == "ok" and rerun["resumed_from"] is None
+    assert [p["step"] for p in rerun["val_curve"]] == [2, 4] and not (run_dir / "checkpoints").exists()
+
+
+def test_a_rung_for_a_method_that_cannot_resume_is_refused() -> None:
+    cfg = compose(["model=tiny-llama", *TINY, "method=adalora", "rung_step=2"])
+    with pytest.raises(ConfigError, match="cannot pause at rung_step=2"):
+        validate(cfg)
+
+
 def test_analysis_counts_halving_rates_as_tried_and_never_reports_a_paused_run(tmp_path: Path) -> None:
     from analysis.gain import Study
 

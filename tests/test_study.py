@@ -38,6 +38,8 @@ def test_run_counts_follow_the_sweep_file() -> None:
                              "selection_seed": 100}) == (8, 8)            # 3 rates on seed 100 + seeds 0..4
     assert study.count_runs({"variants": [["method=full"]], "seeds": 5, "lr_search": 7, "selection_seed": 100,
                              "lr_halving": True}) == (7, 7)              # 7 rates for ~2 full runs + 5 seeds
+    assert study.count_runs({"variants": [["method=lora"], ["method=adalora"]], "seeds": 5, "lr_search": 6,
+                             "selection_seed": 100, "lr_halving": True}) == (2 + 5 + 6 + 5,) * 2  # AdaLoRA: no rungs
     assert study.count_runs({"variants": [["a"]] * 3, "stages": [["x"], ["y"]],
                              "hydra": {"sweeper": {"params": {"seed": "0"}}}}) == (6, 6)
     grid = {"variants": [["method=full", "train.lr=1e-4,2e-4,4e-4"], ["method=lora", "r=4,16"]], "seeds": 3,

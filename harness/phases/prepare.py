@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import psutil
 import torch
 
 from harness import distributed, measure
+from harness.config import resumable
 from harness.base_scores import base_key, cached_base_scores
 from harness.forgetting import probe_loss, probe_sample, sentence_embeddings
 from harness.lineage import start_from
@@ -61,6 +63,11 @@ def load(ctx: RunContext) -> dict[str, Any]:
     distributed.start()
     with ctx.timed("forgetting_probe"):  # general English (loss for causal LMs, similarity for encoders)
         ctx.probe = probe_sample()
+    checkpoints = ctx.run_dir / "checkpoints"
+    if not resumable(spec.cfg.method) and checkpoints.is_dir():  # e.g. AdaLoRA: a checkpoint would not resume it
+        log.warning("run %s: method=%s cannot resume from a checkpoint (resumable: false); it restarts from step 0",
+                    spec.run_id, spec.cfg.method.name)
+        shutil.rmtree(checkpoints, ignore_errors=True)
     # a resumed run's validation curve so far (this process scores only the steps after its checkpoint)
     ctx.earlier_curve = (read_record(ctx.run_dir) or {}).get("val_curve") or [] \
         if last_checkpoint(ctx.run_dir / "checkpoints", remove_incomplete=False) else []

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from harness import distributed, measure
+from harness.config import resumable
 from harness.adalora import adalora_record
 from harness.methods import method_callbacks
 from harness.packed_attention import evaluation_attention
@@ -36,7 +37,9 @@ def train(ctx: RunContext) -> dict[str, Any]:
     curve, subset = _validation_curve(ctx)
     rung = StopAtRung(spec.cfg.rung_step) if spec.cfg.get("rung_step") else None
     callbacks += [c for c in (curve, rung) if c is not None]
-    args = training_arguments(spec.train, spec.train.lr, spec.precision, spec.seed, ctx.run_dir / "checkpoints",
+    # a method whose checkpoint cannot resume it (AdaLoRA) writes none: a re-run starts again from step 0
+    train = spec.train if resumable(spec.cfg.method) else OmegaConf.merge(spec.train, {"save_steps": None})
+    args = training_arguments(train, spec.train.lr, spec.precision, spec.seed, ctx.run_dir / "checkpoints",
                               max_steps=ctx.steps, dist=distributed.training_kwargs(spec.cfg.dist))
     with ctx.timed("trainer_setup"):
         ctx.trainer = trainer = build_trainer(model, ctx.tokenizer, train_ds, args, ctx.kind, callbacks)
