@@ -36,8 +36,9 @@ def scoring_setup(model_name: str, task_name: str, n: int, precision: str):
         cfg = compose(config_name="config", overrides=[f"model={model_name}", f"task={task_name}", f"task.n_eval={n}"])
     cache = cache_dir()
     tokenizer = load_tokenizer(cfg.model, cache)
-    model = load_model(cfg.model, cache, precision=precision, tokenizer=tokenizer, labels=None)
     task = get_task(cfg.task, cache)
+    labels = list(task.labels) if cfg.model.kind == "encoder" else None  # an encoder gets a head over them
+    model = load_model(cfg.model, cache, precision=precision, tokenizer=tokenizer, labels=labels)
     return model, tokenizer, task, task.splits()["test"]
 
 

@@ -221,3 +221,20 @@ def test_the_matmul_limit_times_emulated_bf16_on_a_small_product_only(monkeypatc
     limits = Limits()
     limits.read("x")
     assert limits.readings == [{"at": "x", "gflops": 100.0, "dtype": "float32"}]
+
+
+def test_encoder_length_batching_keeps_labels_and_their_order() -> None:
+    model, tokenizer, t, test = scoring_setup("tiny-bert", "classify", 24, "fp32")
+    torch.manual_seed(0)
+    with torch.no_grad():  # a random head centred on these texts, so they get different labels (a random tiny
+        # model's pooled outputs differ by ~1e-3 around a common part that alone would pick the label)
+        model.eval()
+        enc = tokenizer([t.encoder_text(r) for r in test], padding=True, return_tensors="pt")
+        pooled = model.bert(**enc).pooler_output
+        model.classifier.weight.normal_(0, 1.0 / float(pooled.std(0).mean()))
+        model.classifier.bias.copy_(-model.classifier.weight @ pooled.mean(0))
+    by_length = t.predict(model, tokenizer, test, "encoder", batch_size=8, max_len=128)
+    in_order = t.predict(model, tokenizer, test, "encoder", batch_size=8, max_len=128, by_length=False)
+    one_by_one = t.predict(model, tokenizer, test, "encoder", batch_size=1, max_len=128, by_length=False)
+    assert len(set(one_by_one)) > 1  # the case where a row's place matters
+    assert by_length == in_order == one_by_one
