@@ -98,9 +98,11 @@ def count_runs(sweep: dict[str, Any]) -> tuple[int, int]:
     per_variant = n + seeds - (0 if sweep.get("selection_seed") is not None else 1)
     if sweep.get("lr_halving"):  # n runs start, but the search costs about two full-budget runs (harness/halving.py)
         halved = math.ceil(total_cost(plan_rungs(n, 1000), 1000, n))  # a method that cannot resume runs all n
+        variants = sweep.get("variants") or [[]]
         runs = axes * sum(math.prod(_values(o) for o in v) * (per_variant - n + (halved if _resumable(v) else n))
-                          for v in sweep.get("variants") or [[]])
-        return runs, runs  # no widening with halving
+                          for v in variants)
+        widened = axes * sum(math.prod(_values(o) for o in v) * widen for v in variants if not _resumable(v))
+        return runs, runs + widened  # only a full-length search widens
     return points * per_variant, points * (per_variant + widen)
 
 

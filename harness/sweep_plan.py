@@ -253,6 +253,7 @@ class HalvingSearch:
                 "cost_full_runs": total_cost(self.rungs, budget_steps, len(self.variant.rates)),
                 "rungs": [{"step": o.rung.step, "scores": {f"{k:g}": v for k, v in o.scores.items()},
                            "kept": o.kept, "tied_across_cut": o.tie} for o in self.outcomes],
+                "full_length": not self.rungs,  # no rungs: every rate ran the budget, phase 2 selects as usual
                 "selected": self.alive[0] if len(self.alive) == 1 else None}
 
 

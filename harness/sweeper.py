@@ -15,7 +15,8 @@ interrupted sweep resumes where it stopped; records say which phase ran them (`l
 `selection_seed: 100` the search runs on that seed alone and every reporting seed runs at the selected rate, so
 no reported seed took part in the choice (N + S runs per variant). With `lr_halving: true` the search is
 successive halving (harness/halving.py): every rate starts, runs stop at rungs with a checkpoint (`paused`), the
-best half resume, one trains to the end: about two full-budget runs for up to 7 rates. The plan itself:
+best half resume, one trains to the end: about two full-budget runs for up to 7 rates. A method that cannot
+resume (AdaLoRA) runs every rate to the end instead, and only such a variant widens (`lr_widen`). The plan itself:
 harness/sweep_plan.py.
 A sweep started from a git tree with uncommitted changes warns loudly (`warn_if_dirty`).
 
@@ -192,8 +193,6 @@ class HarnessSweeper(BasicSweeper):
         one trains to the end of the budget (`ok`, the selected rate). Appends every search run's row to `runs`
         (latest state per run); writes halving-<group>.json (scores, survivors, ties, cost). Returns runs launched."""
         settings = sweep_settings(self.config)
-        if settings["lr_widen"]:
-            log.warning("sweep: lr_widen is not applied with lr_halving (the rates are fixed before the rungs)")
         explicit = list(settings["lr_halving_rungs"] or [])
         searches = [HalvingSearch(v, halving_rungs(v, budget_steps(v.cfg), int(v.cfg.train.eval_every or 0), explicit))
                     for v in variants]
@@ -212,11 +211,36 @@ class HarnessSweeper(BasicSweeper):
                 if rung is not None:
                     h.cut(rung, {float(r["cfg"].train.lr): read_record(r["run_dir"]) for r in rows
                                  if _variant_key_of(r) == h.variant.key})
+        launched += self._widen_full_length(arguments, searches, rows_by_id, int(settings["lr_widen"] or 0),
+                                            returns, launched)
         runs += rows_by_id.values()
         name = self.config.get("group") or "sweep"
         write_json_atomic(sweep_dir / f"halving-{name}.json",
                           [h.summary(budget_steps(h.variant.cfg)) for h in searches])
         return launched
+
+    def _widen_full_length(self, arguments: list[str], searches: list[HalvingSearch], rows_by_id: OrderedDict,
+                           widen: int, returns: list[Any], launched: int) -> int:
+        """`lr_widen` under halving: a variant searched without rungs (its method cannot resume) ran every rate to
+        the full budget, so its grid widens as in a plain search while its best rate sits at an edge. The rates of
+        a halved variant were fixed before its rungs: a warning says when one of those wins at an edge."""
+        if widen and any(h.rungs for h in searches):
+            log.warning("sweep: lr_widen applies only to the variants searched at full length (methods that "
+                        "cannot resume); a halved variant's rates are fixed before its rungs")
+        full, added = [h for h in searches if not h.rungs], 0
+        while widen and full:
+            grown = [h for h in full if h.variant.widen(list(rows_by_id.values()), widen)]
+            if not grown:
+                break
+            for h in grown:
+                h.alive = sorted(h.variant.rates)
+            _, rows = self.plan(arguments, [o for h in grown for o in h.overrides(None)])
+            todo = [r["overrides"] for r in rows if not r["done"]]
+            self._log_plan("phase 1 (widening the full-length searches)", rows, todo)
+            returns += self.launch(todo, start_idx=launched + added)
+            added += len(todo)
+            rows_by_id.update((r["run_id"], r) for r in rows)
+        return added
 
     def sweep_stages(self, arguments: list[str], grid: list[list[str]], stages: list[list[str]],
                      runs: list[dict[str, Any]]) -> list[Any]:

@@ -444,16 +444,22 @@ def test_halving_sweep_resumes_survivors_and_never_selects_a_paused_run(tmp_path
 
 def test_adalora_searches_at_full_length_and_restarts_instead_of_resuming(tmp_path: Path) -> None:
     """AdaLoRA's checkpoint holds an adapter cut to its rank pattern (peft) and no rank-allocator state: its
-    halving search runs every rate to the end, it writes no checkpoint, and a re-run starts from step 0."""
+    halving search runs every rate to the end (and so widens past an edge, as a plain search does), it writes no
+    checkpoint, and a re-run starts from step 0."""
     runs = tmp_path / "runs"
     args = ["-m", "model=tiny-llama", *TINY, "method=adalora", "sweep.lr_search=2", "sweep.lr_halving=true",
-            "sweep.seeds=1", "train.max_steps=4", "train.eval_every=2", "train.eval_subset=8", f"paths.runs={runs}"]
+            "sweep.lr_widen=1", "sweep.selection_seed=100", "sweep.seeds=1", "train.max_steps=4",
+            "train.eval_every=2", "train.eval_subset=8", f"paths.runs={runs}"]
     proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cannot resume from a checkpoint: its 2 rates run the full budget" in proc.stdout + proc.stderr
-    records = {p.parent: json.loads(p.read_text()) for p in runs.glob("*/result.json")}
+    records = {p.parent: json.loads(p.read_text()) for p in runs.glob("*/result.json") if "_s100_" in p.parent.name}
     assert sorted((r["status"], r.get("rung_step"), r["train_steps_done"]) for r in records.values()) \
-        == [("ok", None, 4), ("ok", None, 4)]
+        == [("ok", None, 4)] * 3
+    # the tiny model ties at every rate, so the smallest (2e-4, AdaLoRA's grid centred on its default) is chosen
+    # at the lower edge: the grid widens one rate down
+    assert sorted(r["lr"] for r in records.values()) == [6e-5, 2e-4, 6e-4]
+    assert json.loads((runs / "halving-sweep.json").read_text())[0]["full_length"] is True
     assert not any((d / "checkpoints").exists() for d in records)
     # a killed run that somehow left a checkpoint: the re-run restarts from step 0 instead of loading it
     run_dir, record = next(iter(records.items()))

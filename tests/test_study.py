@@ -39,7 +39,8 @@ def test_run_counts_follow_the_sweep_file() -> None:
     assert study.count_runs({"variants": [["method=full"]], "seeds": 5, "lr_search": 7, "selection_seed": 100,
                              "lr_halving": True}) == (7, 7)              # 7 rates for ~2 full runs + 5 seeds
     assert study.count_runs({"variants": [["method=lora"], ["method=adalora"]], "seeds": 5, "lr_search": 6,
-                             "selection_seed": 100, "lr_halving": True}) == (2 + 5 + 6 + 5,) * 2  # AdaLoRA: no rungs
+                             "selection_seed": 100, "lr_halving": True, "lr_widen": 2}) \
+        == (2 + 5 + 6 + 5, 2 + 5 + 6 + 5 + 2)  # AdaLoRA: no rungs, so its search alone widens
     assert study.count_runs({"variants": [["a"]] * 3, "stages": [["x"], ["y"]],
                              "hydra": {"sweeper": {"params": {"seed": "0"}}}}) == (6, 6)
     grid = {"variants": [["method=full", "train.lr=1e-4,2e-4,4e-4"], ["method=lora", "r=4,16"]], "seeds": 3,
