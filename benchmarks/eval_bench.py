@@ -2,6 +2,7 @@
 
     python -m benchmarks.eval_bench                         # smollm2-135m, extract and classify test prompts
     python -m benchmarks.eval_bench --tasks style --n 32 --out eval.json
+    python -m benchmarks.eval_bench --model minilm-l6 --tasks classify --n 600   # an encoder: length batching
 
 Both sides answer the same prompts greedily with the same `max_new_tokens`, on the same model in the same
 precision (bf16, as an adapter run scores): the harness through `Task.predict` (batches of `--batch-size` grouped
@@ -9,7 +10,8 @@ by prompt length, each sequence stopping at EOS, KV cache; harness/tasks/generat
 time, the loop a first script would write; and, to show what running the prompts' shared beginning once saves,
 the harness scorer with `share_prefix=False`. Reported per task: examples/s and generated tokens/s (up to and
 including each answer's EOS) for both, and the ratio harness / plain. `benchmarks.bench` runs this between
-matmul-limit readings.
+matmul-limit readings. For an encoder (`--model minilm-l6`) it times arg-max scoring in batches of similar length
+(the harness) against batches in file order, in fp32.
 """
 
 from __future__ import annotations
@@ -87,6 +89,22 @@ def measure(model_name: str, task_name: str, n: int, batch_size: int, precision:
     }
 
 
+def measure_encoder(model_name: str, task_name: str, n: int, batch_size: int, precision: str = "fp32"
+                    ) -> dict[str, Any]:
+    """An encoder's arg-max scoring: batches of similar length (the harness) against batches in file order."""
+    model, tokenizer, task, test = scoring_setup(model_name, task_name, n, precision)
+    task.predict(model, tokenizer, test.select(range(min(4, len(test)))), "encoder", batch_size, 256)  # warm-up
+    seconds, outputs = {}, {}
+    for name, by_length in (("harness", True), ("file_order", False)):
+        t0 = time.perf_counter()
+        outputs[name] = task.predict(model, tokenizer, test, "encoder", batch_size, 256, by_length=by_length)
+        seconds[name] = time.perf_counter() - t0
+    return {"task": task_name, "model": model_name, "precision": precision, "examples": len(test),
+            "batch_size": batch_size, "harness_s": round(seconds["harness"], 3),
+            "file_order_s": round(seconds["file_order"], 3), "speedup": seconds["file_order"] / seconds["harness"],
+            "same_answers": sum(a == b for a, b in zip(outputs["harness"], outputs["file_order"]))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -95,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="the harness side's batch (train.eval_batch_size)")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
-    rows = [measure(args.model, t, args.n, args.batch_size) for t in args.tasks.split(",")]
+    from harness.assets import CONF_DIR
+
+    encoder = "kind: encoder" in (CONF_DIR / "model" / f"{args.model}.yaml").read_text()
+    rows = [(measure_encoder if encoder else measure)(args.model, t, args.n, args.batch_size)
+            for t in args.tasks.split(",")]
     text = json.dumps(rows, indent=2)
     if args.out:
         args.out.write_text(text)

@@ -238,3 +238,10 @@ def test_encoder_length_batching_keeps_labels_and_their_order() -> None:
     one_by_one = t.predict(model, tokenizer, test, "encoder", batch_size=1, max_len=128, by_length=False)
     assert len(set(one_by_one)) > 1  # the case where a row's place matters
     assert by_length == in_order == one_by_one
+
+
+def test_the_encoder_scoring_bench_compares_the_two_batchings() -> None:
+    from benchmarks.eval_bench import measure_encoder
+
+    row = measure_encoder("tiny-bert", "classify", 16, batch_size=4)
+    assert row["examples"] == 16 and row["same_answers"] == 16 and row["speedup"] > 0
