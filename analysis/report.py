@@ -110,6 +110,14 @@ def retention_display(ret: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def _learned(row: pd.Series) -> str:
+    """Whether full FT clears the cell's floor; a cell without a full-FT run (e.g. a sweep whose full-FT arm lives
+    in another sweep's folder) cannot say, and is not called unlearned."""
+    if pd.isna(row.get("reference")) or row.get("reference") in ("", None):
+        return "no full-FT run here"
+    return "yes" if row.get("learned", True) else "NOT LEARNED"
+
+
 def gain_display(gain: pd.DataFrame) -> pd.DataFrame:
     """The gain-retention table as the report shows it: one row per variant at its selected rate."""
     if gain is None or gain.empty:
@@ -123,8 +131,7 @@ def gain_display(gain: pd.DataFrame) -> pd.DataFrame:
              "seeds reported": r.get("seeds_reported", ""), "test score": _fmt(r.get("score_mean"), ".4f"),
              "floor": f"{r.get('floor_name') or '?'} {_fmt(r.get('floor_score'), '.4f')}",
              "gain retention": pct(r, "gain"), "raw retention": pct(r, "retention"),
-             "interval": r.get("interval") or "", "learned": "yes" if r.get("learned", True) else "NOT LEARNED"}
-            for _, r in gain.iterrows()]
+             "interval": r.get("interval") or "", "learned": _learned(r)} for _, r in gain.iterrows()]
     return pd.DataFrame(rows)
 
 

@@ -397,3 +397,12 @@ def test_a_held_out_selection_seed_is_left_out_of_the_reported_seeds(tmp_path: P
     assert chosen.loc[chosen["method"] == "lora", "seed"].astype(int).tolist() == [100]
     full = _row(tables.retention(df), label="full")
     assert full["n_seeds"] == 3 and full["score_mean"] == pytest.approx(0.81)
+
+
+def test_the_gain_table_tells_an_unlearned_cell_from_one_without_full_ft() -> None:
+    from analysis.report import gain_display
+
+    gain = pd.DataFrame([{"task": "classify", "model": "m", "label": "lora", "learned": False, "reference": None},
+                         {"task": "classify", "model": "m", "label": "lora", "learned": False, "reference": "full"},
+                         {"task": "classify", "model": "m", "label": "lora", "learned": True, "reference": "full"}])
+    assert list(gain_display(gain)["learned"]) == ["no full-FT run here", "NOT LEARNED", "yes"]
