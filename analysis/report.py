@@ -113,7 +113,8 @@ def retention_display(ret: pd.DataFrame) -> pd.DataFrame:
 def _learned(row: pd.Series) -> str:
     """Whether full FT clears the cell's floor; a cell without a full-FT run (e.g. a sweep whose full-FT arm lives
     in another sweep's folder) cannot say, and is not called unlearned."""
-    if pd.isna(row.get("reference")) or row.get("reference") in ("", None):
+    reference = row.get("reference")
+    if not isinstance(reference, str) or not reference:  # NaN / None: the gain row found no full-FT run
         return "no full-FT run here"
     return "yes" if row.get("learned", True) else "NOT LEARNED"
 

@@ -113,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="the harness side's batch (train.eval_batch_size)")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
+    from omegaconf import OmegaConf
+
     from harness.assets import CONF_DIR
 
-    encoder = "kind: encoder" in (CONF_DIR / "model" / f"{args.model}.yaml").read_text()
+    encoder = OmegaConf.load(CONF_DIR / "model" / f"{args.model}.yaml").get("kind") == "encoder"
     rows = [(measure_encoder if encoder else measure)(args.model, t, args.n, args.batch_size)
             for t in args.tasks.split(",")]
     text = json.dumps(rows, indent=2)

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from harness.config import resumable
 from harness.exits import exit_on_error
 from harness.errors import ConfigError
 from harness.halving import plan_rungs, total_cost
@@ -76,7 +77,7 @@ def _resumable(variant: list[str]) -> bool:
     `resumable`; AdaLoRA cannot, so its search runs every rate to the full budget)."""
     name = next((str(o).split("=", 1)[1] for o in variant if str(o).startswith("method=")), None)
     path = REPO / "conf" / "method" / f"{name}.yaml"
-    return name is None or not path.exists() or OmegaConf.load(path).get("resumable", True) is not False
+    return name is None or not path.exists() or resumable(OmegaConf.load(path))
 
 
 def count_runs(sweep: dict[str, Any]) -> tuple[int, int]:

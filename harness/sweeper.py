@@ -222,8 +222,8 @@ class HarnessSweeper(BasicSweeper):
     def _widen_full_length(self, arguments: list[str], searches: list[HalvingSearch], rows_by_id: OrderedDict,
                            widen: int, returns: list[Any], launched: int) -> int:
         """`lr_widen` under halving: a variant searched without rungs (its method cannot resume) ran every rate to
-        the full budget, so its grid widens as in a plain search while its best rate sits at an edge. The rates of
-        a halved variant were fixed before its rungs: a warning says when one of those wins at an edge."""
+        the full budget, so its grid widens as in a plain search while its best rate sits at an edge. A halved
+        variant's rates were fixed before its rungs: they never widen, and a warning says so."""
         if widen and any(h.rungs for h in searches):
             log.warning("sweep: lr_widen applies only to the variants searched at full length (methods that "
                         "cannot resume); a halved variant's rates are fixed before its rungs")
