@@ -8,6 +8,13 @@ so the learning-rate schedule is the full budget's throughout. Halving ends when
 to the full budget and is the selected rate. Ranking follows harness/selection.py: the higher score, ties to the
 smaller rate; a tie across the cut (or for the win) is reported, never hidden.
 
+A near tie at the last rung is not decided there (`final_margin`, the sweep's `lr_halving_final_margin`): every
+rate within that many score points of the leader also trains to the full budget, and the best end-of-training
+validation score selects, as in a plain search. This is a race's rule (Maron & Moore 1994; F-Race, Birattari et al.
+2002): a candidate is dropped only when it is measurably behind. It matters most when the last rung falls early in
+a short budget, where scores are still far from their end values (claim 19's all-linear variants: .483/.477/.460 at
+step 50 of 150, one binomial standard error of a difference on 300 items being ~0.04).
+
 Rungs sit at fractions first, first * eta, ... of the budget, first = eta ** -ceil(log_eta n): e.g. 7 rates,
 eta 2 -> rungs at 1/8 (7 -> 3) and 1/4 (3 -> 1), cost 7/8 + 3/8 + 3/4 = 2.0 full runs. A rung can only sit where
 validation is scored (`train.eval_every`): `eval_steps` moves each rung to the first scored step at or after it.
@@ -95,10 +102,16 @@ def _rank_key(item: tuple[float, float]) -> tuple[float, float]:
     return (-score if not math.isnan(score) else math.inf, rate)
 
 
-def survivors(rung: Rung, scores_by_rate: Mapping[float, float]) -> list[float]:
-    """The rates that continue past `rung`: the `rung.n_keep` best scores (NaN last), ties to the smaller rate."""
+def survivors(rung: Rung, scores_by_rate: Mapping[float, float], final_margin: float = 0.0) -> list[float]:
+    """The rates that continue past `rung`: the `rung.n_keep` best scores (NaN last), ties to the smaller rate. At
+    the last rung (`n_keep` 1) with `final_margin` > 0, also every rate within `final_margin` of the leader's score
+    (in rank order): they all train to the full budget and the final validation score selects among them."""
     ranked = sorted(((float(r), float(s)) for r, s in scores_by_rate.items()), key=_rank_key)
-    return [rate for rate, _ in ranked[:rung.n_keep]]
+    kept = [rate for rate, _ in ranked[:rung.n_keep]]
+    if rung.n_keep == 1 and final_margin > 0 and ranked and not math.isnan(ranked[0][1]):
+        best = ranked[0][1]
+        kept += [rate for rate, score in ranked[1:] if not math.isnan(score) and best - score <= final_margin + 1e-9]
+    return kept
 
 
 def tied_across_cut(rung: Rung, scores_by_rate: Mapping[float, float]) -> list[float]:
@@ -124,16 +137,19 @@ class RungOutcome:
 class Halving:
     """A simulated (or replayed) search: the selected rate, the rates tied with it, each rung and the cost."""
     chosen: float | None
-    tied: list[float]
+    tied: list[float]        # the rates tied with the chosen one (at the last rung, or on final scores)
     rungs: list[RungOutcome]
     cost: float
 
 
 def simulate(curves: Mapping[float, Mapping[int, float]], budget_steps: int, eta: int = 2,
-             final_scores: Mapping[float, float] | None = None, first_fraction: float | None = None) -> Halving:
+             final_scores: Mapping[float, float] | None = None, first_fraction: float | None = None,
+             final_margin: float = 0.0) -> Halving:
     """Successive halving replayed on finished runs: `curves[rate][step]` are validation scores along each
     run; `final_scores[rate]` (the end-of-training validation score, on the whole split) stands in at the
-    budget's step. Rungs go where every run has a score."""
+    budget's step. Rungs go where every run has a score. With `final_margin`, the last rung's near ties all run
+    to the budget and the best end score (`final_scores`, else the curve's last point) selects; the cost counts
+    the extra runs."""
     rates = sorted(float(r) for r in curves)
     if not rates:
         return Halving(None, [], [], 0.0)
@@ -152,12 +168,24 @@ def simulate(curves: Mapping[float, Mapping[int, float]], budget_steps: int, eta
     alive, outcomes = rates, []
     for rung in plan:
         scores = {r: score(r, rung.step) for r in alive}
-        kept = survivors(rung, scores)
+        kept = survivors(rung, scores, final_margin)
         outcomes.append(RungOutcome(rung, scores, kept, tied_across_cut(rung, scores)))
         alive = kept
+    cost = total_cost(plan, budget_steps, len(rates))
+    if len(alive) > 1:  # near ties at the last rung ran to the budget: the end score selects
+        end = {r: score(r, budget_steps) if r in final else _last(curves[r]) for r in alive}
+        ranked = sorted(end.items(), key=_rank_key)
+        chosen = ranked[0][0]
+        cost += (len(alive) - 1) * (budget_steps - plan[-1].step) / budget_steps
+        return Halving(chosen, sorted(r for r, s in end.items() if s == end[chosen]), outcomes, cost)
     chosen = alive[0]
     tied = [chosen]
     if outcomes:
         last = outcomes[-1].scores
         tied = sorted(r for r, s in last.items() if s == last[chosen])
-    return Halving(chosen, tied, outcomes, total_cost(plan, budget_steps, len(rates)))
+    return Halving(chosen, tied, outcomes, cost)
+
+
+def _last(curve: Mapping[int, float]) -> float:
+    """A curve's score at its last step (NaN for an empty curve)."""
+    return float(curve[max(curve)]) if curve else math.nan

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # ---- the sweep's own settings: the `sweep:` block of a sweep file (conf/config.yaml lists them) ----
 
 SWEEP_KEYS = ("seeds", "lr_search", "lr_widen", "selection_seed", "lr_halving", "lr_halving_rungs",
-              "report_eval_every", "variants", "stages")
+              "lr_halving_final_margin", "report_eval_every", "variants", "stages")
 _NOTED: set[str] = set()  # legacy keys already noted in this process
 
 
@@ -223,6 +223,7 @@ class HalvingSearch:
 
     variant: SearchVariant
     rungs: list[Rung]
+    final_margin: float = 0.0  # sweep.lr_halving_final_margin: near ties at the last rung all run to the budget
     alive: list[float] = field(default_factory=list)
     outcomes: list[RungOutcome] = field(default_factory=list)
 
@@ -237,10 +238,13 @@ class HalvingSearch:
     def cut(self, rung: Rung, records: dict[float, dict[str, Any] | None]) -> RungOutcome:
         """Rank the alive rates on their validation score at the rung; keep the best (ties are reported)."""
         scores = {lr: val_at_step(records.get(lr), rung.step) for lr in self.alive}
-        outcome = RungOutcome(rung, scores, survivors(rung, scores), tied_across_cut(rung, scores))
+        outcome = RungOutcome(rung, scores, survivors(rung, scores, self.final_margin), tied_across_cut(rung, scores))
         name = " ".join(self.variant.key) or "(default)"
         log.info("sweep: halving %s at step %d: %s -> keeps %s", name, rung.step,
                  ", ".join(f"{lr:g}: {v:.4f}" for lr, v in sorted(scores.items())), ",".join(f"{x:g}" for x in outcome.kept))
+        if len(outcome.kept) > rung.n_keep:
+            log.info("sweep: halving %s at step %d: %d rates within %g of the leader all run to the budget; the "
+                     "final validation score selects", name, rung.step, len(outcome.kept), self.final_margin)
         if outcome.tie:
             log.warning("sweep: halving %s at step %d: rates %s tie across the cut (kept the smaller)", name,
                         rung.step, ",".join(f"{x:g}" for x in outcome.tie))
@@ -254,7 +258,26 @@ class HalvingSearch:
                 "rungs": [{"step": o.rung.step, "scores": {f"{k:g}": v for k, v in o.scores.items()},
                            "kept": o.kept, "tied_across_cut": o.tie} for o in self.outcomes],
                 "full_length": not self.rungs,  # no rungs: every rate ran the budget, phase 2 selects as usual
+                "final_margin": self.final_margin,
+                # several finalists (full length, or near ties kept by final_margin): phase 2 selects on their
+                # final validation score and logs it; the sweep's summary holds the selected rate
+                "finalists": sorted(self.alive),
                 "selected": self.alive[0] if len(self.alive) == 1 else None}
+
+
+def final_margin(settings: dict[str, Any]) -> float:
+    """`sweep.lr_halving_final_margin` as a number >= 0 (null: 0, plain halving); anything else is refused."""
+    value = settings.get("lr_halving_final_margin")
+    if value is None:
+        return 0.0
+    try:
+        margin = float(value)
+    except (TypeError, ValueError):
+        margin = math.nan
+    if not margin >= 0:
+        raise ConfigError(f"sweep.lr_halving_final_margin={value!r}: give a score difference >= 0 (e.g. 0.04 for "
+                          f"accuracy on 300 validation items), or null for plain halving")
+    return margin
 
 
 def halving_rungs(variant: SearchVariant, budget_steps: int, eval_every: int,

@@ -40,8 +40,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from harness.config import resolve
 from harness.errors import ConfigError
 from harness.provenance import warn_if_dirty
-from harness.sweep_plan import (HalvingSearch, SearchVariant, halving_rungs, paused_at_or_after,  # noqa: F401
-                                 search_variants, seed_of, seeds_at_selected_rates, sweep_settings)
+from harness.sweep_plan import (HalvingSearch, SearchVariant, final_margin, halving_rungs,  # noqa: F401
+                                 paused_at_or_after, search_variants, seed_of, seeds_at_selected_rates, sweep_settings)
 from harness.sweep_progress import progress_batch_size, sweep_progress, wall_time_estimate
 from harness.results import (RESULT_FILE, Status, is_done, now, rejected_before,
                              write_json_atomic)
@@ -194,8 +194,9 @@ class HarnessSweeper(BasicSweeper):
         (latest state per run); writes halving-<group>.json (scores, survivors, ties, cost). Returns runs launched."""
         settings = sweep_settings(self.config)
         explicit = list(settings["lr_halving_rungs"] or [])
-        searches = [HalvingSearch(v, halving_rungs(v, budget_steps(v.cfg), int(v.cfg.train.eval_every or 0), explicit))
-                    for v in variants]
+        margin = final_margin(settings)
+        searches = [HalvingSearch(v, halving_rungs(v, budget_steps(v.cfg), int(v.cfg.train.eval_every or 0), explicit),
+                                  margin) for v in variants]
         launched, rows_by_id = 0, OrderedDict()
         for level in range(max(len(h.rungs) for h in searches) + 1):
             batch = [(h, h.rungs[level] if level < len(h.rungs) else None) for h in searches if level <= len(h.rungs)]

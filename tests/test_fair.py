@@ -442,6 +442,30 @@ def test_halving_sweep_resumes_survivors_and_never_selects_a_paused_run(tmp_path
     assert "0 to run" in again.stdout + again.stderr and "1 to run" not in again.stdout + again.stderr
 
 
+def test_halving_with_a_final_margin_runs_the_near_ties_to_the_budget(tmp_path: Path) -> None:
+    """sweep.lr_halving_final_margin: the tiny model ties at every rung, so both rates left at the last rung run to
+    the end and the final validation score selects (the tie to the smaller rate); a bad margin is refused first."""
+    runs = tmp_path / "runs"
+    args = ["-m", "model=tiny-llama", *TINY, "method=lora", "sweep.lr_search=4", "sweep.lr_halving=true",
+            "sweep.lr_halving_final_margin=0.5", "sweep.selection_seed=100", "sweep.seeds=1", "train.max_steps=8",
+            "train.eval_every=2", "train.eval_subset=8", f"paths.runs={runs}"]
+    bad = run_cli([*args[:-1], f"paths.runs={tmp_path / 'bad'}", "sweep.lr_halving_final_margin=-1"])
+    assert bad.returncode != 0 and "sweep.lr_halving_final_margin=-1" in bad.stderr
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").glob("*/result.json"))
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 rates within 0.5 of the leader all run to the budget" in proc.stdout + proc.stderr
+    records = [json.loads(p.read_text()) for p in runs.glob("*/result.json")]
+    search = [r for r in records if r["seed"] == 100]
+    assert sorted((r["status"], r.get("rung_step")) for r in search) == [("ok", None), ("ok", None), ("paused", 2),
+                                                                          ("paused", 2)]
+    finalists = sorted(r["lr"] for r in search if r["status"] == "ok")
+    summary = json.loads((runs / "halving-sweep.json").read_text())[0]
+    assert summary["finalists"] == finalists and summary["selected"] is None and summary["final_margin"] == 0.5
+    (report,) = [r for r in records if r["seed"] == 0]
+    assert report["lr"] == finalists[0]  # equal final scores: the smaller rate, as select_lr
+
+
 def test_adalora_searches_at_full_length_and_restarts_instead_of_resuming(tmp_path: Path) -> None:
     """AdaLoRA's checkpoint holds an adapter cut to its rank pattern (peft) and no rank-allocator state: its
     halving search runs every rate to the end (and so widens past an edge, as a plain search does), it writes no

@@ -86,6 +86,30 @@ def test_simulate_uses_final_scores_at_the_budget() -> None:
     assert result.cost == pytest.approx(3.0)  # 4 x 20 + 2 x 20 steps of a 40-step budget
 
 
+def test_a_near_tie_at_the_last_rung_runs_to_the_budget() -> None:
+    # the last rung keeps one rate; with a margin every rate within it of the leader is kept too (rank order)
+    last = Rung(50, 3, 1)
+    scores = {5e-4: 0.483, 1e-3: 0.477, 2e-3: 0.437}
+    assert survivors(last, scores) == [5e-4]
+    assert survivors(last, scores, final_margin=0.04) == [5e-4, 1e-3]
+    assert survivors(last, scores, final_margin=0.046) == [5e-4, 1e-3, 2e-3]  # 0.483 - 0.437 = 0.046, inclusive
+    # an earlier rung keeps its count whatever the margin: only the final decision waits for the end
+    assert survivors(Rung(25, 6, 3), {1: 0.5, 2: 0.49, 3: 0.48, 4: 0.47}, final_margin=0.1) == [1, 2, 3]
+    assert survivors(last, {1e-3: math.nan, 2e-3: math.nan}, final_margin=1.0) == [1e-3]
+
+
+def test_simulate_with_a_margin_selects_on_the_end_score() -> None:
+    # 1e-3 leads at step 50 by 0.01, but 3e-4 ends higher: plain halving picks 1e-3, the margin 3e-4
+    curves = {1e-4: {25: 0.2, 50: 0.3}, 3e-4: {25: 0.5, 50: 0.79}, 1e-3: {25: 0.6, 50: 0.80}, 3e-3: {25: 0.1, 50: 0.1}}
+    finals = {1e-4: 0.4, 3e-4: 0.92, 1e-3: 0.88, 3e-3: 0.1}
+    assert simulate(curves, 100, final_scores=finals).chosen == 1e-3
+    result = simulate(curves, 100, final_scores=finals, final_margin=0.02)
+    assert result.rungs[-1].kept == [1e-3, 3e-4] and result.chosen == 3e-4 and result.tied == [3e-4]
+    assert result.cost == pytest.approx(2.0 + 0.5)  # the second finalist's last 50 of 100 steps
+    # a margin smaller than the gap changes nothing
+    assert simulate(curves, 100, final_scores=finals, final_margin=0.005).chosen == 1e-3
+
+
 def test_flattening_on_hand_made_curves() -> None:
     rising = [(s, s / 100) for s in range(0, 101, 10)]  # +0.2 over the last 20 steps
     assert has_flattened(rising, 0.1).flattened is False
