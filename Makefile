@@ -67,12 +67,13 @@ STUDY := study$(if $(filter gpu,$(SCALE)),-gpu,)
 study: setup
 	$(PY) -m harness.study --scale $(SCALE) --launcher $(LAUNCHER) $(if $(strip $(STUDY_SWEEPS)),--only "$(STUDY_SWEEPS)",) $(STUDY_FLAGS) -- $(ARGS)
 
-# the claims ledger and results/REPORT.md, from the committed records alone. LEDGER_STUDY: the study the ledger reads;
-# the 2026-12 protocol's records (results/study-2026-12) until the deciding-power study (results/study, issue 41)
-# has run its cells (`make study` ends by rebuilding the ledger from results/study itself)
-LEDGER_STUDY ?= $(if $(filter gpu,$(SCALE)),study-gpu,study-2026-12)
+# the claims ledger and results/REPORT.md, from the committed records alone. LEDGER_STUDY: the study the ledger reads
+# (the deciding-power study, results/study, issue 41); a claim it has not run yet shows the 2026-12 protocol's
+# verdict (EARLIER_STUDY), marked as such and never mixed with the new records (`make study` ends the same way)
+LEDGER_STUDY ?= $(if $(filter gpu,$(SCALE)),study-gpu,study)
+EARLIER_STUDY ?= study-2026-12
 claims: $(VENV)/.installed
-	$(PY) -m analysis.claims --runs results/$(LEDGER_STUDY) --out results/$(LEDGER_STUDY)/claims --report results/REPORT$(if $(filter gpu,$(SCALE)),-gpu,).md$(if $(filter gpu,$(SCALE)),, --readme README.md)
+	$(PY) -m analysis.claims --runs results/$(LEDGER_STUDY) --out results/$(LEDGER_STUDY)/claims --report results/REPORT$(if $(filter gpu,$(SCALE)),-gpu,).md$(if $(filter gpu,$(SCALE)),, --readme README.md --earlier results/$(EARLIER_STUDY))
 
 # make report [REPORT_RUNS=runs NAME=all ARGS="--source wandb --project P --group G"] -> reports/$(NAME)/
 report: $(VENV)/.installed

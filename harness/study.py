@@ -143,11 +143,16 @@ def commands(plan: SweepPlan, study: str, overrides: list[str], launcher: str, e
     return out
 
 
+EARLIER_STUDY = "results/study-2026-12"  # the 2026-12 protocol's records: verdicts for claims not yet run here
+
+
 def claims_command(study: str, scale: str) -> list[str]:
+    """`make claims` for this study: the README shows the CPU study's findings, with the earlier study's verdict
+    (marked) where a claim has not been run yet."""
     report = f"results/REPORT{'-gpu' if scale == 'gpu' else ''}.md"
-    readme = [] if scale == "gpu" else ["--readme", "README.md"]  # the README shows the CPU study's findings
+    cpu = [] if scale == "gpu" else ["--readme", "README.md", "--earlier", EARLIER_STUDY]
     return [sys.executable, "-m", "analysis.claims", "--runs", f"results/{study}", "--out",
-            f"results/{study}/claims", "--report", report, *readme]
+            f"results/{study}/claims", "--report", report, *cpu]
 
 
 def print_plan(kept: list[SweepPlan], dropped: list[SweepPlan], cap_hours: float, scale: str) -> None:

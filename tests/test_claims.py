@@ -236,32 +236,62 @@ def test_the_ledger_markdown_lists_every_claim_and_rule() -> None:
 
 
 def test_the_committed_report_rebuilds_from_the_committed_records() -> None:
-    """`make claims` wrote results/REPORT.md, results/FINDINGS.md and the memory frontier from the ledger's study
-    alone (results/study-2026-12 until the deciding-power study has its records); rebuilding gives the same text."""
+    """`make claims` wrote results/REPORT.md, results/FINDINGS.md and the memory frontier from the deciding study
+    (results/study), with the 2026-12 study's verdicts, marked, for the claims not run there yet; rebuilding gives
+    the same text."""
+    import os
     from pathlib import Path
 
-    from analysis.claims.report import gather, ledger_link, report_markdown
+    from analysis.claims.report import build, ledger_link, report_markdown
     from analysis.claims.findings import findings_markdown
     from analysis.claims.memory import frontier_markdown
+    from harness.study import EARLIER_STUDY
 
     repo = Path(__file__).resolve().parent.parent
-    roots, report = [Path("results/study-2026-12")], repo / "results" / "REPORT.md"
-    import os
-
+    roots, report = [Path("results/study")], repo / "results" / "REPORT.md"
     cwd = os.getcwd()
     os.chdir(repo)  # the report names its sources relative to the checkout, as `make claims` runs it
     try:
-        evidence = gather(roots)
-        verdicts = ledger(evidence)
+        evidence, verdicts = build(roots, Path(EARLIER_STUDY))
         rebuilt = report_markdown(evidence, verdicts, roots, Path("results/REPORT.md"))
-        findings = findings_markdown(evidence, verdicts, roots, ledger_link(Path("results/study-2026-12/claims"),
+        findings = findings_markdown(evidence, verdicts, roots, ledger_link(Path("results/study/claims"),
                                                                            Path("results/FINDINGS.md")))
         frontier = frontier_markdown(evidence.memory_frontier)
     finally:
         os.chdir(cwd)
     assert rebuilt == report.read_text(), "results/REPORT.md is stale: run `make claims` and commit it"
     assert findings == (repo / "results" / "FINDINGS.md").read_text(), "results/FINDINGS.md is stale: run `make claims`"
-    assert frontier == (repo / "results/study-2026-12/claims/memory_frontier.md").read_text(), "the memory frontier is stale"
+    assert frontier == (repo / "results/study/claims/memory_frontier.md").read_text(), "the memory frontier is stale"
+    assert any(v.earlier for v in verdicts) == any(f"({Path(EARLIER_STUDY).name})" in line
+                                                   for line in report.read_text().splitlines())
+
+
+def test_a_claim_the_study_has_not_run_shows_the_earlier_verdict_marked() -> None:
+    from analysis.claims.findings import findings_markdown
+    from analysis.claims.report import with_earlier
+    from analysis.claims.verdicts import Verdict, counts_line
+
+    new = [Verdict(1, "one", SUPPORTED, "99%"), Verdict(2, "two", NOT_RUN, missing="a sweep"),
+           Verdict(3, "three", NOT_RUN, missing="a sweep")]
+    old = [Verdict(1, "one", REFUTED, "50%"), Verdict(2, "two", INCONCLUSIVE, "+1 [-2, +4]", scope="classify"),
+           Verdict(3, "three", NOT_RUN)]
+    merged = with_earlier(new, old, "study-2026-12", {})
+    assert [(v.verdict, v.earlier) for v in merged] == [(SUPPORTED, ""), (INCONCLUSIVE, "study-2026-12"), (NOT_RUN, "")]
+    assert merged[0].estimate == "99%"  # a claim the study ran keeps its own verdict, never the earlier one
+    assert merged[1].scope.startswith("study-2026-12 (its protocol; not yet run in this study): classify")
+    assert counts_line(merged) == ("1 supported, 0 refuted at this scale, 1 inconclusive (1 from study-2026-12), "
+                                   "1 not run.")
+    text = markdown(merged)
+    assert "**inconclusive (study-2026-12)**" in text and "**supported**" in text
+    page = findings_markdown(evidence([]), merged, [Path("results/study")], "study/claims/claims.md")
+    assert "2. two [study-2026-12]" in page and "**inconclusive** (study-2026-12): +1 [-2, +4]" in page
+
+
+def test_claims_refuses_a_missing_earlier_study(tmp_path, capsys) -> None:
+    from analysis.claims.report import main
+
+    assert main(["--runs", str(tmp_path), "--earlier", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) != 0
+    assert "--earlier" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_the_ledger_is_logged_to_wandb_and_the_report_shows_it(tmp_path, monkeypatch) -> None:

@@ -12,8 +12,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.claims.rules import NOT_RUN, REFUTED, SUPPORTED, Evidence, Verdict
-from analysis.claims.verdicts import LABELS, SHOWN
+from analysis.claims.rules import ABOVE_RANGE, NOT_RUN, REFUTED, SUPPORTED, Evidence, Verdict
+from analysis.claims.verdicts import LABELS, SHOWN, counts_line
 
 SUMMARY_LINES = 10
 FINDINGS_NAME = "FINDINGS.md"
@@ -58,12 +58,13 @@ def findings_markdown(ev: Evidence, verdicts: Sequence[Verdict], roots: Sequence
     by = {k: [v for v in verdicts if v.verdict == k] for k in LABELS}
     head = [f"# Findings ({len(verdicts)} claims about PEFT vs full fine-tuning; rebuilt by `make claims` from "
             f"{', '.join(map(str, roots))})",
-            ", ".join(f"{len(vs)} {SHOWN.get(k, k)}" for k, vs in by.items() if vs) + ". Measured on small models (CPU scale) unless a "
+            counts_line(verdicts, every=False)[:-1] + ". Measured on small models (CPU scale) unless a "
             "claim says estimated; each verdict's rule and evidence: the ledger."]
     for kind, vs in by.items():
         if vs:  # a verdict's headline number beside its claim, where the rule gave one
             head.append(f"- **{SHOWN.get(kind, kind)}**: " + "; ".join(
-                f"{v.claim}. {_short(v.text)}" + (f" ({v.estimate})" if v.estimate and kind in (SUPPORTED, REFUTED) else "")
+                f"{v.claim}. {_short(v.text)}" + (f" ({v.estimate})" if v.estimate and kind in (SUPPORTED, ABOVE_RANGE, REFUTED) else "")
+                + (f" [{v.earlier}]" if v.earlier else "")
                 for v in vs))
     head += [f"Ledger: [{ledger_link}]({ledger_link}); per claim below."]
     if len(head) > SUMMARY_LINES:  # never: at most six verdict kinds + three fixed lines
@@ -72,7 +73,8 @@ def findings_markdown(ev: Evidence, verdicts: Sequence[Verdict], roots: Sequence
     frontier = str(Path(ledger_link).parent / "memory_frontier.md")  # written beside the ledger
     for v in verdicts:
         lines += [f"## {v.claim}. {v.text}", "",
-                  f"**{SHOWN.get(v.verdict, v.verdict)}**" + (f": {v.estimate}" if v.estimate else ""),
+                  f"**{SHOWN.get(v.verdict, v.verdict)}**" + (f" ({v.earlier})" if v.earlier else "")
+                  + (f": {v.estimate}" if v.estimate else ""),
                   f"- scope: {getattr(v, 'scope', '') or scope(ev, v)}",
                   *[f"- {line}" for line in v.evidence[:EVIDENCE_LINES]],
                   *([f"- ... {len(v.evidence) - EVIDENCE_LINES} more in the ledger"] if len(v.evidence) > EVIDENCE_LINES else []),

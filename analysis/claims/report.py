@@ -5,6 +5,11 @@
     make claims                                                       # the same
     python -m analysis.claims --runs results/study --wandb-project peft-harness --wandb-group study
     python -m analysis.claims --runs results/study --plan     # claim by claim, the runs that would decide it
+    python -m analysis.claims --runs results/study --earlier results/study-2026-12   # make claims
+
+`--earlier`: a claim the study has not run (`not run`) shows the earlier study's verdict instead, marked with that
+study's name in the ledger, the findings and claims.json (`earlier`). Each verdict reads one study's records:
+the two protocols are never mixed in one verdict.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from analysis.claims.rules import LABELS, SHOWN, Evidence, Verdict, ledger
-from analysis.claims.findings import findings_markdown, update_readme_block
+from analysis.claims.rules import SHOWN, Evidence, Verdict, ledger
+from analysis.claims.verdicts import NOT_RUN, counts_line, shown
+from analysis.claims.findings import findings_markdown, scope, update_readme_block
 from analysis.claims.memory import CLAIM_14, frontier_markdown, memory_frontier, workload, write_frontier
 from harness.exits import error
 from harness.errors import HarnessError
@@ -125,16 +131,41 @@ def intruder_forgetting_pairs(summary: pd.DataFrame, model: str) -> list[tuple[f
     return [(float(a), float(b)) for a, b in zip(rows["intruders"], rows["forgetting"])]
 
 
+def with_earlier(verdicts: list[Verdict], earlier: list[Verdict], name: str, scopes: dict[int, str]) -> list[Verdict]:
+    """The study's verdicts, where a claim is `not run` replaced by the earlier study's verdict on it (marked with
+    `name`, its scope prefixed); an earlier `not run` changes nothing. `scopes`: the earlier verdicts' scopes as
+    the findings page reads them off the earlier evidence."""
+    by_claim = {v.claim: v for v in earlier}
+    out = []
+    for v in verdicts:
+        old = by_claim.get(v.claim)
+        if v.verdict == NOT_RUN and old is not None and old.verdict != NOT_RUN:
+            v = replace(old, earlier=name, scope=f"{name} (its protocol; not yet run in this study): "
+                        f"{old.scope or scopes.get(old.claim, '')}")
+        out.append(v)
+    return out
+
+
+def build(roots: Sequence[Path], earlier: Path | None = None, estimates: bool = True) -> tuple[Evidence, list[Verdict]]:
+    """The study's evidence and verdicts; with `earlier`, a claim the study has not run takes that study's verdict
+    (with_earlier), read from its own records alone."""
+    evidence = gather(roots, estimates=estimates)
+    verdicts = ledger(evidence)
+    if earlier is not None and any(v.verdict == NOT_RUN for v in verdicts):
+        before = gather([earlier], estimates=False)
+        old = ledger(before)
+        verdicts = with_earlier(verdicts, old, Path(earlier).name, {v.claim: scope(before, v) for v in old})
+    return evidence, verdicts
+
+
 def markdown(verdicts: list[Verdict], ev: Evidence | None = None) -> str:
-    counts = {k: sum(v.verdict == k for v in verdicts) for k in LABELS}
-    lines = ["# Claims ledger", "", ", ".join(f"{n} {SHOWN.get(k, k)}" for k, n in counts.items() if n or k in
-                                              ("supported", "refuted", "inconclusive", "not run")) + ".", "",
+    lines = ["# Claims ledger", "", counts_line(verdicts), "",
              "| # | claim | verdict | estimate | evidence / missing | scope |", "|---:|---|---|---|---|---|"]
     for v in verdicts:
         detail = "<br>".join(v.evidence) + (("<br>" if v.evidence else "") + f"missing: {v.missing}" if v.missing else "")
         if v.plan:
             detail += "<br>" + "<br>".join(f"to decide: {p}" for p in v.plan)
-        lines.append(f"| <a id=\"claim-{v.claim}\"></a>{v.claim} | {v.text} | **{SHOWN.get(v.verdict, v.verdict)}** | {v.estimate} | {detail} | "
+        lines.append(f"| <a id=\"claim-{v.claim}\"></a>{v.claim} | {v.text} | **{shown(v)}** | {v.estimate} | {detail} | "
                      f"{v.scope} |")
     lines += ["", "## Rules", ""] + [f"{v.claim}. {v.rule}" for v in verdicts]
     if ev is not None:
@@ -302,10 +333,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=None,
                         help="also rewrite this README's findings block (between <!-- findings:begin/end --> markers) "
                              "with the findings page's summary (make claims passes README.md); default: no README")
+    parser.add_argument("--earlier", type=Path, default=None,
+                        help="an earlier study (e.g. results/study-2026-12): a claim --runs has not run shows its "
+                             "verdict there, marked with its name (never mixed with --runs' records)")
     args = parser.parse_args(argv)
+    if args.earlier is not None and not args.earlier.is_dir():
+        return error(f"--earlier {args.earlier}: no such folder; name a committed study (e.g. results/study-2026-12)")
     try:
-        evidence = gather(args.runs, estimates=not args.no_estimates)
-        verdicts = ledger(evidence)
+        evidence, verdicts = build(args.runs, args.earlier, estimates=not args.no_estimates)
     except HarnessError as err:
         return error(err)
     if args.plan:

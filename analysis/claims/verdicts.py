@@ -37,6 +37,26 @@ class Verdict:
     rule: str = ""
     scope: str = ""
     plan: list[str] = field(default_factory=list)   # inconclusive: the seeds and items that would decide it
+    earlier: str = ""   # set when the study the ledger reads has not run this claim and the verdict is an earlier
+                        # study's (`--earlier`): that study's name; its records alone decide it, never mixed
+
+
+def counts_line(verdicts: Iterable["Verdict"], every: bool = True) -> str:
+    """"3 supported, 1 refuted at this scale, ..." with, per label, how many are an earlier study's (`every`: also
+    the main labels no verdict has)."""
+    verdicts, parts = list(verdicts), []
+    for k in LABELS:
+        vs = [v for v in verdicts if v.verdict == k]
+        if vs or (every and k in (SUPPORTED, REFUTED, INCONCLUSIVE, NOT_RUN)):
+            old = sorted({v.earlier for v in vs if v.earlier})
+            parts.append(f"{len(vs)} {SHOWN.get(k, k)}" + (f" ({sum(bool(v.earlier) for v in vs)} from "
+                                                             f"{', '.join(old)})" if old else ""))
+    return ", ".join(parts) + "."
+
+
+def shown(v: "Verdict") -> str:
+    """A verdict's label as the ledger prints it, with the earlier study it comes from."""
+    return SHOWN.get(v.verdict, v.verdict) + (f" ({v.earlier})" if v.earlier else "")
 
 
 @dataclass
@@ -156,6 +176,16 @@ def usable(v: Verdict, ev: Evidence, rows: pd.DataFrame) -> pd.DataFrame:
     return live
 
 
+def gain_estimate(live: pd.DataFrame) -> str:
+    """The headline of a gain-retention verdict: one row's mean with its 95% interval, or the range of several
+    rows' means with the widest bounds among them."""
+    if len(live) == 1:
+        r = live.iloc[0]
+        return f"gain retention {r['gain_mean']:.1f}% [{r['gain_low']:.1f}, {r['gain_high']:.1f}]"
+    return (f"gain retention {live['gain_mean'].min():.1f}-{live['gain_mean'].max():.1f}% over {len(live)} rows "
+            f"(95% bounds from {live['gain_low'].min():.1f} to {live['gain_high'].max():.1f})")
+
+
 def threshold_rule(v: Verdict, ev: Evidence, rows: pd.DataFrame, line: float, *, every: bool = True) -> Verdict:
     """Supported when the lower bound of gain retention's interval is >= `line` in every learned row (or,
     `every=False`, in a majority); refuted when an upper bound is < `line` (a majority); otherwise inconclusive."""
@@ -163,7 +193,7 @@ def threshold_rule(v: Verdict, ev: Evidence, rows: pd.DataFrame, line: float, *,
     if live.empty:
         return v
     v.evidence = [fmt_gain(r) for _, r in live.iterrows()] + v.evidence
-    v.estimate = f"gain retention {live['gain_mean'].min():.1f}-{live['gain_mean'].max():.1f}% over {len(live)} rows"
+    v.estimate = gain_estimate(live)
     above, below = (live["gain_low"] >= line), (live["gain_high"] < line)
     if every:
         v.verdict = REFUTED if below.any() else SUPPORTED if above.all() else INCONCLUSIVE
@@ -197,8 +227,7 @@ def range_rule(v: Verdict, ev: Evidence, rows: pd.DataFrame, lo_line: float, hi_
         return v
     outcomes = [range_outcome(r["gain_low"], r["gain_high"], lo_line, hi_line) for _, r in live.iterrows()]
     v.evidence = [f"{fmt_gain(r)} -> {o}" for (_, r), o in zip(live.iterrows(), outcomes)] + v.evidence
-    v.estimate = f"gain retention {live['gain_mean'].min():.1f}-{live['gain_mean'].max():.1f}% over {len(live)} rows " \
-                 f"(claimed {lo_line:g}-{hi_line:g}%)"
+    v.estimate = f"{gain_estimate(live)} (claimed {lo_line:g}-{hi_line:g}%)"
     counts = {o: outcomes.count(o) for o in set(outcomes)}
     if every:
         v.verdict = REFUTED if REFUTED in counts else outcomes[0] if len(counts) == 1 else INCONCLUSIVE
