@@ -183,11 +183,14 @@ class Study:
         notes = [n for n in [sel["selection_note"] if sel["selection_note"] != "one rate tried" else "",
                              "grid edge: widen the grid" if sel["grid_edge"] else ""] if n]
         ref, mismatch = full_ft_reference(self.summary, cell, var["budget"])
-        if ref is None:
+        if ref is None:  # no retention; a comparison between two methods (claims 9, 19) still needs a learned
+            # cell: here judged on this arm itself, its 95% lower bound above the floor
             res = boot.resample({"m": arm})
             _, low, high = boot.estimate(res, lambda m: m, "m")
             return row | {"score_mean": res.point["m"], "score_low": low, "score_high": high, "interval": res.how,
-                          "n_items": res.n_items, "note": "; ".join(notes + ["no full-FT run on this task/model/data"])}
+                          "n_items": res.n_items, "learned": bool(low > floor["floor_score"] + MARGIN),
+                          "note": "; ".join(notes + ["no full-FT run on this task/model/data (learned: this arm's "
+                                                     "lower bound above the floor)"])}
         if mismatch:
             notes.append(f"budget differs from full FT's ({var['budget']} vs {ref['budget']})")
         arms = self.comparison(cell, variant, ref["variant"])

@@ -122,9 +122,13 @@ def flatness_rows(df: pd.DataFrame) -> tuple[list[dict], list[dict]]:
             verdicts.append(flat.flattened)
             seeds.append(base | {"seed": int(run["seed"]), "gain": flat.gain, "verdict": VERDICT[flat.flattened],
                                  "curve": " ".join(f"{s}:{v:.3f}" for s, v in points), "note": flat.reason})
-        mean = has_flattened(_mean_curve(curves), half, budget_steps=budget)
+        # the mean curve over the reporting seeds when two or more ran: a search run's denser curve (halving's
+        # rungs) shares few steps with theirs (sweep.report_eval_every)
+        reporting = [c for c, p in zip(curves, at["lr_protocol"]) if p not in SEARCH]
+        mean_curve = _mean_curve(reporting if len(reporting) >= 2 else curves)
+        mean = has_flattened(mean_curve, half, budget_steps=budget)
         variants.append(base | {"gain": mean.gain, "verdict": VERDICT[mean.flattened],
-                                "curve": " ".join(f"{s}:{v:.3f}" for s, v in _mean_curve(curves)),
+                                "curve": " ".join(f"{s}:{v:.3f}" for s, v in mean_curve),
                                 "seeds_flat": _count_flat(verdicts),
                                 "note": mean.reason})
     return variants, seeds
@@ -149,7 +153,8 @@ FLAT_INTRO = (
     f"Rule (harness/budget.py): flat when the last {TAIL:.0%} of training gains less than the half-width: the "
     f"score at the end minus the score interpolated at {1 - TAIL:.0%} of the budget, both on the curve's "
     "validation subset. Half-width: 95% Student-t over the variant's seeds' end-of-training validation scores at "
-    "its selected rate. Per variant the verdict is on the seeds' mean curve; *seeds flat* counts the seeds' own.")
+    "its selected rate. Per variant the verdict is on the seeds' mean curve (the reporting seeds' when two or more "
+    "ran); *seeds flat* counts every seed's own.")
 
 
 def markdown(halving: list[dict], variants: list[dict], seeds: list[dict], root: str, final_margin: float = 0.0) -> str:

@@ -46,6 +46,11 @@ def scalar(value: Any) -> float:
     return float(value)
 
 
+# train.* keys that only say when and on how many rows validation is scored along training: a search run (a dense
+# curve for halving's rungs) and a reporting run (sweep.report_eval_every) at the same rate are one variant
+EVAL_SCHEDULE = ("eval_every", "eval_subset")
+
+
 def _short_hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -65,9 +70,10 @@ def record_to_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
 
     - `cell`: what makes scores comparable: task, model, data fingerprint and the task config (split sizes, seed);
       retention divides only within one cell.
-    - `variant`: the run's effective config minus its seed and learning rate: one method configuration, whose
-      learning rate is selected on validation (analysis.tables.selection).
-    - `lr_variant`: the effective config minus the seed alone: the seeds of one variant at one rate.
+    - `variant`: the run's effective config minus its seed, learning rate and validation schedule
+      (`EVAL_SCHEDULE`): one method configuration, whose learning rate is selected on validation
+      (analysis.tables.selection).
+    - `lr_variant`: the same with the learning rate: the seeds of one variant at one rate.
     - `budget`: what was trained: examples (steps x batch x accumulation) and sequence length, so a variant is
       compared with the full-FT run trained alike.
     """
@@ -82,6 +88,8 @@ def record_to_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
                                              _short_hash(task_cfg) if task_cfg else ""))
     identity = {k: v for k, v in cfg.items() if k != "seed"} if cfg else \
         {k: rec.get(k) for k in ("task", "model", "method", "r", "alpha", "targets", "lr", "precision", "max_steps")}
+    if isinstance(identity.get("train"), dict):  # when validation is scored changes nothing trained
+        identity = identity | {"train": {k: v for k, v in identity["train"].items() if k not in EVAL_SCHEDULE}}
     row["lr_variant"] = _short_hash(identity)
     if isinstance(identity.get("train"), dict):
         identity = identity | {"train": {k: v for k, v in identity["train"].items() if k != "lr"}}

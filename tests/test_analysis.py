@@ -141,6 +141,20 @@ def test_same_label_different_config_is_told_apart() -> None:
     assert same["label"].tolist() == ["lora r=8 qv"] * 2 and same["variant"].nunique() == 1
 
 
+def test_the_validation_schedule_does_not_split_a_variant() -> None:
+    """A search run scores validation every 25 steps (halving's rungs), the reporting seeds every 60
+    (sweep.report_eval_every): one variant, and at one rate one lr_variant; a change to what is trained splits it."""
+    search, report, other = (rec("lora", s, 0.7, r=8, targets="qv") for s in (100, 0, 0))
+    search["config"]["train"] |= {"eval_every": 25, "eval_subset": 300}
+    report["config"]["train"] |= {"eval_every": 60, "eval_subset": 300}
+    other["config"]["train"] |= {"eval_every": 60, "batch_size": 16}
+    other["run_id"] += "_b16"
+    df = runs_mod.frame([runs_mod.record_to_row(r, "x") for r in (search, report, other)]).set_index("run_id")
+    variant, lr_variant = df["variant"], df["lr_variant"]
+    assert variant[search["run_id"]] == variant[report["run_id"]] != variant[other["run_id"]]
+    assert lr_variant[search["run_id"]] == lr_variant[report["run_id"]]
+
+
 def test_same_label_from_two_sweeps_is_named_by_its_sweep_and_budgets_stay_apart() -> None:
     """Configs that differ only in an unused default, reached by two sweeps, are named by the sweep, not a hash;
     the same label at two budgets needs no suffix (the budget is its own column in the reports)."""

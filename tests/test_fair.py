@@ -178,6 +178,19 @@ def two_phase(method: str, rates: dict[float, tuple[float, float]], seeds: list[
     return out + [rec(method, i + 1, best, val, test, **kw) for i, (val, test) in enumerate(seeds)]
 
 
+@pytest.mark.parametrize("score, learned", [(0.80, True), (0.34, False)])
+def test_a_cell_without_full_ft_is_learned_when_the_arm_clears_its_floor(tmp_path: Path, score, learned) -> None:
+    """Two LoRA arms and no full FT (claim 19's placement cell): no retention, but the arm's own interval against
+    the floor (0.33) says whether the cell learned, so a comparison between the arms can decide."""
+    from analysis.gain import gain_table
+
+    records = [rec("lora", s, lr, 0.7 + 0.01 * (lr == 1e-3), score + 0.01 * s, r=r) | {"floor_name": "majority",
+               "floor_score": 0.33, "floor_val_score": 0.33} for r in (8, 16) for s in range(3) for lr in (1e-3, 2e-3)]
+    table, _ = gain_table(frame(records, tmp_path))
+    assert len(table) == 2 and table["learned"].tolist() == [learned] * 2
+    assert table["gain_mean"].isna().all() and all("no full-FT run" in n for n in table["note"])
+
+
 def test_selection_uses_validation_when_test_disagrees_and_intervals_need_two_seeds(tmp_path: Path) -> None:
     records = [
         # full FT: validation prefers 5e-5; the test split would have preferred 1.5e-4 (0.95)

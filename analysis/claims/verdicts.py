@@ -255,6 +255,17 @@ def difference(ev: Evidence, a: pd.Series, b: pd.Series) -> tuple[float, float, 
     return (*boot.estimate(res, lambda x, y: x - y, "a", "b"), res.how)
 
 
+def difference_estimate(diffs: list[tuple[float, float, float]], metric: str) -> str:
+    """The headline of a paired verdict: one difference with its 95% interval, or the range of several with how
+    many lie beyond zero either way."""
+    if len(diffs) == 1:
+        d, lo, hi = diffs[0]
+        return f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}] {metric}"
+    above, below = sum(lo > 0 for _, lo, _ in diffs), sum(hi < 0 for _, _, hi in diffs)
+    return (f"{len(diffs)} comparisons, {min(d for d, _, _ in diffs):+.4f} to {max(d for d, _, _ in diffs):+.4f} "
+            f"{metric}: {above} above 0 and {below} below 0 beyond the 95% interval")
+
+
 def paired_rule(v: Verdict, ev: Evidence, pairs: list[tuple[pd.Series, pd.Series]], *, consistent: bool) -> Verdict:
     """Supported when a - b > 0 beyond its interval in every pair (`consistent`) or in some pair with none
     against; refuted when some pair has a - b < 0 beyond its interval (or, not `consistent`, none favours a and
@@ -266,16 +277,17 @@ def paired_rule(v: Verdict, ev: Evidence, pairs: list[tuple[pd.Series, pd.Series
     if not live:
         v.verdict = NOT_LEARNED if pairs else v.verdict
         return v
-    lows, highs = [], []
+    lows, highs, diffs = [], [], []
     for a, b in live:
         diff, low, high, how = difference(ev, a, b)
         lows.append(low)
         highs.append(high)
+        diffs.append((diff, low, high))
         v.evidence.append(f"{a['task']}/{a['model']} {a['label']} - {b['label']}: {diff:+.4f} [{low:+.4f}, {high:+.4f}] "
                           f"({how})")
         if not (low > 0 or high < 0):
             v.plan.append(plan_difference(ev, a, b, diff))
-    v.estimate = f"{len(live)} comparison(s); differences in {live[0][0]['primary_metric']}"
+    v.estimate = difference_estimate(diffs, live[0][0]["primary_metric"])
     if any(h < 0 for h in highs):
         v.verdict = REFUTED
     elif all(lo > 0 for lo in lows) or (not consistent and any(lo > 0 for lo in lows)):
