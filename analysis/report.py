@@ -60,6 +60,11 @@ OTHER_CAPTIONS = {
     "update_spectrum": "Singular-value spectrum of the update W - W0 and its effective rank, per group",
     "intruder_scaling": "Scaling the intruder directions by lambda: forgetting and test-score change vs lambda",
     "continual_forgetting": "Continual learning: task scores and forgetting of general text after each stage",
+    # claims 16-21 (analysis/claims/plots_2025.py, drawn by `make claims`)
+    "lr_curves": "Claims 16-17: validation score vs learning rate per variant and rank, each fitted optimum dashed "
+                 "(its ratio to full FT's in the legend)",
+    "capacity": "Claim 18: memorised training labels vs training rows, per LoRA rank and full FT",
+    "forgetting_plane": "Claim 21: gain over the floor vs forgetting per run configuration, with full FT's frontier",
 }
 
 
@@ -67,7 +72,9 @@ def figure_caption(path: Path) -> str:
     """What a figure shows, from its file name (plots.FIGURES for the report's figures, OTHER_CAPTIONS for the
     intruder and continual analyses'), else its name in words."""
     stem = Path(path).stem
-    return plots.FIGURES.get(stem) or OTHER_CAPTIONS.get(stem) or stem.replace("_", " ").capitalize()
+    family = next((k for k in OTHER_CAPTIONS if stem.startswith(k + "_")), None)  # forgetting_plane_<cell>
+    return (plots.FIGURES.get(stem) or OTHER_CAPTIONS.get(stem)
+            or (f"{OTHER_CAPTIONS[family]} ({stem[len(family) + 1:]})" if family else stem.replace("_", " ").capitalize()))
 
 
 def _fmt(value, spec: str) -> str:

@@ -352,3 +352,12 @@ def test_calibration_runs_are_never_evidence(tmp_path) -> None:
     df = pd.DataFrame({"source": [str(s) for s in sources], "score": [0.1, 0.2, 0.3]})
     kept = without_calibration(df, [study, tmp_path / "budget"])
     assert list(kept["score"]) == [0.1, 0.3]  # a root that is itself named budget is not a calibration folder
+
+
+def test_claims_2025_figures_have_captions_in_the_report() -> None:
+    from analysis.report import figure_caption
+
+    assert figure_caption(Path("lr_curves.png")).startswith("Claims 16-17: validation score vs learning rate")
+    plane = figure_caption(Path("forgetting_plane_classify-0.png"))
+    assert plane.startswith("Claim 21:") and plane.endswith("(classify-0)")
+    assert figure_caption(Path("some_new_plot.png")) == "Some new plot"

@@ -127,7 +127,8 @@ def write_figures(ev, out: Path) -> list[Path]:
     if ev.records is not None and not ev.runs.empty:
         for i, cell in enumerate(ev.runs["cell"].unique()):
             points = plane_points(ev, cell, st.rng())
-            written.append(forgetting_plane(points, out / f"forgetting_plane_{i}.png", title=str(cell).split("|")[0])
+            task = str(cell).split("|")[0]
+            written.append(forgetting_plane(points, out / f"forgetting_plane_{task}-{i}.png", title=str(cell).split("|")[0])
                            if not points.empty else None)
     return [p for p in written if p is not None]
 

@@ -354,7 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_wandb(evidence, verdicts, args.wandb_project, args.wandb_group, args.out)
     if evidence.memory_frontier:
         write_frontier(evidence.memory_frontier, args.out)
-    if args.report:
+    if args.report:  # claims 16-21's figures beside the ledger first: the report lists every figure under --runs
+        from analysis.claims.plots_2025 import write_figures
+
+        figures = args.out / "figures"
+        for old in figures.glob("*.png"):
+            old.unlink()  # a figure the records no longer support does not linger
+        write_figures(evidence, figures)
         args.report.write_text(report_markdown(evidence, verdicts, args.runs, args.report))
         findings_path = args.report.parent / FINDINGS
         findings = findings_markdown(evidence, verdicts, args.runs, ledger_link(args.out, findings_path))
