@@ -25,8 +25,8 @@ FRONTIER_MARGIN = 0.05            # claim 21: 5 gain points (gain as a share of 
 def claim_19(ev: Evidence, v: Verdict) -> Verdict:
     """Fair LoRA rows (each at its selected rate, >= 3 seeds) in one cell: MLP-only minus attention-only and
     all-linear minus attention-only test score, only where the measured trainable counts agree within 5%: supported
-    when every difference is > 0 beyond its 95% Welch interval, refuted when one is < 0 beyond it, else
-    inconclusive. Source: LoRA Without Regret (Llama-3 / Qwen3, matched parameters) and peft's method_comparison
+    when every difference is > 0 beyond its 95% interval (bootstrap over seeds and test items, paired), refuted
+    when one is < 0 beyond it, else inconclusive. Source: LoRA Without Regret (Llama-3 / Qwen3, matched parameters) and peft's method_comparison
     (Llama-3.2-3B, MLP 9.46M params 0.494 vs q,v 9.18M 0.478 on GSM8K, one seed); here minilm-l6 on classify."""
     fair, runs = ev.fair(), selected_runs(ev)
     if fair.empty or runs.empty:
