@@ -146,6 +146,15 @@ def test_claim_17_spread_of_tuned_variants(scores, noise, expected) -> None:
     if expected == SUPPORTED:
         pissa = next(e for e in v.evidence if e.strip().startswith("pissa"))
         assert "rate 0.0001 = 10x lower than LoRA's" in pissa and "gain retention" in pissa
+        assert "over the four named" in v.estimate and any("four named" in e for e in v.evidence)
+
+
+def test_claim_17_says_a_rate_in_words() -> None:
+    from analysis.claims.rules_2025 import relative_rate
+
+    assert relative_rate(1e-4, 1e-3) == "10x lower than LoRA's"
+    assert relative_rate(8e-3, 5e-4) == "16x higher than LoRA's"
+    assert relative_rate(5e-4, 5e-4) == "LoRA's" and relative_rate(math.nan, 5e-4) == "n/a"
 
 
 # ---- 18 ------------------------------------------------------------------------------------------------------

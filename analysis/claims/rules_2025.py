@@ -159,7 +159,7 @@ def claim_17(ev: Evidence, v: Verdict) -> Verdict:
     lower, MiLoRA 3.2x lower). Source: arXiv 2602.04998 (Qwen3-0.6B and others, rank 128, 3 runs, best vs worst
     0.84 points, ten variants); here: an encoder and a 135M causal LM, rank 16."""
     runs, gen = selected_runs(ev), st.rng()
-    verdicts, found = [], False
+    verdicts, found, headline = [], False, []
     for cell, part in runs.groupby("cell", sort=False) if not runs.empty else []:
         lora = part[part["method"] == "lora"]
         for (r, targets), anchor in lora.groupby(["r", "targets"]):
@@ -177,20 +177,37 @@ def claim_17(ev: Evidence, v: Verdict) -> Verdict:
             verdicts.append(SUPPORTED if high <= SPREAD_POINTS else REFUTED if low > SPREAD_POINTS else INCONCLUSIVE)
             v.evidence.append(f"{cell} r={int(r)} {targets}: spread {spread:.2f} points [{low:.2f}, {high:.2f}] over "
                               f"{len(methods)} methods")
+            named = [methods.index(m) for m in NAMED_VARIANTS]
+            n_low, n_high = st.interval(draws[named].max(axis=0) - draws[named].min(axis=0))
+            n_spread = max(means[m] for m in NAMED_VARIANTS) - min(means[m] for m in NAMED_VARIANTS)
+            v.evidence.append(f"  beside the rule, the four named ({', '.join(NAMED_VARIANTS)}) alone: spread "
+                              f"{n_spread:.2f} points [{n_low:.2f}, {n_high:.2f}]")
+            headline.append(f"spread {spread:.2f} points [{low:.2f}, {high:.2f}] over {len(methods)} methods "
+                            f"({n_spread:.2f} [{n_low:.2f}, {n_high:.2f}] over the four named)")
             full = part[part["method"] == "full"]
             floor = st.floor_of(part)
             rates = {m: _rate(ev, peers[peers["method"] == m], gen) for m in methods}
             for m in methods:
                 ret = st.gain(means[m] / 100, floor, full["score"].mean()) if not full.empty else math.nan
                 v.evidence.append(f"  {m}: {means[m]:.2f} points, gain retention {100 * float(ret):.1f}%, rate "
-                                  f"{fmt_g(rates[m])} = {rates['lora'] / rates[m]:.2g}x lower than LoRA's")
+                                  f"{fmt_g(rates[m])} = {relative_rate(rates[m], rates['lora'])}")
     if not found:
         v.missing = (f"{MIN_VARIANTS}+ PEFT methods incl. {', '.join(NAMED_VARIANTS)} at one rank and targets, "
                      f"each at its selected rate with >= {st.MIN_SEEDS} seeds (sweeps/study/tuned-variants.yaml)")
         return v
-    v.estimate = f"{verdicts.count(SUPPORTED)} of {len(verdicts)} group(s) within {SPREAD_POINTS:g} points"
+    v.estimate = headline[0] if len(headline) == 1 else \
+        f"{verdicts.count(SUPPORTED)} of {len(verdicts)} group(s) within {SPREAD_POINTS:g} points"
     v.verdict = combined(verdicts)
     return v
+
+
+def relative_rate(rate: float, lora: float) -> str:
+    """A method's selected rate against LoRA's, in words: "LoRA's", "2x lower than LoRA's", "16x higher ..."."""
+    if not (rate > 0 and lora > 0):
+        return "n/a"
+    if math.isclose(rate, lora, rel_tol=1e-6):
+        return "LoRA's"
+    return f"{lora / rate:.2g}x lower than LoRA's" if rate < lora else f"{rate / lora:.2g}x higher than LoRA's"
 
 # ---- 18 -------------------------------------------------------------------------------------------------------
 
