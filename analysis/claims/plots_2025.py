@@ -1,16 +1,14 @@
 """Figures for claims 16-21 (matplotlib Agg, PNG): validation score against learning rate per method and rank with
 each fitted optimum (claim 16's ratio visible as the distance between the dashed lines), the capacity curve of the
 memorisation task (claim 18) and the learning-forgetting plane with full FT's frontier (claim 21). Each returns the
-written path, or None when its frame holds nothing to draw.
+written path, or None when its frame holds nothing to draw. `make claims` (analysis/claims/report.py) draws every
+figure the records allow into `<ledger>/figures/` and lists them in REPORT.md:
 
-    python -m analysis.claims.plots_2025 --runs runs/claims-2025 --out reports/claims-2025   # every figure the records allow
+    python -m analysis.claims --runs runs/claims-2025 --out reports/claims-2025 --report reports/REPORT.md
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -131,24 +129,3 @@ def write_figures(ev, out: Path) -> list[Path]:
             written.append(forgetting_plane(points, out / f"forgetting_plane_{task}-{i}.png", title=str(cell).split("|")[0])
                            if not points.empty else None)
     return [p for p in written if p is not None]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from analysis.claims.report import gather
-    from harness.exits import error
-    from harness.errors import HarnessError
-
-    parser = argparse.ArgumentParser(prog="python -m analysis.claims.plots_2025", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", type=Path, default=[Path("runs")])
-    parser.add_argument("--out", type=Path, default=Path("reports/claims-2025"))
-    args = parser.parse_args(argv)
-    try:
-        written = write_figures(gather(args.runs, estimates=False), args.out)
-    except HarnessError as err:
-        return error(err)
-    print("\n".join(map(str, written)) or "no figure: the records hold no rate grid, memorize run or forgetting point")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
