@@ -280,7 +280,7 @@ def test_a_claim_the_study_has_not_run_shows_the_earlier_verdict_marked() -> Non
     assert merged[0].estimate == "99%"  # a claim the study ran keeps its own verdict, never the earlier one
     assert merged[1].scope.startswith("study-2026-12 (its protocol; not yet run in this study): classify")
     assert counts_line(merged) == ("1 supported, 0 refuted at this scale, 1 inconclusive (1 from study-2026-12), "
-                                   "1 not run.")
+                                   "1 not run")
     text = markdown(merged)
     assert "**inconclusive (study-2026-12)**" in text and "**supported**" in text
     page = findings_markdown(evidence([]), merged, [Path("results/study")], "study/claims/claims.md")

@@ -58,7 +58,7 @@ def findings_markdown(ev: Evidence, verdicts: Sequence[Verdict], roots: Sequence
     by = {k: [v for v in verdicts if v.verdict == k] for k in LABELS}
     head = [f"# Findings ({len(verdicts)} claims about PEFT vs full fine-tuning; rebuilt by `make claims` from "
             f"{', '.join(map(str, roots))})",
-            counts_line(verdicts, every=False)[:-1] + ". Measured on small models (CPU scale) unless a "
+            counts_line(verdicts, every=False) + ". Measured on small models (CPU scale) unless a "
             "claim says estimated; each verdict's rule and evidence: the ledger."]
     for kind, vs in by.items():
         if vs:  # a verdict's headline number beside its claim, where the rule gave one

@@ -159,7 +159,7 @@ def build(roots: Sequence[Path], earlier: Path | None = None, estimates: bool = 
 
 
 def markdown(verdicts: list[Verdict], ev: Evidence | None = None) -> str:
-    lines = ["# Claims ledger", "", counts_line(verdicts), "",
+    lines = ["# Claims ledger", "", counts_line(verdicts) + ".", "",
              "| # | claim | verdict | estimate | evidence / missing | scope |", "|---:|---|---|---|---|---|"]
     for v in verdicts:
         detail = "<br>".join(v.evidence) + (("<br>" if v.evidence else "") + f"missing: {v.missing}" if v.missing else "")

@@ -51,7 +51,7 @@ def counts_line(verdicts: Iterable["Verdict"], every: bool = True) -> str:
             old = sorted({v.earlier for v in vs if v.earlier})
             parts.append(f"{len(vs)} {SHOWN.get(k, k)}" + (f" ({sum(bool(v.earlier) for v in vs)} from "
                                                              f"{', '.join(old)})" if old else ""))
-    return ", ".join(parts) + "."
+    return ", ".join(parts)
 
 
 def shown(v: "Verdict") -> str:
