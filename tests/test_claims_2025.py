@@ -147,6 +147,8 @@ def test_claim_17_spread_of_tuned_variants(scores, noise, expected) -> None:
         pissa = next(e for e in v.evidence if e.strip().startswith("pissa"))
         assert "rate 0.0001 = 10x lower than LoRA's" in pissa and "gain retention" in pissa
         assert "over the four named" in v.estimate and any("four named" in e for e in v.evidence)
+    if expected == INCONCLUSIVE:
+        assert len(v.plan) == 1 and "the widest pair" in v.plan[0] and "seeds" in v.plan[0]
 
 
 def test_claim_17_says_a_rate_in_words() -> None:
@@ -212,6 +214,22 @@ def test_claim_19_placement_at_matched_parameters(mlp, noise, attn_params, expec
         assert "apart" in v.missing
 
 
+def test_the_spread_interval_is_not_fooled_by_the_upward_bias_of_a_maximum() -> None:
+    """Six equal true means, each seen with noise: the observed spread is well above 0, the percentiles of the
+    resampled spread exclude that truth, the simultaneous interval covers the truth (0); a real 5-point gap is
+    found."""
+    gen = np.random.default_rng(1)
+    points = gen.normal(0, 1.0, 6)                    # each mean's standard error: 1 point
+    draws = points[:, None] + gen.normal(0, 1.0, (6, 4000))
+    spread = points.max() - points.min()
+    naive = st.interval(draws.max(axis=0) - draws.min(axis=0))
+    low, high = st.spread_interval(points, draws)
+    assert naive[0] > 1.0 and low == 0.0 and high > spread   # the percentiles exclude the true spread 0
+    gap = np.array([0, 0, 0, 0, 0, 5.0]) + gen.normal(0, 0.2, 6)
+    low, high = st.spread_interval(gap, gap[:, None] + gen.normal(0, 0.2, (6, 4000)))
+    assert 4 < low < 5 < high < 6.5
+
+
 # ---- 20 ------------------------------------------------------------------------------------------------------
 
 def batch_records(lora_large: float, batches=(16, 64), noise=0.002) -> list[dict]:
@@ -235,6 +253,34 @@ def test_claim_20_gap_grows_at_a_large_batch(records, expected) -> None:
     assert v.verdict == expected, (v.evidence, v.missing)
     if expected == SUPPORTED:
         assert "batch 16 (150 steps)" in v.evidence[0] and "batch 64 (38 steps)" in v.evidence[0]
+
+
+def test_claims_17_and_20_draw_the_study_arms_seeds_and_items_together() -> None:
+    """With the study's arms (reported seeds and per-item stats) the draws come from them, not from the runs'
+    per-seed scores (which also hold the selection seed), and every arm and the floor share the item draws."""
+    from types import SimpleNamespace
+
+    from analysis import bootstrap as boot
+    from analysis.claims.rows_2025 import score_draws
+
+    rows = [rec("full", s, 1e-4, 0.85) for s in (0, 1, 2, 100)] + [rec("lora", s, 1e-3, 0.80, r=4) for s in (0, 1, 2, 100)]
+    ev, cell = evidence(rows), rows[0]["cell"]
+    gen = np.random.default_rng(0)
+    def arm(p: float) -> boot.Arm:  # 3 reported seeds x 200 items of accuracy stats [correct, 1]
+        hits = (gen.random((3, 200)) < p).astype(float)
+        return boot.Arm("accuracy", (0, 1, 2), hits.mean(axis=1), tuple(f"i{k:03d}" for k in range(200)),
+                        np.stack([hits, np.ones_like(hits)], axis=-1))
+    full, lora, floor = arm(0.9), arm(0.7), arm(0.3)
+    floor = boot.Arm("accuracy", (), floor.scores[:1], floor.ids, floor.stats[:1])
+    groups = {m: ev.runs[ev.runs["method"] == m] for m in ("full", "lora")}
+    seeds_only = score_draws(ev, cell, groups)
+    assert seeds_only.how.startswith("seeds only") and seeds_only.point["full"] == pytest.approx(0.85)
+    ev.study = SimpleNamespace(arms={(cell, groups[m]["variant"].iloc[0]): a for m, a in (("full", full), ("lora", lora))},
+                               floor_arms={cell: floor})
+    drawn = score_draws(ev, cell, groups, floor=True)
+    assert drawn.how == "seeds and items, paired"
+    assert drawn.point["full"] == pytest.approx(full.scores.mean()) and drawn.point["lora"] == pytest.approx(lora.scores.mean())
+    assert np.std(drawn.draws["floor"]) > 0          # the floor's items are resampled with the arms'
 
 
 # ---- 21 ------------------------------------------------------------------------------------------------------

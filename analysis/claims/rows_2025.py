@@ -5,9 +5,12 @@ the record, and how a claim's parts combine into one verdict."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from analysis import bootstrap as boot
 from analysis.claims.verdicts import INCONCLUSIVE, REFUTED, SUPPORTED, Evidence
 
 COLUMNS = ("cell", "variant", "lr_variant", "task", "model", "method", "r", "alpha", "targets", "seed", "lr", "score",
@@ -46,3 +49,41 @@ def fmt_g(x: float, fmt: str = ".3g") -> str:
 def selected_runs(ev: Evidence) -> pd.DataFrame:
     """Each variant at its validation-selected rate (Evidence.runs), as ok_runs gives them."""
     return ok_runs(ev.runs)
+
+
+@dataclass
+class ScoreDraws:
+    """Bootstrap draws (B,) of each named arm's mean test score in one cell, drawn jointly; `point` the observed
+    means; `how` says what was resampled (e.g. "seeds and items, paired")."""
+
+    draws: dict[str, np.ndarray]
+    point: dict[str, float]
+    how: str
+    arms: dict[str, boot.Arm]
+
+
+def score_draws(ev: Evidence, cell: str, groups: dict[str, pd.DataFrame], floor: bool = False) -> ScoreDraws:
+    """Each group's (one variant's runs in `cell`) mean test score, resampled together by analysis/bootstrap.py:
+    the study's arms where Evidence has them (the reported seeds, the selection seed left out as in every other
+    verdict, and every test item, paired across arms that share them), else the runs' per-seed scores (seeds
+    only: Evidence built without a study, as in the rule tests). `floor` adds the cell's floor as arm "floor"
+    (its items resampled with the others, so a gain over it is computed per resample)."""
+    study = ev.study
+    arms: dict[str, boot.Arm] = {}
+    for name, runs in groups.items():
+        variant = str(runs["variant"].iloc[0]) if "variant" in runs and len(runs) else None
+        if study is not None and (cell, variant) in study.arms:
+            arms[name] = study.arms[(cell, variant)]
+        else:
+            runs = runs.sort_values("seed")
+            arms[name] = boot.Arm("score", tuple(int(s) for s in runs["seed"]), runs["score"].to_numpy(float))
+    if floor:
+        if study is not None and cell in study.floor_arms:
+            arms["floor"] = study.floor_arms[cell]
+        else:
+            base = pd.concat(groups.values())
+            value = next((float(base[k].dropna().mean()) for k in ("floor_score", "base_score")
+                          if k in base and base[k].notna().any()), math.nan)
+            arms["floor"] = boot.Arm("score", (), np.array([value]))
+    res = boot.resample(arms)
+    return ScoreDraws(res.draws, res.point, res.how, arms)

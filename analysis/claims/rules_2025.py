@@ -17,8 +17,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from analysis import bootstrap as boot
 from analysis.claims import stats_2025 as st
-from analysis.claims.rows_2025 import combined, fmt_g, ok_runs, rows_trained, selected_runs
+from analysis.claims.rows_2025 import (ScoreDraws, combined, fmt_g, ok_runs, rows_trained, score_draws,
+                                       selected_runs)
 from analysis.claims.rules import INCONCLUSIVE, REFUTED, SUPPORTED, Evidence, Verdict, claim
 
 RATIO_BAND = (5.0, 20.0)          # claim 16: "about 10x"
@@ -153,7 +155,9 @@ def _rate(ev: Evidence, selected: pd.DataFrame, gen: np.random.Generator) -> flo
 def claim_17(ev: Evidence, v: Verdict) -> Verdict:
     """Per cell, every PEFT variant at LoRA's rank and targets, each at its own validation-selected rate, >= 3
     seeds, at least the four named methods and two more: the spread (best minus worst mean test score, in points
-    = 100 x the score) with a bootstrap interval over seeds. Supported when the interval's upper end is <= 2
+    = 100 x the score) with a 95% interval from simultaneous intervals over every pair's difference (bootstrap
+    max statistic, stats_2025.spread_interval) over the reported seeds and test items, the methods drawn together
+    (analysis/claims/rows_2025.score_draws). Supported when the interval's upper end is <= 2
     points, refuted when its lower end is > 2, else inconclusive. Beside it: each method's gain retention against
     full FT and its selected (or, on a factor-2 grid, fitted) rate relative to LoRA's (the source: PiSSA ~10x
     lower, MiLoRA 3.2x lower). Source: arXiv 2602.04998 (Qwen3-0.6B and others, rank 128, 3 runs, best vs worst
@@ -170,15 +174,18 @@ def claim_17(ev: Evidence, v: Verdict) -> Verdict:
             if not set(NAMED_VARIANTS) <= set(methods) or len(methods) < MIN_VARIANTS:
                 continue
             found = True
-            draws = np.vstack([st.boot_means(100 * peers[peers["method"] == m]["score"], gen) for m in methods])
-            means = {m: 100 * peers[peers["method"] == m]["score"].mean() for m in methods}
+            drawn = score_draws(ev, cell, {m: peers[peers["method"] == m] for m in methods})
+            draws = 100 * np.vstack([drawn.draws[m] for m in methods])
+            means = {m: 100 * drawn.point[m] for m in methods}
             spread = max(means.values()) - min(means.values())
-            low, high = st.interval(draws.max(axis=0) - draws.min(axis=0))
+            low, high = st.spread_interval(np.array([means[m] for m in methods]), draws)
             verdicts.append(SUPPORTED if high <= SPREAD_POINTS else REFUTED if low > SPREAD_POINTS else INCONCLUSIVE)
+            if verdicts[-1] == INCONCLUSIVE:
+                v.plan.append(_spread_plan(cell, means, drawn))
             v.evidence.append(f"{cell} r={int(r)} {targets}: spread {spread:.2f} points [{low:.2f}, {high:.2f}] over "
-                              f"{len(methods)} methods")
+                              f"{len(methods)} methods ({drawn.how})")
             named = [methods.index(m) for m in NAMED_VARIANTS]
-            n_low, n_high = st.interval(draws[named].max(axis=0) - draws[named].min(axis=0))
+            n_low, n_high = st.spread_interval(np.array([means[m] for m in NAMED_VARIANTS]), draws[named])
             n_spread = max(means[m] for m in NAMED_VARIANTS) - min(means[m] for m in NAMED_VARIANTS)
             v.evidence.append(f"  beside the rule, the four named ({', '.join(NAMED_VARIANTS)}) alone: spread "
                               f"{n_spread:.2f} points [{n_low:.2f}, {n_high:.2f}]")
@@ -199,6 +206,16 @@ def claim_17(ev: Evidence, v: Verdict) -> Verdict:
         f"{verdicts.count(SUPPORTED)} of {len(verdicts)} group(s) within {SPREAD_POINTS:g} points"
     v.verdict = combined(verdicts)
     return v
+
+
+def _spread_plan(cell: str, means: dict[str, float], drawn: ScoreDraws) -> str:
+    """What would put the widest pair's difference clear of the 2-point line: a projection for that pair alone
+    (pointwise), so a lower bound on what the simultaneous interval over every pair needs."""
+    best, worst = max(means, key=means.get), min(means, key=means.get)
+    need = boot.power({"a": drawn.arms[best], "b": drawn.arms[worst]}, lambda a, b: 100 * (a - b), ("a", "b"),
+                      abs(means[best] - means[worst] - SPREAD_POINTS))
+    return (f"{cell} {best} - {worst} (the widest pair; the interval over all {len(means) * (len(means) - 1) // 2} "
+            f"pairs needs more): {need.describe()}")
 
 
 def relative_rate(rate: float, lora: float) -> str:
@@ -224,13 +241,13 @@ def _crossing(gaps: list[tuple[int, float, float]]) -> int | None:
 def claim_18(ev: Evidence, v: Verdict) -> Verdict:
     """Random-label memorisation (task memorize: accuracy on the training rows, head frozen in every method), each
     variant at its selected rate, >= 3 seeds, per training-set size n: the gap full FT minus LoRA in accuracy with a
-    bootstrap interval over seeds. At each rank, n*(r) = the smallest n from which on every gap's interval lies
+    bootstrap interval over the reported seeds and the memorised rows, paired (rows_2025.score_draws). At each rank, n*(r) = the smallest n from which on every gap's interval lies
     above 0. Supported when n*(r) exists at every rank (>= 2 ranks) and grows with rank (non-decreasing, larger at
     the largest rank than at the smallest); refuted when a higher rank falls below at a smaller n than a lower
     rank; otherwise inconclusive. Source: LoRA Without Regret (Thinking Machines 2025: SFT on Tulu3 / OpenThoughts,
     Llama-3 and Qwen3 models; LoRA falls behind once the data exceeds capacity); here a memorisation stand-in on
     a 22M encoder."""
-    runs, gen = selected_runs(ev), st.rng()
+    runs = selected_runs(ev)
     runs = runs[runs["task"] == "memorize"] if not runs.empty else runs
     if runs.empty or not (runs["method"] == "full").any():
         v.missing = "memorize runs of full FT and LoRA at several n_train (sweeps/study/capacity.yaml)"
@@ -246,11 +263,12 @@ def claim_18(ev: Evidence, v: Verdict) -> Verdict:
                 ref = full[full["n"] == n]
                 if mine["seed"].nunique() < st.MIN_SEEDS or ref["seed"].nunique() < st.MIN_SEEDS:
                     continue
-                draws = st.boot_means(ref["score"], gen) - st.boot_means(mine["score"], gen)
-                low, high = st.interval(draws)
+                drawn = score_draws(ev, str(mine["cell"].iloc[0]), {"full": ref, "lora": mine})
+                low, high = st.interval(drawn.draws["full"] - drawn.draws["lora"])
                 gaps.append((int(n), low, high))
                 v.evidence.append(f"{model} lora r={int(r)} n={int(n)}: full FT - LoRA "
-                                  f"{ref['score'].mean() - mine['score'].mean():+.3f} [{low:+.3f}, {high:+.3f}]")
+                                  f"{drawn.point['full'] - drawn.point['lora']:+.3f} [{low:+.3f}, {high:+.3f}] "
+                                  f"({drawn.how})")
             if len(gaps) >= 2:
                 crossings[int(r)] = _crossing(sorted(gaps))
         if len(crossings) < 2:
