@@ -26,12 +26,12 @@ from harness.results import RECORD_COLUMNS
 from harness.runfolder import RESULT_FILE, find_runs
 
 # The record's columns come from its schema (harness/results.py FIELDS); the rest are derived here.
-DERIVED_COLUMNS = ["label", "variant", "cell", "budget", "source", "lr_variant", "max_seq_len"]
+DERIVED_COLUMNS = ["label", "variant", "cell", "budget", "source", "lr_variant", "max_seq_len", "batch_size"]
 COLUMNS = [*RECORD_COLUMNS, *DERIVED_COLUMNS]
 NUMERIC = ["r", "alpha", "seed", "score", "base_score", "forgetting", "params_total", "params_trainable",
            "trainable_pct", "peak_mem_bytes", "peak_reserved_bytes", "train_tokens_per_s", "train_runtime_s",
            "adapter_bytes", "lr", "max_steps", "val_score", "base_val_score", "train_steps", "train_epochs",
-           "train_examples", "train_tokens", "max_seq_len", "eval_s"]
+           "train_examples", "train_tokens", "max_seq_len", "eval_s", "batch_size"]
 # W&B run states -> harness statuses, for runs whose summary never got a `status` (killed before finishing).
 WANDB_STATES = {"finished": "ok", "crashed": "failed", "failed": "failed", "killed": "interrupted",
                 "running": "running", "preempted": "interrupted"}
@@ -99,6 +99,9 @@ def record_to_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
     examples = steps * train.get("batch_size", 1) * train.get("grad_accum", 1) if steps and train else steps
     row["budget"] = f"{examples} examples x {train.get('max_seq_len')} tokens" if train else f"{steps} steps"
     row["max_seq_len"] = train.get("max_seq_len")
+    # examples per optimizer step as configured: train_examples / train_steps misreads it where the last batch of
+    # an epoch is short (2400 rows at 64: 63.2) or a resumed run recorded only its last segment
+    row["batch_size"] = train.get("batch_size", 0) * train.get("grad_accum", 1) if train.get("batch_size") else None
     if row.get("train_examples") is None:
         row["train_examples"] = examples
     row["source"] = source

@@ -155,6 +155,14 @@ def test_the_validation_schedule_does_not_split_a_variant() -> None:
     assert lr_variant[search["run_id"]] == lr_variant[report["run_id"]]
 
 
+def test_the_batch_size_is_the_configured_one_times_accumulation() -> None:
+    """2400 rows at batch 64 are 38 steps with a short last one: examples / steps (63.2) is not the batch."""
+    run = rec("full", 0, 0.8) | {"train_examples": 2400, "train_steps": 38}
+    run["config"]["train"] |= {"batch_size": 32, "grad_accum": 2}
+    df = runs_mod.frame([runs_mod.record_to_row(run, "x")])
+    assert df["batch_size"].iloc[0] == 64.0
+
+
 def test_same_label_from_two_sweeps_is_named_by_its_sweep_and_budgets_stay_apart() -> None:
     """Configs that differ only in an unused default, reached by two sweeps, are named by the sweep, not a hash;
     the same label at two budgets needs no suffix (the budget is its own column in the reports)."""

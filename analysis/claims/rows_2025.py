@@ -15,7 +15,7 @@ from analysis.claims.verdicts import INCONCLUSIVE, REFUTED, SUPPORTED, Evidence
 
 COLUMNS = ("cell", "variant", "lr_variant", "task", "model", "method", "r", "alpha", "targets", "seed", "lr", "score",
            "val_score", "base_score", "forgetting", "params_trainable", "train_steps", "train_examples",
-           "train_epochs", "budget", "label", "primary_metric")
+           "train_epochs", "budget", "label", "primary_metric", "batch_size")
 
 
 def combined(states: list[str]) -> str:
@@ -33,8 +33,10 @@ def ok_runs(df: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def batch_size(runs: pd.DataFrame) -> pd.Series:
-    """Examples per optimizer step, from the record (train_examples = steps x batch x accumulation)."""
-    return (runs["train_examples"] / runs["train_steps"]).round()
+    """Examples per optimizer step: the configured batch x accumulation (analysis/runs.py `batch_size`), else
+    train_examples / train_steps for rows without a config (which a short last batch rounds down)."""
+    derived = (runs["train_examples"] / runs["train_steps"]).round()
+    return runs["batch_size"].fillna(derived) if "batch_size" in runs else derived
 
 
 def rows_trained(runs: pd.DataFrame) -> pd.Series:

@@ -83,6 +83,7 @@ def claim_20(ev: Evidence, v: Verdict) -> Verdict:
     runs = runs.assign(batch=batch_size(runs), epochs=runs["train_epochs"].round(1))
     deltas: dict[tuple[str, int], np.ndarray] = {}
     points: dict[tuple[str, int], float] = {}
+    scopes: list[str] = []
     for (cell, _), part in runs.groupby(["cell", "epochs"], sort=False):  # batches compared at equal data
         sizes = sorted(part["batch"].dropna().unique())
         if len(sizes) < 2 or sizes[-1] < LARGE_BATCH * sizes[0]:
@@ -96,6 +97,12 @@ def claim_20(ev: Evidence, v: Verdict) -> Verdict:
         drawn = score_draws(ev, cell, groups, floor=True)
         d = drawn.draws
         steps = {b: int(part[part["batch"] == b]["train_steps"].max()) for b in (small, large)}
+        items = {len(a.ids) for a in drawn.arms.values() if a.ids and a.seeds}
+        seeds = sorted({s for a in drawn.arms.values() for s in a.seeds})
+        scopes.append(f"{part['task'].iloc[0]}/{part['model'].iloc[0]}: {float(part['train_epochs'].iloc[0]):g} "
+                      f"epochs at batch {int(small)} ({steps[small]} steps) and {int(large)} ({steps[large]} steps); "
+                      f"ranks {', '.join(str(r) for r in ranks)}; test items {', '.join(map(str, sorted(items))) or '?'};"
+                      f" seeds {','.join(str(s) for s in seeds)}")
         def gap(of: dict, r: int, b: float) -> np.ndarray:  # 100 - gain retention of LoRA r at batch b
             return 100 * (1 - st.gain(of[f"r{r}@{b:g}"], of["floor"], of[f"full@{b:g}"]))
         for r in ranks:
@@ -109,6 +116,7 @@ def claim_20(ev: Evidence, v: Verdict) -> Verdict:
     if not deltas:
         v.missing = f"full FT and LoRA at two batch sizes >= {LARGE_BATCH}x apart, >= {st.MIN_SEEDS} seeds each"
         return v
+    v.scope = "; ".join(scopes)
     bounds = {k: st.interval(d) for k, d in deltas.items()}
     shrinks, trend_ok = False, True
     for cell in {c for c, _ in deltas}:
@@ -131,18 +139,27 @@ def claim_20(ev: Evidence, v: Verdict) -> Verdict:
 
 # ---- 21 -------------------------------------------------------------------------------------------------------
 
+def _reported(ev: Evidence, cell: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """One variant's runs at its selected rate without the seed that selected the rate, as every other verdict
+    reads them (the study's arm names the reported seeds); all of them without a study (the rule tests)."""
+    arm = ev.study.arms.get((cell, str(runs["variant"].iloc[0]))) if ev.study is not None and len(runs) else None
+    return runs[runs["seed"].isin(arm.seeds)] if arm is not None and arm.seeds else runs
+
+
 def plane_points(ev: Evidence, cell: str, gen: np.random.Generator) -> pd.DataFrame:
     """One cell's learning-forgetting points: every full-FT (rate, budget) of the records, and every other variant
-    at its selected rate; gain over the floor (share of full FT's at its selected rate) and forgetting increase,
+    at its selected rate (its reported seeds: `_reported`); gain over the floor (share of full FT's at its selected rate) and forgetting increase,
     each with its bootstrap draws over seeds (`gain_draws`, `forgetting_draws`)."""
     records, selected = ok_runs(ev.records), selected_runs(ev)
     records, selected = records[records["cell"] == cell], selected[selected["cell"] == cell]
+    selected = pd.concat([_reported(ev, cell, g) for _, g in selected.groupby("variant")]) if len(selected) else selected
     ref = selected[selected["method"] == "full"]
     if ref.empty or records.empty:
         return pd.DataFrame()
     floor, ref_draws = st.floor_of(records), st.boot_means(ref["score"], gen)
     chosen = ref["lr_variant"].iloc[0]  # full FT's selected (rate, budget): where forgetting_excess compares
-    groups = [("full", key, g) for key, g in records[records["method"] == "full"].groupby("lr_variant")]
+    groups = [("full", key, ref if key == chosen else g)
+              for key, g in records[records["method"] == "full"].groupby("lr_variant")]
     groups += [(g["label"].iloc[0], key, g) for key, g in selected[selected["method"] != "full"].groupby("variant")]
     rows = []
     for label, key, g in groups:
@@ -200,8 +217,8 @@ def claim_21(ev: Evidence, v: Verdict) -> Verdict:
     share of full FT's at its selected rate; forgetting increase), their frontier (analysis.tables.pareto_mask:
     less forgetting and more gain win; linear between its points); each fair LoRA variant (>= 2 rates tried, >= 3
     seeds) at its selected rate against it: deficit = LoRA's gain minus the frontier's at LoRA's forgetting,
-    bootstrapped over seeds (every point resampled; only points with >= 3 seeds are judged or make the frontier,
-    the rest are listed). Supported when every deficit's interval lies above -0.05 (within 5 gain points of the
+    bootstrapped over seeds (every point resampled; a selected point over its reported seeds, the selection seed
+    left out; only points with >= 3 seeds are judged or make the frontier, the rest are listed). Supported when every deficit's interval lies above -0.05 (within 5 gain points of the
     frontier, or above it); refuted when one lies wholly below -0.05, or when a LoRA variant forgets more than
     full FT at full FT's selected rate (the difference's interval above 0: no trade-off, whatever the gain);
     otherwise inconclusive (also when LoRA forgets less than any full-FT point). Cells that are not learned (full
