@@ -96,12 +96,13 @@ def record_to_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
     identity.pop("lr", None)
     row["variant"] = _short_hash(identity)
     steps = rec.get("train_steps") or rec.get("max_steps") or train.get("max_steps")
-    examples = steps * train.get("batch_size", 1) * train.get("grad_accum", 1) if steps and train else steps
-    row["budget"] = f"{examples} examples x {train.get('max_seq_len')} tokens" if train else f"{steps} steps"
-    row["max_seq_len"] = train.get("max_seq_len")
     # examples per optimizer step as configured: train_examples / train_steps misreads it where the last batch of
     # an epoch is short (2400 rows at 64: 63.2) or a resumed run recorded only its last segment
-    row["batch_size"] = train.get("batch_size", 0) * train.get("grad_accum", 1) if train.get("batch_size") else None
+    per_step = train.get("batch_size", 1) * train.get("grad_accum", 1)
+    examples = steps * per_step if steps and train else steps
+    row["budget"] = f"{examples} examples x {train.get('max_seq_len')} tokens" if train else f"{steps} steps"
+    row["max_seq_len"] = train.get("max_seq_len")
+    row["batch_size"] = per_step if train.get("batch_size") else None
     if row.get("train_examples") is None:
         row["train_examples"] = examples
     row["source"] = source

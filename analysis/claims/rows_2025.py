@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import bootstrap as boot
+from analysis.claims import stats_2025 as st
 from analysis.claims.verdicts import INCONCLUSIVE, REFUTED, SUPPORTED, Evidence
 
 COLUMNS = ("cell", "variant", "lr_variant", "task", "model", "method", "r", "alpha", "targets", "seed", "lr", "score",
@@ -53,6 +54,14 @@ def selected_runs(ev: Evidence) -> pd.DataFrame:
     return ok_runs(ev.runs)
 
 
+def study_arm(ev: Evidence, cell: str, runs: pd.DataFrame) -> boot.Arm | None:
+    """The study's arm of the variant `runs` belong to (its reported seeds, the selection seed left out, and its
+    per-item records: analysis.gain.Study); None without a study (the rule tests) or without that variant."""
+    if ev.study is None or runs.empty or "variant" not in runs:
+        return None
+    return ev.study.arms.get((cell, str(runs["variant"].iloc[0])))
+
+
 @dataclass
 class ScoreDraws:
     """Bootstrap draws (B,) of each named arm's mean test score in one cell, drawn jointly; `point` the observed
@@ -70,22 +79,15 @@ def score_draws(ev: Evidence, cell: str, groups: dict[str, pd.DataFrame], floor:
     verdict, and every test item, paired across arms that share them), else the runs' per-seed scores (seeds
     only: Evidence built without a study, as in the rule tests). `floor` adds the cell's floor as arm "floor"
     (its items resampled with the others, so a gain over it is computed per resample)."""
-    study = ev.study
     arms: dict[str, boot.Arm] = {}
     for name, runs in groups.items():
-        variant = str(runs["variant"].iloc[0]) if "variant" in runs and len(runs) else None
-        if study is not None and (cell, variant) in study.arms:
-            arms[name] = study.arms[(cell, variant)]
-        else:
+        arm = study_arm(ev, cell, runs)
+        if arm is None:
             runs = runs.sort_values("seed")
-            arms[name] = boot.Arm("score", tuple(int(s) for s in runs["seed"]), runs["score"].to_numpy(float))
+            arm = boot.Arm("score", tuple(int(s) for s in runs["seed"]), runs["score"].to_numpy(float))
+        arms[name] = arm
     if floor:
-        if study is not None and cell in study.floor_arms:
-            arms["floor"] = study.floor_arms[cell]
-        else:
-            base = pd.concat(groups.values())
-            value = next((float(base[k].dropna().mean()) for k in ("floor_score", "base_score")
-                          if k in base and base[k].notna().any()), math.nan)
-            arms["floor"] = boot.Arm("score", (), np.array([value]))
+        study_floor = ev.study.floor_arms.get(cell) if ev.study is not None else None
+        arms["floor"] = study_floor or boot.Arm("score", (), np.array([st.floor_of(pd.concat(groups.values()))]))
     res = boot.resample(arms)
     return ScoreDraws(res.draws, res.point, res.how, arms)

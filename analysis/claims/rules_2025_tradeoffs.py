@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.claims import stats_2025 as st
-from analysis.claims.rows_2025 import batch_size, combined, ok_runs, score_draws, selected_runs
+from analysis.claims.rows_2025 import batch_size, combined, ok_runs, score_draws, selected_runs, study_arm
 from analysis.claims.rules import INCONCLUSIVE, REFUTED, SUPPORTED, Evidence, Verdict, claim, paired_rule
 
 PARAM_MATCH = 0.05                # claim 19: trainable counts within 5%
@@ -90,8 +90,8 @@ def claim_20(ev: Evidence, v: Verdict) -> Verdict:
             continue
         small, large = sizes[0], sizes[-1]
         groups = _batch_arms(part, small, large)
-        ranks = sorted({int(k[1:].split("@")[0]) for k in groups if k.startswith("r")})
-        ranks = [r for r in ranks if f"r{r}@{small:g}" in groups and f"r{r}@{large:g}" in groups]
+        ranks = [int(r) for r in sorted(part.loc[part["method"] == "lora", "r"].dropna().unique())
+                 if f"r{int(r)}@{small:g}" in groups and f"r{int(r)}@{large:g}" in groups]
         if f"full@{small:g}" not in groups or f"full@{large:g}" not in groups or not ranks:
             continue
         drawn = score_draws(ev, cell, groups, floor=True)
@@ -142,14 +142,15 @@ def claim_20(ev: Evidence, v: Verdict) -> Verdict:
 def _reported(ev: Evidence, cell: str, runs: pd.DataFrame) -> pd.DataFrame:
     """One variant's runs at its selected rate without the seed that selected the rate, as every other verdict
     reads them (the study's arm names the reported seeds); all of them without a study (the rule tests)."""
-    arm = ev.study.arms.get((cell, str(runs["variant"].iloc[0]))) if ev.study is not None and len(runs) else None
+    arm = study_arm(ev, cell, runs)
     return runs[runs["seed"].isin(arm.seeds)] if arm is not None and arm.seeds else runs
 
 
 def plane_points(ev: Evidence, cell: str, gen: np.random.Generator) -> pd.DataFrame:
     """One cell's learning-forgetting points: every full-FT (rate, budget) of the records, and every other variant
-    at its selected rate (its reported seeds: `_reported`); gain over the floor (share of full FT's at its selected rate) and forgetting increase,
-    each with its bootstrap draws over seeds (`gain_draws`, `forgetting_draws`)."""
+    at its selected rate (its reported seeds: `_reported`); gain over the floor (share of full FT's at its
+    selected rate) and forgetting increase, each with its bootstrap draws over seeds (`gain_draws`,
+    `forgetting_draws`)."""
     records, selected = ok_runs(ev.records), selected_runs(ev)
     records, selected = records[records["cell"] == cell], selected[selected["cell"] == cell]
     selected = pd.concat([_reported(ev, cell, g) for _, g in selected.groupby("variant")]) if len(selected) else selected
@@ -218,8 +219,8 @@ def claim_21(ev: Evidence, v: Verdict) -> Verdict:
     less forgetting and more gain win; linear between its points); each fair LoRA variant (>= 2 rates tried, >= 3
     seeds) at its selected rate against it: deficit = LoRA's gain minus the frontier's at LoRA's forgetting,
     bootstrapped over seeds (every point resampled; a selected point over its reported seeds, the selection seed
-    left out; only points with >= 3 seeds are judged or make the frontier, the rest are listed). Supported when every deficit's interval lies above -0.05 (within 5 gain points of the
-    frontier, or above it); refuted when one lies wholly below -0.05, or when a LoRA variant forgets more than
+    left out; only points with >= 3 seeds are judged or make the frontier, the rest are listed). Supported when
+    every deficit's interval lies above -0.05 (within 5 gain points of the frontier, or above it); refuted when one lies wholly below -0.05, or when a LoRA variant forgets more than
     full FT at full FT's selected rate (the difference's interval above 0: no trade-off, whatever the gain);
     otherwise inconclusive (also when LoRA forgets less than any full-FT point). Cells that are not learned (full
     FT does not clear the floor) are listed, not judged. Sources: Biderman et al. 2024 (arXiv 2405.09673: Llama-2-7B, code and
