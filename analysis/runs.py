@@ -31,7 +31,7 @@ COLUMNS = [*RECORD_COLUMNS, *DERIVED_COLUMNS]
 NUMERIC = ["r", "alpha", "seed", "score", "base_score", "forgetting", "params_total", "params_trainable",
            "trainable_pct", "peak_mem_bytes", "peak_reserved_bytes", "train_tokens_per_s", "train_runtime_s",
            "adapter_bytes", "lr", "max_steps", "val_score", "base_val_score", "train_steps", "train_epochs",
-           "train_examples", "train_tokens", "max_seq_len", "eval_s", "batch_size"]
+           "train_examples", "train_rows", "train_tokens", "max_seq_len", "eval_s", "batch_size"]
 # W&B run states -> harness statuses, for runs whose summary never got a `status` (killed before finishing).
 WANDB_STATES = {"finished": "ok", "crashed": "failed", "failed": "failed", "killed": "interrupted",
                 "running": "running", "preempted": "interrupted"}

@@ -87,7 +87,7 @@ FIELDS: tuple[Field, ...] = (
     Field(('train_steps', 'train_epochs', 'train_rows', 'budget_unit'),
         'the budget: optimizer steps, passes over the `train_rows` training rows, and whether it was given as '
         '`steps` or `epochs`',
-        columns=('train_steps', 'train_epochs'), phase='load'),
+        columns=('train_steps', 'train_epochs', 'train_rows'), phase='load'),
     Field(('train_examples', 'train_tokens'),
         'examples trained (over all processes) and non-padding tokens trained',
         columns=('train_examples', 'train_tokens'), phase='train'),

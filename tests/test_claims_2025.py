@@ -359,7 +359,7 @@ def test_the_2025_figures_render_from_hand_made_frames(tmp_path) -> None:
 
 # ---- sweeps --------------------------------------------------------------------------------------------------
 
-SWEEPS_2025 = {"lr-ratio": 24, "lr-ratio-alpha2r": 12, "lr-ratio-lm": 12, "tuned-variants": 7, "tuned-variants-lm": 18, "capacity": 4,
+SWEEPS_2025 = {"lr-ratio": 24, "lr-ratio-alpha2r": 12, "lr-ratio-lm": 12, "tuned-variants": 7, "tuned-variants-lm": 18, "capacity": 3,
                "placement": 6, "batch": 6}
 
 
@@ -446,3 +446,12 @@ def test_the_plane_leaves_out_the_seed_that_selected_the_rate() -> None:
     reported = plane_points(ev, cell, st.rng()).set_index("method")
     assert reported.loc["lora", "n_seeds"] == 3 and reported.loc["full", "n_seeds"] == 3
     assert reported.loc["lora", "forgetting"] == pytest.approx(0.1) and reported.loc["lora", "gain"] == pytest.approx((0.80 - 0.33) / (0.85 - 0.33))
+
+
+def test_claim_18_reads_the_training_rows_from_the_record_not_from_examples_over_epochs() -> None:
+    from analysis.claims.rows_2025 import rows_trained
+
+    # a run resumed at step 200 of 400 counts only the examples it trained itself: examples / epochs says 256
+    runs = pd.DataFrame({"train_rows": [512.0, None], "train_examples": [3200.0, 6400.0],
+                         "train_epochs": [12.5, 12.5]})
+    assert rows_trained(runs).tolist() == [512.0, 512.0]  # the older record (no train_rows) falls back

@@ -41,8 +41,10 @@ def batch_size(runs: pd.DataFrame) -> pd.Series:
 
 
 def rows_trained(runs: pd.DataFrame) -> pd.Series:
-    """Training rows (task.n_train as used), from examples / epochs; a `train_rows` column would replace this."""
-    return (runs["train_examples"] / runs["train_epochs"]).round()
+    """Training rows (task.n_train as used): the record's `train_rows`; records from before that key, examples /
+    epochs (which a short last batch or a resumed run can skew, as batch size was: analysis/runs.py)."""
+    derived = (runs["train_examples"] / runs["train_epochs"]).round()
+    return runs["train_rows"].fillna(derived) if "train_rows" in runs else derived
 
 
 def fmt_g(x: float, fmt: str = ".3g") -> str:
