@@ -94,22 +94,26 @@ def cell_floor(records: list[dict[str, Any]]) -> dict[str, Any]:
             "floor_note": note}
 
 
-def items_on_test(rows: list[dict[str, Any]] | None, who: str) -> tuple[tuple[str, ...], np.ndarray] | None:
-    """(item ids, per-item stats) of `who`'s test rows in a run's item records, in id order; None without any."""
+def items_on_test(rows: list[dict[str, Any]] | None, who: str, split: str = "test"
+                  ) -> tuple[tuple[str, ...], np.ndarray] | None:
+    """(item ids, per-item stats) of `who`'s rows of `split` (test unless told) in a run's item records, in id
+    order; None without any."""
     if rows is None:
         return None
-    picked = sorted((r["id"], r["stats"]) for r in rows if r.get("split") == "test" and r.get("who") == who)
+    picked = sorted((r["id"], r["stats"]) for r in rows if r.get("split") == split and r.get("who") == who)
     if not picked:
         return None
     return tuple(i for i, _ in picked), np.asarray([s for _, s in picked], float)
 
 
-def variant_arm(runs: pd.DataFrame, metric: str) -> boot.Arm:
-    """A variant's arm from its runs at the selected rate (one per reported seed): items where every run has them."""
+def variant_arm(runs: pd.DataFrame, metric: str, split: str = "test") -> boot.Arm:
+    """A variant's arm from its runs at the selected rate (one per reported seed): items where every run has them.
+    `split="validation"` gives the arm on validation (val_score and the validation items: claim 16's curves)."""
     runs = runs.sort_values("seed")
     seeds = tuple(int(s) for s in runs["seed"])
-    scores = runs["score"].to_numpy(float)
-    per_run = [items_on_test(read_items(src) if Path(str(src)).is_dir() else None, "tuned") for src in runs["source"]]
+    scores = runs["score" if split == "test" else "val_score"].to_numpy(float)
+    per_run = [items_on_test(read_items(src) if Path(str(src)).is_dir() else None, "tuned", split)
+               for src in runs["source"]]
     if per_run and all(p is not None for p in per_run) and len({p[0] for p in per_run}) == 1:
         return boot.Arm(metric, seeds, scores, per_run[0][0], np.stack([p[1] for p in per_run]))
     return boot.Arm(metric, seeds, scores)

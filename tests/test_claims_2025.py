@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -83,6 +84,32 @@ def test_the_fitted_optimum_recovers_a_known_optimum_from_noisy_quadratic_data()
     # the same data, best point at the end of the grid: flagged, the optimum is the grid's end
     edge = st.optimum(st.curve(runs[runs["lr"] <= 2.6e-4]), st.rng())
     assert edge.edge and edge.lr == pytest.approx(2.5e-4)
+
+
+def test_the_optimum_interval_resamples_the_validation_items_not_only_the_seeds(tmp_path) -> None:
+    from analysis.claims.rules_2025 import _fit
+    from harness.items import write_items
+
+    # three seeds with identical curves: resampling seeds alone cannot move the optimum; 60 validation items can
+    gen, lrs, n_items = np.random.default_rng(0), [1e-4 * 2 ** k for k in range(-3, 4)], 60
+    truth = [0.8 - 0.1 * math.log10(lr / 1.2e-4) ** 2 for lr in lrs]
+    correct = {lr: gen.random(n_items) < p for lr, p in zip(lrs, truth)}
+    rows = []
+    for seed in range(3):
+        for lr in lrs:
+            row = rec("full", seed, lr, 0.5, val=float(correct[lr].mean()))
+            row["source"] = str(tmp_path / row["run_id"])
+            Path(row["source"]).mkdir()
+            write_items(row["source"], [{"id": f"v{i}", "split": "validation", "who": "tuned", "score": float(c),
+                                         "stats": [float(c), 1.0]} for i, c in enumerate(correct[lr])])
+            rows.append(row)
+    runs = pd.DataFrame(rows)
+    seeds_only, _ = _fit(runs.drop(columns="source"), st.rng())
+    with_items, _ = _fit(runs, st.rng())
+    assert seeds_only.how == "seeds" and np.ptp(seeds_only.draws) == 0
+    assert with_items.how.startswith("seeds and items") and with_items.log_opt == seeds_only.log_opt
+    low, high = with_items.lr_interval()
+    assert low < with_items.lr < high and high / low > 1.2
 
 
 def ratio_records(ratio: float, *, r_shift: float = 1.0, noise=0.002, step=2.0) -> list[dict]:

@@ -64,6 +64,29 @@ def study_arm(ev: Evidence, cell: str, runs: pd.DataFrame) -> boot.Arm | None:
     return ev.study.arms.get((cell, str(runs["variant"].iloc[0])))
 
 
+def validation_curves(runs: pd.DataFrame, c: st.Curve) -> tuple[np.ndarray, str] | None:
+    """Resampled validation curves (B, rates) of one variant for claim 16's fit: every rate's runs (the curve's
+    seeds) as an arm of analysis/bootstrap.py, resampled jointly: the same seeds at every rate (paired) and one
+    draw of the validation items shared by every rate (all rates are scored on the same items). None when some
+    run has no per-item validation records (the caller then resamples seeds only)."""
+    from analysis.gain import variant_arm
+
+    if "source" not in runs or runs.empty:
+        return None
+    runs = runs[runs["seed"].isin(c.seeds)].drop_duplicates(["seed", "lr"])
+    metric = str(runs["primary_metric"].dropna().iloc[0]) if runs["primary_metric"].notna().any() else "score"
+    arms = {}
+    for k, lr in enumerate(sorted(runs["lr"].unique())):
+        arm = variant_arm(runs[runs["lr"] == lr], metric, split="validation")
+        if arm.stats is None:
+            return None
+        arms[f"rate{k}"] = arm
+    res = boot.resample(arms)
+    if res.how.startswith(boot.SEEDS_ONLY):
+        return None
+    return np.stack([res.draws[f"rate{k}"] for k in range(len(arms))], axis=1), res.how
+
+
 @dataclass
 class ScoreDraws:
     """Bootstrap draws (B,) of each named arm's mean test score in one cell, drawn jointly; `point` the observed

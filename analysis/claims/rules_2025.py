@@ -20,7 +20,7 @@ import pandas as pd
 from analysis import bootstrap as boot
 from analysis.claims import stats_2025 as st
 from analysis.claims.rows_2025 import (ScoreDraws, combined, fmt_g, ok_runs, rows_trained, score_draws,
-                                       selected_runs)
+                                       selected_runs, validation_curves)
 from analysis.claims.rules import INCONCLUSIVE, REFUTED, SUPPORTED, Evidence, Verdict, claim
 
 RATIO_BAND = (5.0, 20.0)          # claim 16: "about 10x"
@@ -40,7 +40,10 @@ def _fit(runs: pd.DataFrame, gen: np.random.Generator) -> tuple[st.Optimum | Non
         return None, f"{len(c.seeds)} seeds at every one of {c.log_lr.size} rates (need {st.MIN_SEEDS} at >= 3)"
     if c.max_step > st.MAX_STEP:
         return None, f"grid step {c.max_step:.2g}x (need factor 2 or finer)"
-    return st.optimum(c, gen), ""
+    drawn = validation_curves(runs, c)
+    if drawn is None:
+        return st.optimum(c, gen), ""
+    return st.optimum(c, gen, resampled=drawn[0], how=drawn[1]), ""
 
 
 def _largest_variant(runs: pd.DataFrame) -> pd.DataFrame:
@@ -68,7 +71,8 @@ def _band(low: float, high: float, band: tuple[float, float]) -> str:
 def claim_16(ev: Evidence, v: Verdict) -> Verdict:
     """Per cell with full FT and LoRA on a factor-2 (or finer) rate grid, >= 3 seeds at every rate: each variant's
     optimum is the vertex of a quadratic in log10(lr) through its best grid point and neighbours (mean validation
-    score over seeds), bootstrapped over seeds (2000 resamples, 95% percentile interval). Main arm alpha = 32 at
+    score over seeds), bootstrapped over seeds and validation items jointly (2000 resamples, 95% percentile
+    interval; seeds only for runs without per-item records: rows_2025.validation_curves). Main arm alpha = 32 at
     every rank: (a) at each rank the ratio LoRA / full FT optimum has its interval inside [5, 20]; (b) the ratio
     of optima smallest / largest rank has its interval inside [1/2, 2]. Supported when (a) holds at every rank and
     (b) in some cell; refuted when an interval lies wholly outside its band; otherwise inconclusive. The alpha = 2r
@@ -93,7 +97,7 @@ def claim_16(ev: Evidence, v: Verdict) -> Verdict:
                 skipped.append(f"{cell} full FT: {why}")
                 continue
             v.evidence.append(f"{cell} full FT optimum {fmt_g(full.lr)} {_interval_text(full.lr_interval())}"
-                              + (" (grid edge)" if full.edge else ""))
+                              + (" (grid edge)" if full.edge else "") + f"; optima resample {full.how}")
             for arm, arm_runs in _lora_arms(in_budget).items():
                 fits = {}
                 for _, runs in sorted(arm_runs.groupby("variant"), key=lambda kv: kv[1]["r"].iloc[0]):

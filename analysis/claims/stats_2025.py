@@ -125,11 +125,12 @@ def fit_optimum(log_lr: np.ndarray, mean: np.ndarray) -> tuple[float, bool]:
 @dataclass
 class Optimum:
     log_opt: float           # fitted on the mean over seeds
-    draws: np.ndarray        # fitted on each bootstrap resample of the seeds
+    draws: np.ndarray        # fitted on each bootstrap resample (of the seeds; with item records, seeds and items)
     edge: bool               # the mean curve peaks at an end of the grid
     edge_share: float        # share of resamples peaking at an end
     n_seeds: int
     max_step: float
+    how: str = "seeds"       # what the resamples drew
 
     @property
     def lr(self) -> float:
@@ -140,16 +141,18 @@ class Optimum:
         return 10 ** low, 10 ** high
 
 
-def optimum(c: Curve, gen: np.random.Generator, n_boot: int = N_BOOT) -> Optimum:
-    """The fitted optimum of a curve and its bootstrap over seeds (resampled with replacement)."""
+def optimum(c: Curve, gen: np.random.Generator, n_boot: int = N_BOOT, resampled: np.ndarray | None = None,
+            how: str = "seeds") -> Optimum:
+    """The fitted optimum of a curve and its bootstrap: each resampled curve (B, rates) refitted. `resampled`
+    comes from the caller when it can draw the validation items too (rows_2025.validation_curves); without it the
+    seeds are resampled with replacement (at 3 seeds only 10 distinct resamples: a coarse interval)."""
     log_opt, edge = fit_optimum(c.log_lr, c.scores.mean(axis=0))
     n = c.scores.shape[0]
-    draws, edges = np.empty(n_boot), 0
-    for k in range(n_boot):
-        pick = c.scores[gen.integers(0, n, size=n)].mean(axis=0)
-        draws[k], at_edge = fit_optimum(c.log_lr, pick)
-        edges += at_edge
-    return Optimum(log_opt, draws, edge, edges / n_boot, n, c.max_step)
+    if resampled is None:
+        resampled = np.stack([c.scores[gen.integers(0, n, size=n)].mean(axis=0) for _ in range(n_boot)])
+    fits = [fit_optimum(c.log_lr, curve_) for curve_ in resampled]
+    draws = np.array([f[0] for f in fits])
+    return Optimum(log_opt, draws, edge, float(np.mean([f[1] for f in fits])), n, c.max_step, how)
 
 
 def ratio(a: Optimum, b: Optimum) -> tuple[float, float, float]:
