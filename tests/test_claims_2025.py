@@ -112,6 +112,20 @@ def test_the_optimum_interval_resamples_the_validation_items_not_only_the_seeds(
     assert low < with_items.lr < high and high / low > 1.2
 
 
+def test_a_collapsed_rate_is_a_point_of_the_curve_not_the_end_of_the_grid() -> None:
+    from analysis.claims.rows_2025 import finished_runs, ok_runs
+    from analysis.claims.rules_2025 import _fit
+
+    rows = curve_runs("lora", 1.5e-3, n=6, centre=1e-3, r=4, alpha=32)  # rates 1.25e-4 .. 4e-3
+    for row in rows:
+        if row["lr"] >= 3e-3:  # the top rate collapses: one class predicted, scored at the majority's share
+            row.update(status="collapsed", val_score=0.28, score=0.31)
+    df = pd.DataFrame(rows)
+    kept, _ = _fit(finished_runs(df), st.rng())
+    dropped, _ = _fit(ok_runs(df), st.rng())
+    assert dropped.edge and not kept.edge and 1e-3 <= kept.lr <= 2e-3
+
+
 def ratio_records(ratio: float, *, r_shift: float = 1.0, noise=0.002, step=2.0) -> list[dict]:
     rows = curve_runs("full", 1e-4, noise=noise, step=step, seed0=1)
     for i, r in enumerate((4, 16, 64)):

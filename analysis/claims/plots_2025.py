@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.claims import stats_2025 as st
+from analysis.claims.rows_2025 import finished_runs, rows_trained
 from analysis.plots import panel_grid, save_figure, method_color
 
 
@@ -27,8 +28,8 @@ def _variant_name(rows: pd.DataFrame) -> str:
 def lr_curves(records: pd.DataFrame, path: Path) -> Path | None:
     """Per cell: mean validation score (bars: min to max over seeds) against the rate, one line per variant, its
     fitted optimum dashed; the legend gives each optimum and its ratio to full FT's."""
-    ok = records[records["status"].eq("ok") & records["val_score"].notna() & records["lr"].notna()] \
-        if not records.empty else records
+    ok = finished_runs(records)  # a collapsed rate is a point of its curve (claim 16 reads it the same way)
+    ok = ok[ok["lr"].notna()]
     if ok.empty or ok.groupby("variant")["lr"].nunique().max() < 3:
         return None
     cells = [(cell, part) for cell, part in ok.groupby("cell", sort=False)
@@ -68,7 +69,7 @@ def capacity_curve(runs: pd.DataFrame, path: Path, chance: float | None = None) 
     runs = runs[runs["task"] == "memorize"] if not runs.empty and "task" in runs else runs
     if runs.empty:
         return None
-    runs = runs.assign(n=(runs["train_examples"] / runs["train_epochs"]).round())
+    runs = runs.assign(n=rows_trained(runs))
     fig, (ax,) = panel_grid(1, width=6.4, height=4.4)
     gen = st.rng()
     for (method, r), rows in runs.groupby(["method", runs["r"].fillna(0)], sort=True):

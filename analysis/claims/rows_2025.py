@@ -13,6 +13,7 @@ import pandas as pd
 from analysis import bootstrap as boot
 from analysis.claims import stats_2025 as st
 from analysis.claims.verdicts import INCONCLUSIVE, REFUTED, SUPPORTED, Evidence
+from harness.results import DONE_STATUSES
 
 COLUMNS = ("cell", "variant", "lr_variant", "task", "model", "method", "r", "alpha", "targets", "seed", "lr", "score",
            "val_score", "base_score", "forgetting", "params_trainable", "train_steps", "train_examples",
@@ -30,6 +31,18 @@ def ok_runs(df: pd.DataFrame | None) -> pd.DataFrame:
         return pd.DataFrame(columns=list(COLUMNS))
     ok = df["status"].eq("ok") if "status" in df else True  # Evidence.runs holds ok runs only
     df = df[ok & df["score"].notna()]
+    return df.reindex(columns=list(dict.fromkeys([*df.columns, *COLUMNS])))
+
+
+def finished_runs(df: pd.DataFrame | None) -> pd.DataFrame:
+    """The runs trained to the end with a validation score: ok and collapsed. A collapse (one-class predictions,
+    loss above its start) is that rate's result, scored like any other: a rate curve without it would end at the
+    last rate that did not collapse and call it the grid's edge (claim 16's LoRA r=4 at alpha 32 collapses at
+    4e-3 and 8e-3 on classify)."""
+    if df is None or df.empty or "val_score" not in df:
+        return pd.DataFrame(columns=list(COLUMNS))
+    done = df["status"].isin(DONE_STATUSES) if "status" in df else True
+    df = df[done & df["val_score"].notna()]
     return df.reindex(columns=list(dict.fromkeys([*df.columns, *COLUMNS])))
 
 
