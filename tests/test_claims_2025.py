@@ -150,6 +150,14 @@ def test_claim_16_ratio_and_rank_invariance(records, expected) -> None:
         assert "grid step" in v.missing
 
 
+def test_claim_16_reads_rate_grids_and_leaves_other_sweeps_variants_of_the_cell_unlisted() -> None:
+    # another sweep's LoRA (one selected rate, five seeds) and a grid one seed short share the cell
+    others = [rec("lora", s, 2e-3, 0.85, r=8, alpha=32, targets="qv") for s in range(5)]
+    short = [row for row in curve_runs("lora", 1e-3, r=32, alpha=32) if row["seed"] == 0]
+    v = verdict(16, evidence(ratio_records(10) + others + short))
+    assert v.verdict == SUPPORTED and "r=32" in v.missing and "r=8" not in v.missing, v.missing
+
+
 def test_claim_16_reports_the_alpha_2r_arm_beside_the_main_one() -> None:
     rows = ratio_records(10) + curve_runs("lora", 3e-3, r=4, alpha=8, seed0=30) + curve_runs("lora", 2e-4, r=64,
                                                                                             alpha=128, seed0=31)

@@ -85,7 +85,10 @@ def claim_16(ev: Evidence, v: Verdict) -> Verdict:
         v.missing = "records at every rate (sweeps/study/lr-ratio.yaml, lr-ratio-alpha2r.yaml)"
         return v
     skipped, checks, rank_checks = [], [], []
-    for cell, part in records.groupby("cell", sort=False):
+    # a rate grid is a variant tried at >= 3 rates; the other sweeps' variants of a cell (one selected rate and
+    # its seeds) are not curves and are not listed as skipped
+    grids = records.groupby(["cell", "variant"])["lr"].transform("nunique") >= 3
+    for cell, part in records[grids].groupby("cell", sort=False):
         fulls = part[part["method"] == "full"]
         lora = part[(part["method"] == "lora") & part["targets"].notna()]
         if fulls.empty or lora.empty:
