@@ -148,6 +148,9 @@ def test_claim_16_ratio_and_rank_invariance(records, expected) -> None:
         assert any("alpha=32: optimum r=4 / r=64" in e for e in v.evidence)
     else:
         assert "grid step" in v.missing
+    # an open comparison says what would close it; a decided one has nothing to plan
+    assert bool(v.plan) == (expected == INCONCLUSIVE), v.plan
+    assert all("seeds would put it clear" in p or "no number of seeds" in p for p in v.plan)
 
 
 def test_claim_16_reads_rate_grids_and_leaves_other_sweeps_variants_of_the_cell_unlisted() -> None:

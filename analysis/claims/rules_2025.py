@@ -59,6 +59,20 @@ def _lora_arms(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {f"alpha={MAIN_ALPHA}": rows[alpha == MAIN_ALPHA], "alpha=2r": rows[alpha == 2 * r]}
 
 
+def _seeds_plan(what: str, ratio: tuple[float, float, float], n_seeds: int, band: tuple[float, float]) -> str:
+    """A projection (an estimate, not a power analysis): the seeds at which the ratio's interval, narrowing as
+    1/sqrt(seeds) around the same point, would clear the nearer edge of its band. Optimistic where the validation
+    items' noise (which more seeds do not shrink) dominates."""
+    point, low, high = (math.log10(x) for x in ratio)
+    half = (high - low) / 2
+    room = min(abs(point - math.log10(band[0])), abs(math.log10(band[1]) - point))
+    if room < 1e-9:
+        return f"{what}: {ratio[0]:.2g} sits on the band's edge {band}: no number of seeds decides it"
+    need = math.ceil(n_seeds * (half / room) ** 2)
+    return (f"{what}: {ratio[0]:.2g} [{ratio[1]:.2g}, {ratio[2]:.2g}] at {n_seeds} seeds; ~{need} seeds would put "
+            f"it clear of {band} if it narrows as 1/sqrt(seeds) (projection)")
+
+
 def _band(low: float, high: float, band: tuple[float, float]) -> str:
     """'in' when the interval lies inside the band, 'out' when wholly outside it, else 'open'."""
     if band[0] <= low and high <= band[1]:
@@ -114,6 +128,8 @@ def claim_16(ev: Evidence, v: Verdict) -> Verdict:
                     state = "open" if fit.edge or full.edge else _band(ratio[1], ratio[2], RATIO_BAND)
                     if arm == f"alpha={MAIN_ALPHA}":
                         checks.append(state)
+                        if state == "open" and not (fit.edge or full.edge):
+                            v.plan.append(_seeds_plan(f"{cell} r={int(r)} / full FT", ratio, fit.n_seeds, RATIO_BAND))
                     v.evidence.append(f"{cell} lora r={int(r)} {targets} {arm}: optimum {fmt_g(fit.lr)} "
                                       f"{_interval_text(fit.lr_interval())}, / full FT {ratio[0]:.1f} "
                                       f"[{ratio[1]:.1f}, {ratio[2]:.1f}] ({state})" + (" (grid edge)" if fit.edge else ""))
@@ -123,6 +139,9 @@ def claim_16(ev: Evidence, v: Verdict) -> Verdict:
                     state = "open" if small.edge or large.edge else _band(rr[1], rr[2], RANK_BAND)
                     if arm == f"alpha={MAIN_ALPHA}":
                         rank_checks.append(state)
+                        if state == "open" and not (small.edge or large.edge):
+                            v.plan.append(_seeds_plan(f"{cell} r={min(fits)} / r={max(fits)}", rr,
+                                                      min(small.n_seeds, large.n_seeds), RANK_BAND))
                     v.evidence.append(f"{cell} {arm}: optimum r={min(fits)} / r={max(fits)} {rr[0]:.2f} "
                                       f"[{rr[1]:.2f}, {rr[2]:.2f}] ({state})")
     if not checks:
