@@ -94,7 +94,7 @@ def cell_floor(records: list[dict[str, Any]]) -> dict[str, Any]:
             "floor_note": note}
 
 
-def items_on_test(rows: list[dict[str, Any]] | None, who: str, split: str = "test"
+def items_of(rows: list[dict[str, Any]] | None, who: str, split: str = "test"
                   ) -> tuple[tuple[str, ...], np.ndarray] | None:
     """(item ids, per-item stats) of `who`'s rows of `split` (test unless told) in a run's item records, in id
     order; None without any."""
@@ -112,7 +112,7 @@ def variant_arm(runs: pd.DataFrame, metric: str, split: str = "test") -> boot.Ar
     runs = runs.sort_values("seed")
     seeds = tuple(int(s) for s in runs["seed"])
     scores = runs["score" if split == "test" else "val_score"].to_numpy(float)
-    per_run = [items_on_test(read_items(src) if Path(str(src)).is_dir() else None, "tuned", split)
+    per_run = [items_of(read_items(src) if Path(str(src)).is_dir() else None, "tuned", split)
                for src in runs["source"]]
     if per_run and all(p is not None for p in per_run) and len({p[0] for p in per_run}) == 1:
         return boot.Arm(metric, seeds, scores, per_run[0][0], np.stack([p[1] for p in per_run]))
@@ -123,7 +123,7 @@ def floor_arm(cell_runs: pd.DataFrame, floor: dict[str, Any], metric: str) -> bo
     """The floor as an arm without seeds: its per-item stats from any run's records when they have them."""
     who = "base" if floor["floor_name"] == "base" else f"floor:{floor['floor_name']}"
     for src in cell_runs["source"]:
-        found = items_on_test(read_items(src) if Path(str(src)).is_dir() else None, who)
+        found = items_of(read_items(src) if Path(str(src)).is_dir() else None, who)
         if found is not None:
             return boot.Arm(metric, (), np.array([floor["floor_score"]]), found[0], found[1][None])
     return boot.Arm(metric, (), np.array([floor["floor_score"]]))

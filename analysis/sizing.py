@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis import bootstrap as boot
-from analysis.gain import items_on_test
+from analysis.gain import items_of
 from harness.items import floor_who, read_items
 from harness.runfolder import RESULT_FILE
 
@@ -34,7 +34,7 @@ def load_arms(folder: Path) -> tuple[dict[str, boot.Arm], str, str]:
     for record_file in sorted(folder.glob(f"*/{RESULT_FILE}")):
         record = json.loads(record_file.read_text())
         rows = read_items(record_file.parent)
-        tuned = items_on_test(rows, "tuned")
+        tuned = items_of(rows, "tuned")
         if record.get("status") != "ok" or tuned is None:
             continue
         metric, floor_name = record["primary_metric"], record.get("floor_name") or "base"
@@ -42,7 +42,7 @@ def load_arms(folder: Path) -> tuple[dict[str, boot.Arm], str, str]:
         ids, stats = tuned
         arms[label] = boot.Arm(metric, (0,), np.array([record["score"]]), ids, stats[None])
         if "floor" not in arms:
-            fids, fstats = items_on_test(rows, floor_who(floor_name))
+            fids, fstats = items_of(rows, floor_who(floor_name))
             arms["floor"] = boot.Arm(metric, (), np.array([float(record["floor_score"])]), fids, fstats[None])
     if len(arms) < 2:
         raise SystemExit(f"error: {folder} holds no finished run with per-item records; run the calibration first")

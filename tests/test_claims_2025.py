@@ -411,8 +411,8 @@ def test_the_2025_figures_render_from_hand_made_frames(tmp_path) -> None:
 
 # ---- sweeps --------------------------------------------------------------------------------------------------
 
-SWEEPS_2025 = {"lr-ratio": 18, "lr-ratio-alpha2r": 18, "lr-ratio-lm": 12, "tuned-variants": 7, "tuned-variants-lm": 18, "capacity": 3,
-               "placement": 6, "batch": 6}
+SWEEPS_2025 = {"lr-ratio": 18, "lr-ratio-alpha2r": 18, "lr-ratio-lm": 12, "tuned-variants": 7,
+               "tuned-variants-lm": 18, "capacity": 3, "placement": 6, "batch": 6}
 
 
 def expanded_variants(name: str) -> list[list[str]]:

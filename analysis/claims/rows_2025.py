@@ -25,13 +25,18 @@ def combined(states: list[str]) -> str:
     return REFUTED if REFUTED in states else SUPPORTED if all(x == SUPPORTED for x in states) else INCONCLUSIVE
 
 
-def ok_runs(df: pd.DataFrame | None) -> pd.DataFrame:
-    """The ok runs with a score, every column the rules read present (missing ones empty)."""
-    if df is None or df.empty or "score" not in df:
+def _runs_with(df: pd.DataFrame | None, statuses: tuple[str, ...], scored: str) -> pd.DataFrame:
+    """The runs of `statuses` with a `scored` value, every column the rules read present (missing ones empty)."""
+    if df is None or df.empty or scored not in df:
         return pd.DataFrame(columns=list(COLUMNS))
-    ok = df["status"].eq("ok") if "status" in df else True  # Evidence.runs holds ok runs only
-    df = df[ok & df["score"].notna()]
+    done = df["status"].isin(statuses) if "status" in df else True  # Evidence.runs holds ok runs only
+    df = df[done & df[scored].notna()]
     return df.reindex(columns=list(dict.fromkeys([*df.columns, *COLUMNS])))
+
+
+def ok_runs(df: pd.DataFrame | None) -> pd.DataFrame:
+    """The ok runs with a test score."""
+    return _runs_with(df, ("ok",), "score")
 
 
 def finished_runs(df: pd.DataFrame | None) -> pd.DataFrame:
@@ -39,11 +44,7 @@ def finished_runs(df: pd.DataFrame | None) -> pd.DataFrame:
     loss above its start) is that rate's result, scored like any other: a rate curve without it would end at the
     last rate that did not collapse and call it the grid's edge (claim 16's LoRA r=4 at alpha 32 collapses at
     4e-3 and 8e-3 on classify)."""
-    if df is None or df.empty or "val_score" not in df:
-        return pd.DataFrame(columns=list(COLUMNS))
-    done = df["status"].isin(DONE_STATUSES) if "status" in df else True
-    df = df[done & df["val_score"].notna()]
-    return df.reindex(columns=list(dict.fromkeys([*df.columns, *COLUMNS])))
+    return _runs_with(df, DONE_STATUSES, "val_score")
 
 
 def batch_size(runs: pd.DataFrame) -> pd.Series:

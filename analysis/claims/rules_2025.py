@@ -267,12 +267,12 @@ def _crossing(gaps: list[tuple[int, float, float]]) -> int | None:
 def claim_18(ev: Evidence, v: Verdict) -> Verdict:
     """Random-label memorisation (task memorize: accuracy on the training rows, head frozen in every method), each
     variant at its selected rate, >= 3 seeds, per training-set size n: the gap full FT minus LoRA in accuracy with a
-    bootstrap interval over the reported seeds and the memorised rows, paired (rows_2025.score_draws). At each
-    rank, n*(r) = the smallest n from which on every gap's interval lies above 0. Supported when n*(r) exists at every rank (>= 2 ranks) and grows with rank (non-decreasing, larger at
-    the largest rank than at the smallest); refuted when a higher rank falls below at a smaller n than a lower
-    rank; otherwise inconclusive. Source: LoRA Without Regret (Thinking Machines 2025: SFT on Tulu3 / OpenThoughts,
-    Llama-3 and Qwen3 models; LoRA falls behind once the data exceeds capacity); here a memorisation stand-in on
-    a 22M encoder."""
+    bootstrap interval over the reported seeds and the memorised rows, paired (rows_2025.score_draws). At each rank,
+    n*(r) = the smallest n from which on every gap's interval lies above 0. Supported when n*(r) exists at every
+    rank (>= 2 ranks) and grows with rank (non-decreasing, larger at the largest rank than at the smallest); refuted
+    when a higher rank falls below at a smaller n than a lower rank; otherwise inconclusive. Source: LoRA Without
+    Regret (Thinking Machines 2025: SFT on Tulu3 / OpenThoughts, Llama-3 and Qwen3 models; LoRA falls behind once
+    the data exceeds capacity); here a memorisation stand-in on a 22M encoder."""
     runs = selected_runs(ev)
     runs = runs[runs["task"] == "memorize"] if not runs.empty else runs
     if runs.empty or not (runs["method"] == "full").any():

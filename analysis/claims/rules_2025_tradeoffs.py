@@ -215,18 +215,18 @@ def cell_learned(ev: Evidence, cell: str) -> bool:
 @claim(21, "LoRA learns less and forgets less: a trade-off along full FT's learning-forgetting frontier, not below it.")
 def claim_21(ev: Evidence, v: Verdict) -> Verdict:
     """Per cell with a forgetting probe: full FT's points over every rate and budget tried (gain over the floor as a
-    share of full FT's at its selected rate; forgetting increase), their frontier (analysis.tables.pareto_mask:
-    less forgetting and more gain win; linear between its points); each fair LoRA variant (>= 2 rates tried, >= 3
-    seeds) at its selected rate against it: deficit = LoRA's gain minus the frontier's at LoRA's forgetting,
-    bootstrapped over seeds (every point resampled; a selected point over its reported seeds, the selection seed
-    left out; only points with >= 3 seeds are judged or make the frontier, the rest are listed). Supported when
-    every deficit's interval lies above -0.05 (within 5 gain points of the frontier, or above it); refuted when one lies wholly below -0.05, or when a LoRA variant forgets more than
-    full FT at full FT's selected rate (the difference's interval above 0: no trade-off, whatever the gain);
-    otherwise inconclusive (also when LoRA forgets less than any full-FT point). Cells that are not learned (full
-    FT does not clear the floor) are listed, not judged. Sources: Biderman et al. 2024 (arXiv 2405.09673: Llama-2-7B, code and
-    math, LoRA r 16-256, one curve), PEFT-Arena (arXiv 2605.28819: Qwen2.5-7B, Llama-3.2-3B, learning-retention
-    plane); here small models, forgetting = the harness probe (encoder similarity ranking, causal-LM loss on
-    general English)."""
+    share of full FT's at its selected rate; forgetting increase), their frontier (analysis.tables.pareto_mask: less
+    forgetting and more gain win; linear between its points); each fair LoRA variant (>= 2 rates tried, >= 3 seeds)
+    at its selected rate against it: deficit = LoRA's gain minus the frontier's at LoRA's forgetting, bootstrapped
+    over seeds (every point resampled; a selected point over its reported seeds, the selection seed left out; only
+    points with >= 3 seeds are judged or make the frontier, the rest are listed). Supported when every deficit's
+    interval lies above -0.05 (within 5 gain points of the frontier, or above it); refuted when one lies wholly
+    below -0.05, or when a LoRA variant forgets more than full FT at full FT's selected rate (the difference's
+    interval above 0: no trade-off, whatever the gain); otherwise inconclusive (also when LoRA forgets less than any
+    full-FT point). Cells that are not learned (full FT does not clear the floor) are listed, not judged. Sources:
+    Biderman et al. 2024 (arXiv 2405.09673: Llama-2-7B, code and math, LoRA r 16-256, one curve), PEFT-Arena (arXiv
+    2605.28819: Qwen2.5-7B, Llama-3.2-3B, learning-retention plane); here small models, forgetting = the harness
+    probe (encoder similarity ranking, causal-LM loss on general English)."""
     runs, gen = selected_runs(ev), st.rng()
     if runs.empty or ok_runs(ev.records).empty:
         v.missing = "records with forgetting for full FT (several rates) and LoRA in one cell"
